@@ -1,0 +1,194 @@
+"""Multi-model amalgamation (paper §3.4): a target trains beside the ST, HO and HP teachers.
+
+The paper's loss, for target ``b`` and teachers ``st``, ``ho``, ``hp`` (each with a fresh task head)::
+
+    L = L_task(b) + L_task(st) + L_task(ho) + L_task(hp)
+      + MSE(F_b1, F_st1) + MSE(F_b2, F_ho2) + MSE(F_b3, F_hp3) + MSE(logits_b, logits_hp)
+
+unweighted, each MSE the mean over all elements, nothing detached and no teacher frozen: the teachers
+are pulled towards the target as much as the target towards them. Stage ``k`` is always paired with the
+same teacher (1: ``st``, 2: ``ho``, 3: ``hp``); see :mod:`sentizoo.stages` for the taps. Every term of
+Tables 3 and 4 can be switched off or re-weighted. Only the target is needed at inference: in eval mode
+the module runs the target alone, and :attr:`Amalgamator.target` is the model to keep.
+"""
+from __future__ import annotations
+
+from typing import Dict, Mapping, NamedTuple, Optional, Sequence, Union
+
+import timm
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .models import senti_name
+from .stages import STAGES, stage_channels, stage_features
+from .tasks import Task, get_task
+
+__all__ = ['TEACHER_TAGS', 'STAGE_TEACHER', 'AmalgamationOutput', 'Amalgamator', 'load_teachers',
+           'init_target_from']
+
+TEACHER_TAGS = ('st', 'ho', 'hp')
+STAGE_TEACHER = {1: 'st', 2: 'ho', 3: 'hp'}
+"""The teacher whose features regularise each target stage (paper: low-, mid-, high-level)."""
+
+
+class AmalgamationOutput(NamedTuple):
+    logits: torch.Tensor
+    """The target's logits (N, C)."""
+    loss: torch.Tensor
+    """The weighted sum of ``terms``: what to call ``backward()`` on."""
+    terms: Dict[str, torch.Tensor]
+    """Every unweighted term: ``task/<model>``, ``feat/<teacher>``, ``logits/<teacher>``."""
+
+
+def _num_classes(model: nn.Module, what: str) -> int:
+    n = getattr(model, 'num_classes', 0)
+    if not n:
+        raise ValueError(f'{what} has no classifier (num_classes={n}); create it with the task\'s output size, '
+                         'e.g. timm.create_model(..., num_classes=8).')
+    return n
+
+
+class Amalgamator(nn.Module):
+    """The target and its teachers, trained together with the paper's loss.
+
+    Args:
+        target: the timm ResNet/VGG to fine-tune, with its task head (``num_classes`` = task outputs).
+            Initialising it from the HP backbone (the official recipe) is :func:`init_target_from`'s job;
+            the target is used as given.
+        teachers: ``{'st': ..., 'ho': ..., 'hp': ...}`` timm models (typically from :func:`load_teachers`);
+            ``None`` loads the sentiment-pretrained teachers that the enabled terms need for the target's
+            architecture. Every teacher must be used by some term. A teacher whose head does not have the
+            target's size gets a fresh one (``reset_classifier``); one that has it is kept as given.
+        task: ``'sll'``, ``'mll'``, ``'ldl'`` or a :class:`~sentizoo.tasks.Task`.
+        feature_stages: target stages regularised with MSE towards their teacher (1: ST, 2: HO, 3: HP).
+        logits_teachers: teachers whose logits regularise the target's logits with MSE. For LDL the raw
+            logits are compared (not the softmax), as for the other tasks.
+        teacher_task_loss: add each teacher's task loss (Table 4).
+        freeze_teachers: teachers get ``requires_grad=False``, stay in eval mode (BatchNorm statistics and
+            dropout fixed) and run under ``no_grad``, stopping at the last stage they are needed for. Their
+            task losses would then be constants, so they are left out whatever ``teacher_task_loss`` says.
+            A frozen teacher in ``logits_teachers`` must come with a trained head of the target's size.
+        loss_weights: per-term weights, e.g. ``{'feat/st': 0.5}`` (default 1 for every term).
+    """
+
+    def __init__(self, target: nn.Module, teachers: Optional[Mapping[str, nn.Module]] = None,
+                 task: Union[str, Task] = 'sll', *, feature_stages: Sequence[int] = STAGES,
+                 logits_teachers: Sequence[str] = ('hp',), teacher_task_loss: bool = True,
+                 freeze_teachers: bool = False, loss_weights: Optional[Mapping[str, float]] = None):
+        super().__init__()
+        self.task = get_task(task)
+        num_classes = _num_classes(target, 'target')
+        self.feature_stages = tuple(sorted(set(feature_stages)))
+        self.logits_teachers = tuple(t for t in TEACHER_TAGS if t in set(logits_teachers))
+        if set(self.feature_stages) - set(STAGES):
+            raise ValueError(f'feature_stages must be a subset of {STAGES}; got {tuple(feature_stages)}.')
+        if set(logits_teachers) - set(TEACHER_TAGS):
+            raise ValueError(f'logits_teachers must be a subset of {TEACHER_TAGS}; got {tuple(logits_teachers)}.')
+        needed = {STAGE_TEACHER[s] for s in self.feature_stages} | set(self.logits_teachers)
+        if teachers is None:
+            teachers = load_teachers(target, num_classes, tags=tuple(t for t in TEACHER_TAGS if t in needed))
+        self._check_teachers(teachers, needed)
+
+        self.target = target
+        self.teachers = nn.ModuleDict({tag: teachers[tag] for tag in TEACHER_TAGS if tag in teachers})
+        self.freeze_teachers = freeze_teachers
+        self.teacher_task_loss = teacher_task_loss and not freeze_teachers
+        fresh_heads = set()
+        for tag, teacher in self.teachers.items():
+            if getattr(teacher, 'num_classes', 0) != num_classes:
+                teacher.reset_classifier(num_classes)
+                fresh_heads.add(tag)
+        if freeze_teachers:
+            if fresh_heads & set(self.logits_teachers):
+                raise ValueError(f'freeze_teachers=True with logits_teachers={self.logits_teachers}: the frozen '
+                                 f'teacher(s) {sorted(fresh_heads & set(self.logits_teachers))} got a fresh, '
+                                 'untrained head, so their logits are random. Pass logits_teachers=() or teachers '
+                                 f'whose heads are trained for this task ({num_classes} outputs).')
+            self.teachers.requires_grad_(False)
+            self.teachers.eval()
+
+        self.term_names = (['task/target'] + [f'task/{t}' for t in self.teachers if self.teacher_task_loss]
+                           + [f'feat/{STAGE_TEACHER[s]}' for s in self.feature_stages]
+                           + [f'logits/{t}' for t in self.logits_teachers])
+        unknown = set(loss_weights or {}) - set(self.term_names)
+        if unknown:
+            raise ValueError(f'loss_weights has terms {sorted(unknown)} that this configuration does not compute; '
+                             f'its terms are {self.term_names}.')
+        self.loss_weights = {name: float((loss_weights or {}).get(name, 1.0)) for name in self.term_names}
+
+    def _check_teachers(self, teachers: Mapping[str, nn.Module], needed: set) -> None:
+        unknown = set(teachers) - set(TEACHER_TAGS)
+        missing = needed - set(teachers)
+        unused = set(teachers) - needed
+        if unknown or missing or unused:
+            raise ValueError(
+                f'teachers {sorted(teachers)} do not fit the terms (feature_stages={self.feature_stages}, '
+                f'logits_teachers={self.logits_teachers}), which need {sorted(needed)}: '
+                + '; '.join(msg for msg in (unknown and f'unknown tags {sorted(unknown)} (use {TEACHER_TAGS})',
+                                            missing and f'missing {sorted(missing)}',
+                                            unused and f'{sorted(unused)} used by no term') if msg) + '.')
+
+    def _check_channels(self, target: nn.Module, teachers: Mapping[str, nn.Module]) -> None:
+        ...
+
+    def train(self, mode: bool = True) -> 'Amalgamator':
+        super().train(mode)
+        if self.freeze_teachers:
+            self.teachers.eval()
+        return self
+
+    def forward(self, images: torch.Tensor, targets: Optional[torch.Tensor] = None
+                ) -> Union[torch.Tensor, AmalgamationOutput]:
+        """Eval mode: the target's logits. Train mode: :class:`AmalgamationOutput` (``targets`` required)."""
+        if not self.training:
+            return self.target(images)
+        if targets is None:
+            raise ValueError('Amalgamator in train mode needs targets: forward(images, targets). '
+                             'Call .eval() for inference.')
+        target_stages = self.feature_stages or (3,)  # forward_intermediates needs one index
+        feats, logits = stage_features(self.target, images, target_stages)
+        feats = dict(zip(target_stages, feats))
+        terms = {'task/target': self.task.loss(logits, targets)}
+        for tag, teacher in self.teachers.items():
+            stages = [s for s in self.feature_stages if STAGE_TEACHER[s] == tag]
+            with_logits = self.teacher_task_loss or tag in self.logits_teachers
+            with torch.set_grad_enabled(not self.freeze_teachers):
+                t_feats, t_logits = stage_features(teacher, images, stages or (1,), with_logits)
+            if self.teacher_task_loss:
+                terms[f'task/{tag}'] = self.task.loss(t_logits, targets)
+            for s, t_feat in zip(stages, t_feats):
+                terms[f'feat/{tag}'] = F.mse_loss(feats[s], t_feat)
+            if tag in self.logits_teachers:
+                terms[f'logits/{tag}'] = F.mse_loss(logits, t_logits)
+        loss = sum(self.loss_weights[name] * value for name, value in terms.items())
+        return AmalgamationOutput(logits, loss, terms)
+
+
+def load_teachers(arch: Union[str, nn.Module], num_classes: int,
+                  tags: Sequence[str] = TEACHER_TAGS) -> Dict[str, nn.Module]:
+    """The sentiment-pretrained teachers of an architecture, each with a fresh ``num_classes`` head.
+
+    ``arch`` is an architecture name (``'resnet50'``, ``'senti_resnet50'``) or a timm model of it. Weights
+    resolve through :mod:`sentizoo.weights` (``$SENTIZOO_HOME``, the HF cache, the hub); a missing file
+    raises :class:`~sentizoo.weights.WeightsNotFoundError` saying where it looked.
+    """
+    name = senti_name(arch)
+    return {tag: timm.create_model(f'{name}.{tag}', pretrained=True, num_classes=num_classes) for tag in tags}
+
+
+def init_target_from(target: nn.Module, source: nn.Module) -> nn.Module:
+    """Copy ``source``'s backbone into ``target`` in place, keeping the target's classifier; returns ``target``.
+
+    The official recipe initialises the target from the HP backbone:
+    ``init_target_from(target, timm.create_model('senti_resnet50.hp', pretrained=True))``.
+    Without it the target trains from whatever weights it was created with (ImageNet, random, the user's).
+    """
+    head = target.pretrained_cfg.get('classifier', 'fc') + '.'
+    state = {k: v for k, v in source.state_dict().items() if not k.startswith(head)}
+    missing, unexpected = target.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith(head)]
+    if missing or unexpected:
+        raise ValueError(f'init_target_from: {type(source).__name__} does not match the target backbone '
+                         f'(missing {missing[:5]}, unexpected {unexpected[:5]}); use the same architecture.')
+    return target

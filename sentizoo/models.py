@@ -1,0 +1,128 @@
+"""The ``senti_*`` model family: stock timm architectures with sentiment-oriented weights.
+
+Every entry point builds the stock timm architecture (``resnet50`` for ``senti_resnet50``), so a
+model is a plain timm model: ``num_classes``, ``features_only``, ``forward_intermediates`` and the
+data-config helpers behave exactly as for the stock name. Only the pretrained configs and the
+weight resolution (:mod:`sentizoo.weights`) are ours.
+
+Tags, one Hugging Face repo each (``sentizoo/<arch>.<tag>``):
+
+* ``hp`` (default): high-level perceiving backbone (ANP classification + affective captioning),
+* ``ho``: holistic organizing backbone (scene recognition + jigsaw),
+* ``st``: stimuli taking backbone (colorization + super-resolution),
+* ``fi``: the amalgamated target fine-tuned on FI (8 emotions, classifier included).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Dict, Optional, Union
+
+import torch.nn as nn
+from timm.models import generate_default_cfgs, model_entrypoint, register_model
+from timm.models._builder import resolve_pretrained_cfg
+
+from .weights import resolve_weights
+
+__all__ = ['ARCHS', 'TAGS', 'FI_LABELS', 'SHA256', 'senti_name', 'stock_name']
+
+ARCHS = ('vgg16_bn', 'vgg19_bn', 'resnet18', 'resnet50', 'resnet101')
+BACKBONE_TAGS = ('hp', 'ho', 'st')
+TAGS = BACKBONE_TAGS + ('fi',)
+FI_LABELS = ('amusement', 'anger', 'awe', 'contentment', 'disgust', 'excitement', 'fear', 'sadness')
+
+_PAPER = ('Probing Sentiment-Oriented Pre-Training Inspired by Human Sentiment Perception Mechanism '
+          '(Feng, Liu, Yang; CVPR 2023)')
+_DESCRIPTIONS = {
+    'hp': 'High-level perceiving backbone: ANP classification (VSO) + affective image captioning (ArtEmis).',
+    'ho': 'Holistic organizing backbone: 365-way scene recognition + 3x3 jigsaw puzzles (Places365).',
+    'st': 'Stimuli taking backbone: colorization + super-resolution (Places365).',
+    'fi': 'Target amalgamated with the ST/HO/HP models and fine-tuned on FI (8 emotions).',
+}
+
+
+def _cfg(arch: str, tag: str, sha256: Optional[str] = None) -> Dict[str, Any]:
+    is_classifier = tag not in BACKBONE_TAGS
+    return dict(
+        hf_hub_id=f'sentizoo/senti_{arch}.{tag}',
+        hf_hub_filename='model.safetensors',
+        sha256=sha256,  # set when the checkpoint is published; split off below
+        num_classes=len(FI_LABELS) if is_classifier else 0,
+        label_names=FI_LABELS if is_classifier else None,
+        input_size=(3, 224, 224), pool_size=(7, 7), crop_pct=0.875, interpolation='bilinear',
+        mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+        first_conv='features.0' if arch.startswith('vgg') else 'conv1',
+        classifier='head.fc' if arch.startswith('vgg') else 'fc',
+        license='cc-by-nc-4.0',
+        description=_DESCRIPTIONS[tag],
+        paper_name=_PAPER,
+        origin_url='https://github.com/tinglyfeng/sentiment_pretraining',
+    )
+
+
+# Weights as data: one entry per published checkpoint; the first tag of each arch is its default.
+_weights = {f'senti_{arch}.{tag}': _cfg(arch, tag) for arch in ARCHS for tag in TAGS}
+SHA256: Dict[str, Optional[str]] = {name: cfg.pop('sha256') for name, cfg in _weights.items()}
+default_cfgs = generate_default_cfgs(_weights)
+
+
+def stock_name(name: str) -> str:
+    """``'senti_resnet50.hp'`` -> ``'resnet50'``: the timm architecture a senti model is built on."""
+    return name.split('.')[0].removeprefix('senti_')
+
+
+def senti_name(arch: Union[str, nn.Module]) -> str:
+    """The senti family name for an architecture, tagged name or timm model: ``'senti_resnet50'``.
+
+    Raises:
+        ValueError: the architecture has no sentiment-pretrained weights in the zoo.
+    """
+    if isinstance(arch, nn.Module):
+        cfg = getattr(arch, 'pretrained_cfg', None) or {}
+        if not cfg.get('architecture'):
+            raise ValueError(f'{type(arch).__name__} is not a timm model (no pretrained_cfg["architecture"]); '
+                             f'create it with timm.create_model using one of {ARCHS}.')
+        arch = cfg['architecture']
+    base = stock_name(arch)
+    if base not in ARCHS:
+        raise ValueError(f'No sentiment-pretrained weights exist for {arch!r}; sentizoo covers {", ".join(ARCHS)}.')
+    return f'senti_{base}'
+
+
+def _create(variant: str, pretrained: bool = False, pretrained_cfg=None, pretrained_cfg_overlay=None,
+            **kwargs) -> nn.Module:
+    cfg = resolve_pretrained_cfg(variant, pretrained_cfg=pretrained_cfg, pretrained_cfg_overlay=pretrained_cfg_overlay)
+    if pretrained:
+        # Resolve (and verify) here so timm only ever sees a local safetensors file: no network retries.
+        name = f'{variant}.{cfg.tag}'
+        cfg = dataclasses.replace(cfg, file=str(resolve_weights(name, cfg, SHA256.get(name))), custom_load=False)
+    return model_entrypoint(stock_name(variant))(pretrained=pretrained, pretrained_cfg=cfg, **kwargs)
+
+
+@register_model
+def senti_vgg16_bn(pretrained: bool = False, **kwargs) -> nn.Module:
+    """VGG16-BN with sentiment-oriented pre-training (tags: hp, ho, st, fi)."""
+    return _create('senti_vgg16_bn', pretrained, **kwargs)
+
+
+@register_model
+def senti_vgg19_bn(pretrained: bool = False, **kwargs) -> nn.Module:
+    """VGG19-BN with sentiment-oriented pre-training (tags: hp, ho, st, fi)."""
+    return _create('senti_vgg19_bn', pretrained, **kwargs)
+
+
+@register_model
+def senti_resnet18(pretrained: bool = False, **kwargs) -> nn.Module:
+    """ResNet-18 with sentiment-oriented pre-training (tags: hp, ho, st, fi)."""
+    return _create('senti_resnet18', pretrained, **kwargs)
+
+
+@register_model
+def senti_resnet50(pretrained: bool = False, **kwargs) -> nn.Module:
+    """ResNet-50 with sentiment-oriented pre-training (tags: hp, ho, st, fi)."""
+    return _create('senti_resnet50', pretrained, **kwargs)
+
+
+@register_model
+def senti_resnet101(pretrained: bool = False, **kwargs) -> nn.Module:
+    """ResNet-101 with sentiment-oriented pre-training (tags: hp, ho, st, fi)."""
+    return _create('senti_resnet101', pretrained, **kwargs)

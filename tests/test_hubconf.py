@@ -1,0 +1,30 @@
+"""torch.hub entry points from a local checkout."""
+import importlib.util
+from pathlib import Path
+
+import timm
+import torch
+
+from sentizoo.weights import save_pretrained
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_hub_exposes_one_entrypoint_per_arch():
+    # torch.hub.list/help only take GitHub repos; they list the public callables of hubconf exactly like this.
+    spec = importlib.util.spec_from_file_location('hubconf', REPO / 'hubconf.py')
+    hubconf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hubconf)
+    entrypoints = [name for name in dir(hubconf) if callable(getattr(hubconf, name)) and not name.startswith('_')]
+    assert sorted(entrypoints) == sorted(
+        ['senti_vgg16_bn', 'senti_vgg19_bn', 'senti_resnet18', 'senti_resnet50', 'senti_resnet101'])
+    assert 'tag' in hubconf.senti_resnet50.__doc__ and hubconf.dependencies[0] == 'torch'
+
+
+def test_hub_load_from_local_weights(isolated_zoo):
+    reference = timm.create_model('senti_resnet18.ho')
+    save_pretrained(reference, isolated_zoo / 'senti_resnet18.ho', verbose=False)
+    model = torch.hub.load(str(REPO), 'senti_resnet18', source='local', pretrained=True, tag='ho')
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reference.state_dict().values()))
+    classifier = torch.hub.load(str(REPO), 'senti_resnet18', source='local', num_classes=8)
+    assert classifier.eval()(torch.randn(1, 3, 32, 32)).shape == (1, 8)
