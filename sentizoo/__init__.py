@@ -14,6 +14,9 @@ from .weights import ChecksumMismatchError, WeightsNotFoundError, resolve_weight
 _LAZY = {
     'amalgamate': 'sentizoo.engine',
     'finetune': 'sentizoo.engine',
+    'evaluate': 'sentizoo.engine',
+    'TrainOptions': 'sentizoo.engine',
+    'NonFiniteLossError': 'sentizoo.engine',
     'Amalgamator': 'sentizoo.amalgamation',
     'load_teachers': 'sentizoo.amalgamation',
     'get_task': 'sentizoo.tasks',

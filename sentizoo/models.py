@@ -94,7 +94,7 @@ def _create(variant: str, pretrained: bool = False, pretrained_cfg=None, pretrai
     if pretrained:
         # Resolve (and verify) here so timm only ever sees a local safetensors file: no network retries.
         name = f'{variant}.{cfg.tag}'
-        cfg = dataclasses.replace(cfg, file=str(resolve_weights(name, cfg, SHA256.get(name))), custom_load=False)
+        cfg = dataclasses.replace(cfg, file=str(resolve_weights(name, cfg)), custom_load=False)
     return model_entrypoint(stock_name(variant))(pretrained=pretrained, pretrained_cfg=cfg, **kwargs)
 
 

@@ -16,12 +16,12 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import torch.nn as nn
 
 __all__ = ['WEIGHTS_NAME', 'CONFIG_NAME', 'WeightsNotFoundError', 'ChecksumMismatchError', 'zoo_home',
-           'sha256_file', 'find_local', 'resolve_weights', 'save_pretrained']
+           'sha256_file', 'find_local', 'resolve_weights', 'save_pretrained', 'atomic_write']
 
 WEIGHTS_NAME = 'model.safetensors'
 CONFIG_NAME = 'config.json'
@@ -132,13 +132,15 @@ def find_local(name: str, hf_hub_id: Optional[str] = None, filename: str = WEIGH
     return None
 
 
-def resolve_weights(name: str, cfg: Any = None, sha256: Optional[str] = None) -> Path:
+def resolve_weights(name: str, cfg: Any = None, sha256: Optional[str] = None, download: bool = True) -> Path:
     """Path of the verified safetensors file for ``name`` (``'senti_resnet50.hp'``).
 
     Args:
         name: the tagged model name.
         cfg: its pretrained config (``PretrainedCfg`` or dict); looked up in timm's registry if omitted.
-        sha256: the published checksum; ``None`` falls back to the one recorded in a local config.json.
+        sha256: the published checksum; ``None`` uses the registry's (``sentizoo.models.SHA256``), else the
+            one recorded in a local config.json.
+        download: try the Hugging Face hub when nothing is local (``False``: report only, never download).
 
     Raises:
         WeightsNotFoundError: nothing found; the message lists every place searched and how to fix it.
@@ -147,6 +149,9 @@ def resolve_weights(name: str, cfg: Any = None, sha256: Optional[str] = None) ->
     if cfg is None:
         from timm.models import get_pretrained_cfg
         cfg = get_pretrained_cfg(name)
+    if sha256 is None:
+        from .models import SHA256  # deferred: models imports this module
+        sha256 = SHA256.get(name)
     explicit = _cfg_get(cfg, 'file')
     if explicit:
         path = Path(explicit).expanduser()
@@ -166,8 +171,10 @@ def resolve_weights(name: str, cfg: Any = None, sha256: Optional[str] = None) ->
     searched: List[str] = [f'$SENTIZOO_HOME: {zoo_home() / name / filename} (missing)']
     if hf_hub_id:
         searched.append(f'Hugging Face cache {_hf_cache_dir()}: {hf_hub_id}/{filename} (not cached)')
-        unreachable = None if _hf_offline() else _hub_unreachable()
-        if _hf_offline():
+        unreachable = None if _hf_offline() or not download else _hub_unreachable()
+        if not download:
+            searched.append('Hugging Face hub: not asked (download=False)')
+        elif _hf_offline():
             searched.append('Hugging Face hub: skipped, HF_HUB_OFFLINE=1')
         elif unreachable:
             searched.append(f'Hugging Face hub: unreachable ({unreachable})')
@@ -217,7 +224,11 @@ def _config_for(model: nn.Module, label_names: Optional[Sequence[str]], extra: O
     return {k: v for k, v in config.items() if v is not None}
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, fsync it, then rename it over ``path``.
+
+    A reader (or a process killed mid-write) sees the old file or the new one, never half of one.
+    """
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.')
     os.close(fd)
     try:
@@ -244,10 +255,10 @@ def save_pretrained(model: nn.Module, folder: Union[str, Path], *, label_names: 
     config = _config_for(model, label_names, extra_config)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     weights = folder / WEIGHTS_NAME
-    _atomic_write(weights, lambda tmp: save_file(state, tmp, metadata={'format': 'pt'}))
+    atomic_write(weights, lambda tmp: save_file(state, tmp, metadata={'format': 'pt'}))
     digest = sha256_file(weights)
     config['sha256'] = digest
-    _atomic_write(folder / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2) + '\n'))
+    atomic_write(folder / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2) + '\n'))
     if verbose:
         print(f'{weights}  sha256={digest}')
     return digest

@@ -1,0 +1,117 @@
+"""Labelled image datasets for ``sentizoo amalgamate`` / ``evaluate`` and the paper's downstream transforms.
+
+Two layouts, chosen by :func:`open_dataset` from the path:
+
+* a **folder of class folders** (single-label): ``root/<class>/*.jpg``; classes are the sub-folder names in
+  sorted order, the target of an image is its class index;
+* a **CSV file** (multi-label or label distributions): a header ``path,<label 1>,...,<label C>``, then one
+  row per image with its path (relative to the CSV's folder, or absolute) and C numbers: 0/1 for MLL,
+  a distribution summing to 1 for LDL.
+
+Images are read with :func:`sentizoo.data.load_image`; a bad file raises its ``ImageLoadError``.
+"""
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch.utils.data import Dataset
+
+from .data import list_images, load_image
+
+__all__ = ['LabelledImages', 'image_folder', 'image_csv', 'open_dataset', 'train_transform', 'eval_transform']
+
+PathLike = Union[str, 'os.PathLike[str]']
+
+
+class LabelledImages(Dataset):
+    """``dataset[i] -> (transform(load_image(paths[i])), targets[i])``.
+
+    Args:
+        paths: image files.
+        targets: one row per image: class indices (N,) int64, or label vectors (N, C) float32.
+        label_names: name of each class / label column.
+        transform: applied to the RGB PIL image.
+    """
+
+    def __init__(self, paths: Sequence[PathLike], targets: torch.Tensor, label_names: Sequence[str],
+                 transform: Optional[Callable] = None):
+        if len(paths) != len(targets):
+            raise ValueError(f'{len(paths)} images but {len(targets)} targets.')
+        self.paths = [Path(p) for p in paths]
+        self.targets = targets
+        self.label_names = list(label_names)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> Tuple[Any, torch.Tensor]:
+        image = load_image(self.paths[index])
+        return (self.transform(image) if self.transform is not None else image), self.targets[index]
+
+
+def image_folder(root: PathLike, transform: Optional[Callable] = None) -> LabelledImages:
+    """Single-label images from ``root/<class>/...`` (classes sorted; images found recursively, sorted)."""
+    root = Path(root)
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith('.'))
+    if not classes:
+        raise ValueError(f'{root} has no class folders; expected {root}/<class>/<image>.jpg.')
+    paths: List[Path] = []
+    targets: List[int] = []
+    for index, name in enumerate(classes):
+        files = list_images(root / name)
+        if not files:
+            raise ValueError(f'class folder {root / name} holds no images.')
+        paths += files
+        targets += [index] * len(files)
+    return LabelledImages(paths, torch.tensor(targets), classes, transform)
+
+
+def image_csv(path: PathLike, transform: Optional[Callable] = None) -> LabelledImages:
+    """Label vectors from a CSV: header ``path,<label 1>,...``; image paths relative to the CSV's folder."""
+    path = Path(path)
+    expected = 'a header "path,<label 1>,...,<label C>" and rows "<image path>,<C numbers>"'
+    with open(path, newline='', encoding='utf-8') as f:
+        rows = [row for row in csv.reader(f) if any(cell.strip() for cell in row)]
+    if len(rows) < 2 or len(rows[0]) < 2:
+        raise ValueError(f'{path}: expected {expected}; got {len(rows)} non-empty line(s).')
+    header, paths, targets = rows[0], [], []
+    for line_no, row in enumerate(rows[1:], 2):
+        try:
+            if len(row) != len(header):
+                raise ValueError(f'{len(row)} fields for {len(header)} columns')
+            targets.append([float(cell) for cell in row[1:]])
+        except ValueError as e:
+            raise ValueError(f'{path}:{line_no}: expected {expected}; got {row!r} ({e}).') from None
+        paths.append(path.parent / row[0].strip())
+    return LabelledImages(paths, torch.tensor(targets, dtype=torch.float32), [h.strip() for h in header[1:]],
+                          transform)
+
+
+def open_dataset(path: PathLike, transform: Optional[Callable] = None) -> LabelledImages:
+    """:func:`image_folder` for a directory, :func:`image_csv` for a file."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f'{path} does not exist; expected a folder of class folders or a CSV file.')
+    return image_folder(path, transform) if path.is_dir() else image_csv(path, transform)
+
+
+def train_transform(data_config: Dict[str, Any]) -> Callable:
+    """The paper's training augmentation: resize to a square of ``size / crop_pct`` (256 for 224), random
+    crop ``size``, horizontal flip, normalise with the model's mean/std (a timm data config)."""
+    from torchvision import transforms as T
+
+    size = data_config['input_size'][-1]
+    resize = round(size / data_config['crop_pct'])
+    return T.Compose([T.Resize((resize, resize)), T.RandomCrop(size), T.RandomHorizontalFlip(), T.ToTensor(),
+                      T.Normalize(data_config['mean'], data_config['std'])])
+
+
+def eval_transform(data_config: Dict[str, Any]) -> Callable:
+    """Evaluation: resize the short side to ``size / crop_pct``, center crop ``size`` (timm's eval transform)."""
+    from timm.data import create_transform
+    return create_transform(**data_config)
