@@ -59,7 +59,7 @@ from .tasks import Task, get_task
 from .weights import atomic_write
 
 __all__ = ['TrainOptions', 'NonFiniteLossError', 'amalgamate', 'finetune', 'evaluate', 'CHECKPOINT_NAME',
-           'BEST_NAME', 'HISTORY_NAME']
+           'BEST_NAME', 'HISTORY_NAME', 'EpochSampler', 'SeededSamples', 'resolve_device']
 
 CHECKPOINT_NAME = 'last.pt'
 BEST_NAME = 'best.safetensors'
@@ -200,7 +200,7 @@ def finetune(model: nn.Module, loader: DataLoader, *, task: Union[str, Task] = '
 
 def _train(build: Callable[[], nn.Module], loader: DataLoader, val_loader: Optional[DataLoader], task: Task,
            opts: TrainOptions, describe: Dict[str, Any]) -> nn.Module:
-    device = _device(opts.device)
+    device = resolve_device(opts.device)
     with _process_group(device):
         return _Loop(build, loader, val_loader, task, opts, describe, device).run()
 
@@ -233,7 +233,7 @@ class _FineTuner(nn.Module):
 
 # --- data ----------------------------------------------------------------------------------------------
 
-class _SeededSamples(Dataset):
+class SeededSamples(Dataset):
     """``dataset[index]`` for keys ``(epoch, index)``, drawn with the torch (CPU), Python and NumPy generators
     seeded from ``(seed, epoch, index)``; the caller's generator states are restored afterwards."""
 
@@ -259,7 +259,7 @@ class _SeededSamples(Dataset):
                 np.random.set_state(np_state)
 
 
-class _EpochSampler(Sampler):
+class EpochSampler(Sampler):
     """Keys ``(epoch, index)`` of this process's shard (DistributedSampler order), from batch ``skip`` on."""
 
     def __init__(self, size: int, batch_size: int, shuffle: bool, seed: int, rank: int, world: int):
@@ -315,7 +315,7 @@ def _check_loader(name: str, loader: Any, task: Task, num_outputs: int) -> None:
                          'them over torchrun processes itself.')
     if len(loader.dataset) == 0:
         raise ValueError(f'{name}: the dataset is empty.')
-    batch = loader.collate_fn([_SeededSamples(loader.dataset, 0)[(0, 0)]])
+    batch = loader.collate_fn([SeededSamples(loader.dataset, 0)[(0, 0)]])
     if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
         raise ValueError(f'{name} must yield (images, targets) pairs; its first batch is a '
                          f'{type(batch).__name__}' + (f' of {len(batch)} items.' if hasattr(batch, '__len__') else '.'))
@@ -349,7 +349,8 @@ def _rank_world() -> Tuple[int, int]:
     return 0, 1
 
 
-def _device(device: Optional[str]) -> torch.device:
+def resolve_device(device: Optional[str]) -> torch.device:
+    """``device`` as given, else this process's GPU (``LOCAL_RANK`` under torchrun), else the CPU."""
     if device is not None:
         return torch.device(device)
     if torch.cuda.is_available():
@@ -395,7 +396,7 @@ def evaluate(model: nn.Module, loader: DataLoader, task: Union[str, Task] = 'sll
     The model is moved to ``device`` and put in eval mode; targets are checked on the first batch.
     """
     task = get_task(task)
-    device = _device(device)
+    device = resolve_device(device)
     model.to(device).eval()
     if channels_last:
         model.to(memory_format=torch.channels_last)
@@ -472,12 +473,12 @@ class _Loop:
         self.optimizer = torch.optim.SGD(params, lr=opts.lr, momentum=opts.momentum, weight_decay=opts.weight_decay,
                                          **({'fused': True} if self.device.type == 'cuda' else {}))
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, opts.step_size, opts.gamma)
-        self.sampler = _EpochSampler(len(loader.dataset), loader.batch_size, shuffle, opts.seed, self.rank,
+        self.sampler = EpochSampler(len(loader.dataset), loader.batch_size, shuffle, opts.seed, self.rank,
                                      self.world)
         # Its own generator: creating an iterator then draws no number from the global one, which a resumed
         # run would otherwise draw once more than the interrupted one (worker seeds are unused: samples are
-        # seeded by _SeededSamples).
-        self.loader = _rebuild(loader, self.sampler, _SeededSamples(loader.dataset, opts.seed),
+        # seeded by SeededSamples).
+        self.loader = _rebuild(loader, self.sampler, SeededSamples(loader.dataset, opts.seed),
                                torch.Generator().manual_seed(opts.seed))
 
         self.history: Dict[str, Any] = {'task': task.name, 'primary_metric': task.primary_metric,

@@ -1,0 +1,133 @@
+"""training.export: checkpoint -> zoo files that timm loads, the model card, and --push (offline)."""
+import json
+import re
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+import yaml
+
+import sentizoo  # noqa: F401  (registers senti_*)
+from model_cards import TEMPLATE, render_card
+from training.checkpoint import save_checkpoint
+from training.export import export, find_prefix, main, push_to_hub
+
+PRETRAIN_CONFIG = {'model': 'st', 'arch': 'resnet18', 'dataset': 'synthetic', 'lr': 0.0137, 'momentum': 0.87,
+                   'weight_decay': 3e-5, 'lr_gamma': 0.3, 'lr_step': 5, 'epochs': 3, 'batch_size': 6,
+                   'image_size': 48, 'seed': 4242}
+
+
+def _pretrain_checkpoint(path: Path, kind: str = 'st') -> dict:
+    """A checkpoint in training.pretrain's format: backbone under 'backbone.', plus pretext-head tensors."""
+    torch.manual_seed(0)
+    backbone = timm.create_model('resnet18', num_classes=0)
+    state = {f'backbone.{k}': v for k, v in backbone.state_dict().items()}
+    state['head.conv.weight'] = torch.randn(2, 512, 3, 3)
+    save_checkpoint({'format': 'sentizoo.pretrain/1', 'model': state, 'config': dict(PRETRAIN_CONFIG, model=kind),
+                     'history': [{'epoch': 3, 'lr': 0.0137, 'steps': 17, 'loss': 0.91827, kind: 0.5511}],
+                     'epoch': 3, 'step': 51, 'world_size': 1, 'init': 'random', 'precision': 'fp32',
+                     'command': f'python -m training.pretrain --model {kind} --seed 4242'}, path)
+    return backbone.state_dict()
+
+
+def test_backbone_export_loads_with_timm(tmp_path, isolated_zoo, capsys):
+    expected = _pretrain_checkpoint(tmp_path / 'final.pt')
+    name, folder, sha = export(tmp_path / 'final.pt', 'st')
+    assert name == 'senti_resnet18.st' and folder == isolated_zoo / 'senti_resnet18.st'
+    assert sorted(p.name for p in folder.iterdir()) == ['README.md', 'config.json', 'model.safetensors']
+    assert f"'senti_resnet18.st': '{sha}'" in capsys.readouterr().out
+    config = json.loads((folder / 'config.json').read_text())
+    assert config['architecture'] == 'resnet18' and config['num_classes'] == 0 and config['sha256'] == sha
+    model = timm.create_model('senti_resnet18.st', pretrained=True)
+    assert model.state_dict().keys() == expected.keys()  # backbone only: the pretext head is gone
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in expected.items())
+
+
+def test_classifier_export_picks_the_target(tmp_path):
+    torch.manual_seed(0)
+    target, teacher = (timm.create_model('resnet18', num_classes=8) for _ in range(2))
+    state = {**{f'target.{k}': v for k, v in target.state_dict().items()},
+             **{f'teachers.hp.{k}': v for k, v in teacher.state_dict().items()}}
+    save_checkpoint({'model': state, 'label_names': list('abcdefgh')}, tmp_path / 'amalgamated.pt')
+    with pytest.raises(ValueError, match=r"several models .*'target\.', 'teachers\.hp\.'.*--prefix"):
+        export(tmp_path / 'amalgamated.pt', 'fi', arch='resnet18')
+    export(tmp_path / 'amalgamated.pt', 'fi', arch='resnet18', prefix='target.')
+    model = timm.create_model('senti_resnet18.fi', pretrained=True)
+    assert model.num_classes == 8 and torch.equal(model.fc.weight, target.fc.weight)
+    config = json.loads((sentizoo.zoo_home() / 'senti_resnet18.fi' / 'config.json').read_text())
+    assert config['label_names'] == list('abcdefgh')
+
+
+def test_wrong_checkpoint_is_refused(tmp_path):
+    _pretrain_checkpoint(tmp_path / 'ho.pt', kind='ho')
+    with pytest.raises(ValueError, match='HO pre-training checkpoint.*--tag ho'):
+        export(tmp_path / 'ho.pt', 'st')
+    with pytest.raises(ValueError, match='trained with resnet18'):
+        export(tmp_path / 'ho.pt', 'ho', arch='resnet50')
+    with pytest.raises(ValueError, match='no complete ResNet'):
+        find_prefix({'conv1.weight': torch.zeros(1)}, timm.create_model('resnet18', num_classes=0))
+
+
+class FakeHfApi:
+    calls = []
+
+    def create_repo(self, repo_id, **kwargs):
+        self.calls.append(('create_repo', repo_id, kwargs))
+
+    def upload_folder(self, folder_path, repo_id, **kwargs):
+        self.calls.append(('upload_folder', repo_id, sorted(p.name for p in Path(folder_path).iterdir())))
+
+
+def test_push_uploads_the_exported_folder(tmp_path, monkeypatch, capsys):
+    import huggingface_hub
+    monkeypatch.setattr(huggingface_hub, 'HfApi', FakeHfApi)
+    _pretrain_checkpoint(tmp_path / 'final.pt')
+    out = tmp_path / 'export'
+    assert main(['--checkpoint', str(tmp_path / 'final.pt'), '--tag', 'st', '--out', str(out), '--push',
+                 '--dry-run']) == 0
+    assert FakeHfApi.calls == []
+    assert 'would upload to https://huggingface.co/sentizoo/senti_resnet18.st: README.md, config.json, ' \
+           'model.safetensors' in capsys.readouterr().out
+    assert main(['--checkpoint', str(tmp_path / 'final.pt'), '--tag', 'st', '--out', str(out), '--push',
+                 '--repo-id', 'me/test']) == 0
+    files = ['README.md', 'config.json', 'model.safetensors']
+    assert FakeHfApi.calls == [('create_repo', 'me/test', {'repo_type': 'model', 'exist_ok': True}),
+                               ('upload_folder', 'me/test', files)]
+    assert push_to_hub(out, 'x/y', dry_run=True) == files
+    with pytest.raises(SystemExit):
+        main(['--checkpoint', 'x.pt', '--tag', 'st', '--dry-run'])  # --dry-run without --push
+
+
+NUMBER = re.compile(r'(?<![\w.-])\d+(?:\.\d+)?(?:e-?\d+)?')
+
+
+def test_card_states_only_numbers_it_was_given(tmp_path):
+    _pretrain_checkpoint(tmp_path / 'final.pt')
+    results = [{'dataset': 'FI', 'split': 'test', 'task': 'sll', 'metric': 'accuracy', 'value': 61.73},
+               {'dataset': 'Emotion6', 'task': 'ldl', 'metric': 'kl', 'value': 0.3141, 'synthetic': True}]
+    (tmp_path / 'results.json').write_text(json.dumps({'results': results}))
+    main(['--checkpoint', str(tmp_path / 'final.pt'), '--tag', 'st', '--results', str(tmp_path / 'results.json')])
+    card = (sentizoo.zoo_home() / 'senti_resnet18.st' / 'README.md').read_text()
+    given = json.dumps([PRETRAIN_CONFIG, results]) + ' 1 3 51 17 0.9183 0.5511 1e-05 3e-05 0.0137'  # + checkpoint facts
+    allowed = set(NUMBER.findall(TEMPLATE.read_text())) | set(NUMBER.findall(given)) | {
+        torch.__version__.split('+')[0], timm.__version__, sentizoo.__version__}
+    stated = set(NUMBER.findall(card))
+    assert stated - allowed == set(), card
+    assert {'61.73', '0.3141', '4242', '0.0137'} <= stated
+    meta = yaml.safe_load(card.split('---')[1])
+    assert meta['license'] == 'cc-by-nc-4.0'
+    fi = meta['model-index'][0]['results'][0]
+    assert fi['dataset'] == {'name': 'FI', 'type': 'fi', 'split': 'test'}
+    assert fi['metrics'] == [{'type': 'accuracy', 'value': 61.73}]
+    assert 'Emotion6 (synthetic)' in card and 'Synthetic demo weights' in card
+
+
+def test_card_without_results_has_no_numbers_but_the_facts():
+    card = render_card('senti_resnet50.hp', repo_id='sentizoo/senti_resnet50.hp', architecture='resnet50',
+                       description='HP backbone.', recipe=[('Seed', 'seven')], commands=['python -m x'])
+    assert set(NUMBER.findall(card)) <= {'2023', '4.0'}  # the citation year and the licence name
+    assert 'model-index' not in card and 'No evaluation has been recorded' in card
+    with pytest.raises(ValueError, match=r"missing \['value'\]"):
+        render_card('n', repo_id='r', architecture='a', description='d', recipe=[], commands=[],
+                    results=[{'dataset': 'FI', 'metric': 'accuracy'}])

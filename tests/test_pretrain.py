@@ -1,0 +1,239 @@
+"""training.pretrain: fail-fast config, initialisation, resumable task streams, end-to-end ST/HO/HP runs
+(export + timm load), exact resume, and a 2-process gloo run. Everything tiny: resnet18 at 32-64 px."""
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from torch.utils.data import Dataset
+
+import sentizoo  # noqa: F401  (registers senti_*)
+from training import pretrain as pt
+from training.checkpoint import load_checkpoint, save_checkpoint
+from training.export import export
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny convolutions run fastest on one thread, above all on cores shared with other jobs."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ---------------------------------------------------------------------------------------- configuration
+
+@pytest.mark.parametrize('kwargs, error', [
+    (dict(model='xx'), r"--model must be one of \('st', 'ho', 'hp'\)"),
+    (dict(model='st', arch='resnet34'), r"--arch 'resnet34' is not supported"),
+    (dict(model='hp', dataset='places365'), r"--dataset 'places365' does not feed the HP tasks"),
+    (dict(model='ho'), r'--data-root is required for --dataset places365: a Places365-Standard folder: '
+                       r'categories_places365\.txt'),
+    (dict(model='hp', data_root='/nonexistent'), r'--data-root /nonexistent is not a folder; expected a folder '
+                                                 r'holding vso/'),
+    (dict(model='st', dataset='synthetic', epochs=0), r'--epochs must be >= 1'),
+    (dict(model='st', dataset='synthetic', lr_gamma=2.0), r'0 < lr_gamma <= 1'),
+    (dict(model='st', dataset='synthetic', init='/no/such.pth'), r'--init /no/such\.pth: no such file'),
+    (dict(model='st', dataset='synthetic', resume='/no/last.pt'), r'--resume /no/last\.pt: no such checkpoint'),
+])
+def test_bad_config_fails_before_training(tmp_path, kwargs, error):
+    with pytest.raises((ValueError, FileNotFoundError), match=error):
+        pt.pretrain(pt.PretrainConfig(out_dir=str(tmp_path / 'run'), **kwargs))
+    assert not (tmp_path / 'run').exists()
+
+
+def test_data_root_without_the_layout_fails_before_training(tmp_path):
+    (tmp_path / 'places').mkdir()
+    layout = r'train\.txt not found; expected .* or the official layout \(categories_places365\.txt'
+    with pytest.raises(FileNotFoundError, match=layout):
+        pt.pretrain(pt.PretrainConfig(model='ho', arch='resnet18', data_root=str(tmp_path / 'places'), init='random',
+                                      out_dir=str(tmp_path / 'run')))
+    assert not (tmp_path / 'run').exists()
+
+
+def test_cli_reports_a_bad_config_in_one_line(capsys):
+    assert pt.main(['--model', 'hp', '--dataset', 'places365']) == 2
+    err = capsys.readouterr().err
+    assert err == "python -m training.pretrain: error: --dataset 'places365' does not feed the HP tasks; use one " \
+                  "of ('vso+artemis', 'synthetic')\n"
+
+
+def test_paper_schedule_defaults():
+    st = pt.PretrainConfig(model='st', dataset='synthetic').resolved()
+    hp = pt.PretrainConfig(model='hp', dataset='synthetic').resolved()
+    assert (st.epochs, st.lr_step, st.batch_size, st.lr, st.momentum, st.weight_decay) == (12, 4, 8, 0.01, 0.9, 1e-4)
+    assert (hp.epochs, hp.lr_step, hp.batch_size, hp.lr_gamma, hp.init) == (30, 10, 32, 0.1, 'imagenet')
+    assert st.command() == 'python -m training.pretrain --model st --dataset synthetic --epochs 12 --batch-size 8 ' \
+                           '--lr-step 4 --out-dir runs/pretrain/st_resnet50'
+
+
+# --------------------------------------------------------------------------------------- initialisation
+
+def test_init_from_torchvision_and_safetensors_files(tmp_path):
+    import torchvision
+    from safetensors.torch import save_file
+    torch.manual_seed(1)
+    reference = torchvision.models.resnet18().state_dict()  # torchvision layout, with its fc
+    torch.save(reference, tmp_path / 'resnet18-tv.pth')
+    save_file({k: v.contiguous() for k, v in reference.items()}, str(tmp_path / 'resnet18.safetensors'))
+    for name in ('resnet18-tv.pth', 'resnet18.safetensors'):
+        backbone = timm.create_model('resnet18', num_classes=0)
+        assert pt.init_backbone(backbone, 'resnet18', str(tmp_path / name)) == f'ImageNet file {name}'
+        assert all(torch.equal(v, reference[k]) for k, v in backbone.state_dict().items())
+    with pytest.raises(ValueError, match=r'does not fit ResNet: missing \[.*wrong shape'):
+        pt.init_backbone(timm.create_model('resnet50', num_classes=0), 'resnet50', str(tmp_path / 'resnet18-tv.pth'))
+
+
+def test_init_random_warns_and_imagenet_offline_says_what_to_do():
+    backbone = timm.create_model('resnet18', num_classes=0)
+    with pytest.warns(UserWarning, match='random initialisation: the paper starts every backbone from ImageNet'):
+        assert pt.init_backbone(backbone, 'resnet18', 'random') == 'random'
+    with pytest.raises(RuntimeError, match=r'timm/resnet18\.tv_in1k .*--init FILE .* or --init random'):
+        pt.init_backbone(backbone, 'resnet18', 'imagenet')  # the test zoo is offline
+
+
+# ------------------------------------------------------------------------------------------ task streams
+
+class RandomCrops(Dataset):
+    """(index, a random number): stands for a sample with a random augmentation."""
+
+    def __len__(self):
+        return 10
+
+    def __getitem__(self, index):
+        return index, torch.rand(())
+
+
+def _take(stream, n):
+    return [tuple(map(torch.Tensor.tolist, stream.next())) for _ in range(n)]
+
+
+def test_stream_cycles_in_passes_and_resumes_exactly():
+    stream = pt.TaskStream('toy', RandomCrops(), 3, seed=5, workers=0)
+    assert stream.batches_per_pass == 3  # 10 samples, batch 3, last partial batch dropped
+    batches = _take(stream, 7)
+    first_pass = sum((b[0] for b in batches[:3]), [])
+    assert len(set(first_pass)) == 9 and batches[:3] != batches[3:6]  # a new order every pass
+    assert stream.state_dict() == {'epoch': 2, 'position': 1}
+    resumed = pt.TaskStream('toy', RandomCrops(), 3, seed=5, workers=0)
+    resumed.load_state_dict({'epoch': 1, 'position': 1})
+    torch.manual_seed(123)  # the caller's generator does not matter: each sample is seeded
+    assert _take(resumed, 3) == batches[4:7]
+    with_workers = pt.TaskStream('toy', RandomCrops(), 3, seed=5, workers=2)
+    assert _take(with_workers, 3) == batches[:3]  # same samples and augmentations whatever process loads them
+    with pytest.raises(ValueError, match='task toy: 10 samples .* fewer than --batch-size 11'):
+        pt.TaskStream('toy', RandomCrops(), 11, seed=5, workers=0)
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    path = save_checkpoint({'step': 1}, tmp_path / 'last.pt')
+
+    def crash(obj, file):
+        Path(file).write_bytes(b'partial')
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, 'save', crash)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint({'step': 2}, path)
+    assert load_checkpoint(path) == {'step': 1} and [p.name for p in tmp_path.iterdir()] == ['last.pt']
+
+
+# ------------------------------------------------------------------------------------------ end to end
+
+def tiny(kind, out_dir, **kwargs):
+    """A few steps of resnet18 at 32 px on the synthetic world."""
+    return pt.PretrainConfig(**{**dict(model=kind, arch='resnet18', dataset='synthetic', image_size=32, epochs=1,
+                                       steps_per_epoch=2, batch_size=2, max_samples=8, workers=0, init='random',
+                                       progress=False, out_dir=str(out_dir)), **kwargs})
+
+
+TASKS = {'st': ('colorization', 'super_resolution'), 'ho': ('scene', 'jigsaw'), 'hp': ('anp', 'captioning')}
+
+
+@pytest.mark.filterwarnings('ignore:pre-training resnet18 from a random initialisation')
+@pytest.mark.parametrize('kind', ['st', 'ho', 'hp'])
+def test_pretrain_export_and_load_with_timm(tmp_path, kind):
+    final = pt.pretrain(tiny(kind, tmp_path / 'run'))
+    assert final == tmp_path / 'run' / 'final.pt'
+    ckpt = load_checkpoint(final)
+    assert ckpt['tasks'] == list(TASKS[kind]) and ckpt['step'] == 2 and ckpt['epoch'] == 1
+    assert 'optimizer' not in ckpt  # final.pt: weights + facts; last.pt resumes
+    with open(tmp_path / 'run' / 'log.csv') as f:
+        header = f.readline().strip().split(',')
+    assert header == ['step', 'epoch', 'lr', 'loss', *TASKS[kind], 'time']
+    history = json.loads((tmp_path / 'run' / 'history.json').read_text())
+    assert [h['epoch'] for h in history] == [1] and (tmp_path / 'run' / 'loss.png').stat().st_size > 0
+
+    export(final, kind)
+    model = timm.create_model(f'senti_resnet18.{kind}', pretrained=True)
+    backbone = {k.removeprefix('backbone.'): v for k, v in ckpt['model'].items() if k.startswith('backbone.')}
+    assert model.state_dict().keys() == backbone.keys()
+    assert all(torch.equal(v, backbone[k]) for k, v in model.state_dict().items())
+
+
+class Crash(Exception):
+    pass
+
+
+@pytest.mark.filterwarnings('ignore:pre-training resnet18 from a random initialisation')
+def test_resume_equals_uninterrupted(tmp_path, monkeypatch):
+    config = dict(epochs=2, save_every=1)
+    straight = load_checkpoint(pt.pretrain(tiny('ho', tmp_path / 'a', **config)))
+
+    calls, next_batch = [0], pt.TaskStream.next
+
+    def crash_in_step_3(stream):  # two streams: calls 5 and 6 load step 3 (epoch 2, after a checkpoint)
+        calls[0] += 1
+        if calls[0] == 5:
+            raise Crash
+        return next_batch(stream)
+
+    monkeypatch.setattr(pt.TaskStream, 'next', crash_in_step_3)
+    with pytest.raises(Crash):
+        pt.pretrain(tiny('ho', tmp_path / 'b', **config))
+    assert load_checkpoint(tmp_path / 'b' / 'last.pt')['step'] == 2
+    monkeypatch.setattr(pt.TaskStream, 'next', next_batch)
+    resumed = load_checkpoint(pt.pretrain(tiny('ho', tmp_path / 'b', resume='auto', **config)))
+    assert resumed['step'] == straight['step'] == 4
+    assert all(torch.equal(v, straight['model'][k]) for k, v in resumed['model'].items())  # bit-identical
+    logs = [(tmp_path / run / 'log.csv').read_text().splitlines() for run in 'ab']
+    assert [r.rsplit(',', 1)[0] for r in logs[0]] == [r.rsplit(',', 1)[0] for r in logs[1]]  # same losses, no dup
+    with pytest.raises(ValueError, match=r'different settings seed: checkpoint 0, now 1'):
+        pt.pretrain(tiny('ho', tmp_path / 'b', resume=str(tmp_path / 'b' / 'last.pt'), seed=1))
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def test_two_process_gloo_run(tmp_path):
+    out = tmp_path / 'ddp'
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port', str(_free_port()),
+           '-m', 'training.pretrain', '--model', 'st', '--arch', 'resnet18', '--dataset', 'synthetic',
+           '--image-size', '32', '--epochs', '1', '--steps-per-epoch', '2', '--batch-size', '2', '--max-samples', '8',
+           '--workers', '0', '--init', 'random', '--no-progress', '--out-dir', str(out)]
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore')
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ckpt = load_checkpoint(out / 'final.pt')
+    assert ckpt['world_size'] == 2 and ckpt['step'] == 2
+    assert len((out / 'log.csv').read_text().splitlines()) == 3  # header + 2 steps, written once (rank 0)
+    assert proc.stdout.strip().splitlines()[-1] == str(out / 'final.pt')  # printed by rank 0 only
+
+
+def test_help_explains_the_options(capsys):
+    with pytest.raises(SystemExit):
+        pt.parse_args(['--help'])
+    text = capsys.readouterr().out
+    for phrase in ('torchrun', 'colorization + super-resolution', 'paper: ST 12, HO/HP 30', '--resume', 'vso/'):
+        assert phrase in text

@@ -1,0 +1,233 @@
+"""Export a training checkpoint to the zoo format: ``model.safetensors`` + ``config.json`` + model card.
+
+    python -m training.export --checkpoint runs/pretrain/hp_resnet50/final.pt --tag hp
+    python -m training.export --checkpoint runs/fi/best.pt --tag fi --arch resnet50 --results results/fi.json
+    python -m training.export --checkpoint ... --tag hp --push [--repo-id sentizoo/senti_resnet50.hp] [--dry-run]
+
+The files go to ``--out`` (default ``$SENTIZOO_HOME/senti_<arch>.<tag>/``), where
+``timm.create_model('senti_<arch>.<tag>', pretrained=True)`` finds them. Backbone tags (st, ho, hp)
+keep only the backbone (``num_classes=0``; the pretext heads stay in the checkpoint); classifier
+tags (fi) keep the classifier and its ``label_names``. The weights are written by
+:func:`sentizoo.weights.save_pretrained`; the model card (``README.md``) is rendered from
+``model_cards/template.md`` with the facts recorded in the checkpoint and the evaluation results
+given with ``--results`` (JSON files of ``{"dataset", "metric", "value", ...}`` records), and no other
+number. ``--push`` uploads the folder to the Hugging Face hub (``--dry-run`` lists what it would upload).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+
+from sentizoo.models import ARCHS, BACKBONE_TAGS, TAGS, senti_name, stock_name
+from sentizoo.weights import save_pretrained, zoo_home
+
+from model_cards import render_card, validate_results  # beside training/ in a checkout
+
+from .checkpoint import load_checkpoint, read_state_dict
+
+__all__ = ['Exported', 'export', 'find_prefix', 'push_to_hub', 'load_results', 'main']
+
+PathLike = Union[str, Path]
+_TASK_NAMES = {'st': 'colorization + super-resolution', 'ho': 'scene recognition + jigsaw puzzles',
+               'hp': 'ANP classification + affective captioning'}
+
+
+class Exported(NamedTuple):
+    name: str  # 'senti_resnet50.hp'
+    folder: Path
+    sha256: str
+
+
+def find_prefix(state: Mapping[str, torch.Tensor], model: nn.Module, prefix: Optional[str] = None) -> str:
+    """The key prefix under which ``state`` holds exactly ``model``'s tensors (``''``, ``'backbone.'``, ...).
+
+    Raises ValueError when no prefix fits, or when several do and ``prefix`` does not pick one (an
+    amalgamation checkpoint holds the target and the teachers).
+    """
+    own = model.state_dict()
+    anchor = next(iter(own))
+
+    def fits(p: str) -> bool:
+        return all(p + k in state and state[p + k].shape == v.shape for k, v in own.items())
+
+    if prefix is not None:
+        if not fits(prefix):
+            raise ValueError(f'the checkpoint has no complete {type(model).__name__} under prefix {prefix!r}')
+        return prefix
+    candidates = sorted({k[:-len(anchor)] for k in state if k.endswith(anchor)})
+    fitting = [p for p in candidates if fits(p)]
+    if len(fitting) == 1:
+        return fitting[0]
+    if not fitting:
+        raise ValueError(f'the checkpoint holds no complete {type(model).__name__} with {len(own)} tensors '
+                         f'(prefixes tried: {candidates or "none"}); check --arch and --tag')
+    raise ValueError(f'several models in the checkpoint fit: prefixes {fitting}; choose one with --prefix')
+
+
+def load_results(paths: Sequence[PathLike]) -> List[Dict[str, Any]]:
+    """Evaluation records from JSON files: a list of records or ``{"results": [...]}``."""
+    results: List[Dict[str, Any]] = []
+    for path in paths:
+        data = json.loads(Path(path).read_text())
+        records = data.get('results') if isinstance(data, Mapping) else data
+        if not isinstance(records, list):
+            raise ValueError(f'{path}: expected a JSON list of result records or {{"results": [...]}}')
+        results += validate_results(records, origin=str(path))
+    return results
+
+
+def _fmt(value: Any) -> str:
+    return f'{value:.4g}' if isinstance(value, float) else str(value)
+
+
+def _recipe(ckpt: Mapping[str, Any]) -> Tuple[List[Tuple[str, Any]], List[str], bool]:
+    """(facts, commands, synthetic) of the run recorded in a checkpoint; only what it recorded."""
+    config = ckpt.get('config') if isinstance(ckpt.get('config'), Mapping) else {}
+    commands = [ckpt['command']] if ckpt.get('command') else []
+    synthetic = config.get('dataset') == 'synthetic'
+    if ckpt.get('format', '').startswith('sentizoo.pretrain'):
+        c, history = config, ckpt.get('history') or []
+        facts: List[Tuple[str, Any]] = [
+            ('Pretext tasks', f"{_TASK_NAMES.get(c['model'], c['model'])} (losses summed; one loader per task, "
+                              f"the shorter one cycled)"),
+            ('Data', '; '.join(f'{task}: {d["dataset"]}, {d["samples"]} samples'
+                               for task, d in ckpt.get('data', {}).items()) or c.get('dataset')),
+            ('Backbone initialisation', ckpt.get('init', 'not recorded')),
+            ('Optimiser', f"SGD lr {_fmt(c['lr'])}, momentum {_fmt(c['momentum'])}, weight decay "
+                          f"{_fmt(c['weight_decay'])}; lr x{_fmt(c['lr_gamma'])} every {c['lr_step']} epochs"),
+            ('Schedule', f"{ckpt.get('epoch')} of {c['epochs']} epochs, {ckpt.get('step')} steps; batch "
+                         f"{c['batch_size']} per task and process, {ckpt.get('world_size', 1)} process(es); "
+                         f"crop {c['image_size']} px"),
+            ('Precision', ckpt.get('precision', 'not recorded')),
+            ('Seed', c['seed']),
+        ]
+        if history:
+            last = history[-1]
+            facts.append((f"Mean losses of the last epoch ({last['epoch']})",
+                          ', '.join(f'{k} {_fmt(v)}' for k, v in last.items() if k not in ('epoch', 'lr', 'steps'))))
+    else:  # a checkpoint of another trainer: list the scalar settings it recorded
+        facts = [(k, v) for k, v in config.items() if isinstance(v, (str, int, float, bool))]
+        facts = facts or [('Training facts', 'not recorded in the checkpoint')]
+    if ckpt.get('versions'):
+        facts.append(('Software', ', '.join(f'{k} {v}' for k, v in ckpt['versions'].items())))
+    return facts, commands, synthetic
+
+
+def export(checkpoint: PathLike, tag: str, *, arch: Optional[str] = None, out: Optional[PathLike] = None,
+           results: Sequence[Mapping[str, Any]] = (), label_names: Optional[Sequence[str]] = None,
+           prefix: Optional[str] = None, command: Optional[str] = None) -> Exported:
+    """Write ``senti_<arch>.<tag>`` from ``checkpoint`` into ``out``; returns its name, folder and sha256.
+
+    Args:
+        checkpoint: a ``training.pretrain`` checkpoint, another trainer's torch checkpoint holding a
+            state dict (``model``/``state_dict`` entry or the dict itself), or a ``.safetensors`` file.
+        tag: ``st``, ``ho``, ``hp`` (backbone only) or a classifier tag such as ``fi``.
+        arch: the architecture; read from the checkpoint's config when it has one.
+        out: output folder; default ``$SENTIZOO_HOME/senti_<arch>.<tag>``.
+        results: evaluation records for the card and its model-index (only real results).
+        label_names: classifier tags: the class names (default: the checkpoint's, else the registry's).
+        prefix: key prefix of the model's tensors when the checkpoint holds several models.
+        command: the export command line, for the card (default: reconstructed).
+    """
+    import timm
+    if tag not in TAGS:
+        raise ValueError(f'--tag {tag!r} is not a zoo tag; use one of {TAGS}')
+    checkpoint = Path(checkpoint)
+    ckpt = {} if checkpoint.suffix == '.safetensors' else load_checkpoint(checkpoint)
+    config = ckpt.get('config') if isinstance(ckpt.get('config'), Mapping) else {}
+    recorded_arch = config.get('arch')
+    if arch and recorded_arch and senti_name(arch) != senti_name(recorded_arch):
+        raise ValueError(f'--arch {arch} but the checkpoint was trained with {recorded_arch}')
+    arch = arch or recorded_arch
+    if not arch:
+        raise ValueError(f'{checkpoint} does not record its architecture; pass --arch (one of {ARCHS})')
+    if config.get('model') in BACKBONE_TAGS and config['model'] != tag:
+        raise ValueError(f'{checkpoint} is a {config["model"].upper()} pre-training checkpoint; export it with '
+                         f'--tag {config["model"]}, not --tag {tag}')
+    name = f'{senti_name(arch)}.{tag}'
+    kwargs: Dict[str, Any] = {}
+    if tag not in BACKBONE_TAGS:
+        label_names = list(label_names or ckpt.get('label_names') or
+                           timm.models.get_pretrained_cfg(name).to_dict().get('label_names') or [])
+        if not label_names:
+            raise ValueError(f'{name} is a classifier: pass --label-names')
+        kwargs['num_classes'] = len(label_names)
+    model = timm.create_model(name, pretrained=False, **kwargs)
+    state = read_state_dict(ckpt or checkpoint)
+    prefix = find_prefix(state, model, prefix)
+    model.load_state_dict({k: state[prefix + k] for k in model.state_dict()})
+
+    folder = Path(out) if out else zoo_home() / name
+    sha256 = save_pretrained(model, folder, label_names=label_names if tag not in BACKBONE_TAGS else None)
+    facts, commands, synthetic = _recipe(ckpt)
+    commands.append(command or shlex.join(['python', '-m', 'training.export', '--checkpoint', str(checkpoint),
+                                           '--tag', tag, '--arch', arch]))
+    cfg = model.pretrained_cfg
+    card = render_card(name, repo_id=cfg.get('hf_hub_id') or f'sentizoo/{name}', architecture=stock_name(name),
+                       description=cfg.get('description') or name, recipe=facts, commands=commands,
+                       results=results, synthetic=synthetic)
+    (folder / 'README.md').write_text(card, encoding='utf-8')
+    print(f"registry entry for sentizoo/models.py SHA256:  '{name}': '{sha256}',")
+    return Exported(name, folder, sha256)
+
+
+def push_to_hub(folder: PathLike, repo_id: str, *, dry_run: bool = False, api: Any = None) -> List[str]:
+    """Upload ``folder`` to the model repo ``repo_id`` (created if needed); returns the uploaded files.
+
+    ``dry_run`` only lists them. Authentication is huggingface_hub's (``HF_TOKEN`` or ``hf auth login``).
+    """
+    folder = Path(folder)
+    files = sorted(str(p.relative_to(folder)) for p in folder.rglob('*') if p.is_file())
+    print(('would upload' if dry_run else 'uploading') + f' to https://huggingface.co/{repo_id}: ' + ', '.join(files))
+    if dry_run:
+        return files
+    if api is None:
+        from huggingface_hub import HfApi
+        api = HfApi()
+    api.create_repo(repo_id, repo_type='model', exist_ok=True)
+    api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type='model',
+                      commit_message=f'Upload {folder.name} (sentizoo training.export)')
+    return files
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog='python -m training.export', description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--checkpoint', required=True, help='training checkpoint (final.pt / last.pt of training.pretrain, '
+                                                       'another trainer\'s .pt, or .safetensors)')
+    p.add_argument('--tag', required=True, choices=TAGS, help='zoo tag: st/ho/hp backbones, fi classifier')
+    p.add_argument('--arch', choices=ARCHS, help='architecture (default: recorded in the checkpoint)')
+    p.add_argument('--out', help='output folder (default: $SENTIZOO_HOME/senti_<arch>.<tag>)')
+    p.add_argument('--results', nargs='*', default=[], metavar='JSON',
+                   help='evaluation result files for the model card: [{"dataset", "metric", "value", "split", '
+                        '"task", "source", "synthetic"}, ...]')
+    p.add_argument('--label-names', nargs='+', help='class names of a classifier tag (default: checkpoint / registry)')
+    p.add_argument('--prefix', help='key prefix of the model in a checkpoint holding several (e.g. target.)')
+    p.add_argument('--push', action='store_true', help='upload the folder to the Hugging Face hub')
+    p.add_argument('--repo-id', help='hub repo for --push (default: sentizoo/senti_<arch>.<tag>)')
+    p.add_argument('--dry-run', action='store_true', help='with --push: list the files, upload nothing')
+    args = p.parse_args(argv)
+    if (args.repo_id or args.dry_run) and not args.push:
+        p.error('--repo-id and --dry-run only apply with --push')
+    return args
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    command = shlex.join(['python', '-m', 'training.export', *(sys.argv[1:] if argv is None else argv)])
+    exported = export(args.checkpoint, args.tag, arch=args.arch, out=args.out, results=load_results(args.results),
+                      label_names=args.label_names, prefix=args.prefix, command=command)
+    if args.push:
+        push_to_hub(exported.folder, args.repo_id or f'sentizoo/{exported.name}', dry_run=args.dry_run)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
