@@ -22,6 +22,10 @@ _LAZY = {
     'get_task': 'sentizoo.tasks',
     'load_image': 'sentizoo.data',
     'ImageLoadError': 'sentizoo.data',
+    'list_images': 'sentizoo.data',
+    'ImageFiles': 'sentizoo.data',
+    'image_folder': 'sentizoo.datasets',
+    'image_csv': 'sentizoo.datasets',
 }
 
 __all__ = ['__version__', 'ARCHS', 'TAGS', 'FI_LABELS', 'list_models', 'senti_name', 'resolve_weights',

@@ -1,0 +1,122 @@
+"""`sentizoo predict` vs a naive one-image-at-a-time loop, on the same generated JPEGs and the same model.
+
+    python benchmarks/predict.py                 # the recorded run: 300 images, resnet50, 2 CPU cores
+    python benchmarks/predict.py --sweep         # tuning: predict alone over batch sizes x workers
+
+Both sides load the same random ``senti_resnet50.fi`` checkpoint (written here with save_pretrained)
+and are timed from model creation to the last prediction. The images are split into ``--rounds``
+folders and the two sides alternate folder by folder (naive, predict, naive, predict ...), each round a
+complete run with its own model creation, so both see the same load on a shared machine.
+``sentizoo predict`` runs in-process through ``sentizoo.cli.main`` (so neither side pays the interpreter
+and import start-up); the naive loop is ``PIL.Image.open(path).convert('RGB')`` -> the model's timm eval
+transform -> ``model(x[None])`` under ``torch.no_grad``, one image at a time. Their top-1 labels are
+checked to agree. The process is pinned to ``--cores`` CPUs (DataLoader workers inherit the pinning)
+and torch uses that many threads.
+"""
+import argparse
+import itertools
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+import timm
+from timm.data import create_transform, resolve_model_data_config
+
+from sentizoo.cli import main as sentizoo_main
+from sentizoo.weights import save_pretrained
+
+MODEL = 'senti_resnet50.fi'
+
+
+def make_images(root: Path, count: int, rounds: int, size=(500, 375)) -> list:
+    """Photo-like JPEGs (a colour gradient under noise, different for every image) in ``rounds`` folders."""
+    folders = [root / f'round{r}' for r in range(rounds)]
+    for folder in folders:
+        folder.mkdir(parents=True)
+    for i in range(count):
+        gradient = Image.linear_gradient('L').resize(size).rotate(i * 37 % 360, expand=False)
+        noise = Image.effect_noise(size, 20 + i % 60)
+        image = Image.merge('RGB', (gradient, noise, Image.blend(gradient, noise, (i % 10) / 10)))
+        image.save(folders[i % rounds] / f'{i:04d}.jpg', quality=90)
+    return folders
+
+
+def create(checkpoint: Path):
+    return timm.create_model(MODEL, pretrained=True, pretrained_cfg_overlay=dict(file=str(checkpoint))).eval()
+
+
+def naive(paths: list, checkpoint: Path) -> tuple:
+    start = time.perf_counter()
+    model = create(checkpoint)
+    transform = create_transform(**resolve_model_data_config(model))
+    labels = []
+    for path in paths:
+        x = transform(Image.open(path).convert('RGB'))
+        with torch.no_grad():
+            labels.append(model.pretrained_cfg['label_names'][model(x[None]).argmax(-1).item()])
+    return time.perf_counter() - start, labels
+
+
+def predict(folder: Path, checkpoint: Path, out: Path, batch_size=None, workers=None) -> tuple:
+    """``sentizoo predict`` with its default batch size and workers unless given."""
+    argv = ['predict', MODEL, str(folder), '--checkpoint', str(checkpoint), '--device', 'cpu', '--format', 'json',
+            '--output', str(out), '--top-k', '1']
+    for option, value in (('--batch-size', batch_size), ('--workers', workers)):
+        if value is not None:
+            argv += [option, str(value)]
+    start = time.perf_counter()
+    code = sentizoo_main(argv)
+    seconds = time.perf_counter() - start
+    assert code == 0, f'sentizoo predict exited with {code}'
+    return seconds, [row['predictions'][0]['label'] for row in json.loads(out.read_text())]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--images', type=int, default=300)
+    parser.add_argument('--rounds', type=int, default=5, help='alternating runs of each side')
+    parser.add_argument('--cores', type=int, default=2)
+    parser.add_argument('--batch-size', type=int, help='default: the CLI default')
+    parser.add_argument('--workers', type=int, help='default: the CLI default')
+    parser.add_argument('--sweep', action='store_true', help='predict only, on one round, over batch sizes x workers')
+    args = parser.parse_args()
+
+    os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:args.cores])
+    torch.set_num_threads(args.cores)
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        folders = make_images(tmp / 'images', args.images, args.rounds)
+        save_pretrained(timm.create_model(MODEL), tmp / 'weights', verbose=False)
+        checkpoint = tmp / 'weights' / 'model.safetensors'
+        print(f'{platform.machine()}, {args.cores} cores, torch {torch.__version__}, timm {timm.__version__}; '
+              f'{args.images} JPEGs 500x375 in {args.rounds} rounds; load average {os.getloadavg()[0]:.1f}')
+        if args.sweep:
+            count = len(list(folders[0].iterdir()))
+            for batch_size, workers in itertools.product((8, 16, 32, 64), (0, 1, 2)):
+                seconds, _ = predict(folders[0], checkpoint, tmp / 'out.json', batch_size, workers)
+                print(f'batch {batch_size:>3} workers {workers}: {count / seconds:6.2f} images/s', flush=True)
+            return
+        naive_s = predict_s = agree = 0
+        for folder in folders:
+            seconds, naive_labels = naive(sorted(folder.iterdir()), checkpoint)
+            naive_s += seconds
+            seconds, predict_labels = predict(folder, checkpoint, tmp / 'out.json', args.batch_size, args.workers)
+            predict_s += seconds
+            agree += sum(a == b for a, b in zip(naive_labels, predict_labels, strict=True))
+        workers = 'default' if args.workers is None else args.workers
+        settings = f'batch {args.batch_size or "default"}, workers {workers}'
+        print(f'naive loop:       {naive_s:7.1f} s  {args.images / naive_s:6.2f} images/s')
+        print(f'sentizoo predict: {predict_s:7.1f} s  {args.images / predict_s:6.2f} images/s ({settings})')
+        print(f'speed-up: {naive_s / predict_s:.2f}x; top-1 agreement {agree / args.images:.1%}; '
+              f'load average after {os.getloadavg()[0]:.1f}')
+
+
+if __name__ == '__main__':
+    main()

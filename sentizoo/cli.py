@@ -1,0 +1,537 @@
+"""The ``sentizoo`` command line: ``list``, ``info`` and ``predict`` (plus the training commands).
+
+Every subcommand is added by an ``add_<name>_parser(subparsers)`` function that registers its
+arguments and ``func`` (``args -> exit code``); :func:`build_parser` collects them.
+Exit codes: 0 success, 1 a failure while running (e.g. some images could not be read), 2 a usage error.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator, List, Optional, Sequence, TextIO
+
+__all__ = ['build_parser', 'main']
+
+PROG = 'sentizoo'
+
+
+class UsageError(Exception):
+    """A bad argument (unknown model, missing path ...): reported with exit code 2."""
+
+
+def _pretrained_cfg(name: str):
+    """The timm pretrained config of ``name`` (tag optional), or a UsageError naming the fix."""
+    import timm
+    from timm.models import get_pretrained_cfg
+
+    if not timm.is_model(name):
+        raise UsageError(f'unknown model {name!r}: `{PROG} list` shows the sentizoo models; any timm model name '
+                         f'(timm.list_models()) works too.')
+    try:
+        cfg = get_pretrained_cfg(name)
+    except RuntimeError as e:  # unknown tag
+        raise UsageError(f'{e} `{PROG} list` shows the available tags.') from e
+    if cfg is None:
+        raise UsageError(f'{name!r} has no pretrained config; give a tagged name, e.g. {name}.<tag>.')
+    return cfg
+
+
+def _local_weights(name: str, cfg) -> Optional[str]:
+    from .weights import find_local
+    path = find_local(name, cfg.hf_hub_id, cfg.hf_hub_filename or 'model.safetensors')
+    return str(path) if path else None
+
+
+def _full_name(name: str, cfg) -> str:
+    return f'{name.split(".")[0]}.{cfg.tag}' if cfg.tag else name
+
+
+# ---------------------------------------------------------------------------------------------- list
+
+def _run_list(args: argparse.Namespace) -> int:
+    import timm
+    from timm.models import get_pretrained_cfg
+
+    rows = [('model', 'labels', 'local weights')]
+    for name in timm.list_pretrained('senti_*'):
+        cfg = get_pretrained_cfg(name)
+        labels = str(cfg.num_classes) if cfg.num_classes else '- (backbone)'
+        rows.append((name, labels, _local_weights(name, cfg) or 'no'))
+    widths = [max(len(row[i]) for row in rows) for i in range(2)]
+    for row in rows:
+        print(f'{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]}')
+    return 0
+
+
+def add_list_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        'list', help='list the sentizoo models (architecture x tag) and whether their weights are local',
+        description='List every senti_<arch>.<tag> model: its number of labels (backbones have none) and '
+                    'the local weight file if one is in $SENTIZOO_HOME or the Hugging Face cache.')
+    p.set_defaults(func=_run_list)
+
+
+# ---------------------------------------------------------------------------------------------- info
+
+def _run_info(args: argparse.Namespace) -> int:
+    from .models import stock_name
+    from .weights import ChecksumMismatchError, WeightsNotFoundError, resolve_weights
+
+    cfg = _pretrained_cfg(args.model)
+    name = _full_name(args.model, cfg)
+    senti = name.startswith('senti_')
+    print(f'model: {name}')
+    print(f'architecture: {cfg.architecture}' + (f' (timm {stock_name(name)})' if senti else ''))
+    print(f'labels: {cfg.num_classes or "none (backbone: num_classes=0, no classifier)"}')
+    if cfg.label_names:
+        print(f'label names: {", ".join(cfg.label_names)}')
+    code = 0
+    if not senti:
+        print(f'weights: resolved by timm from {cfg.hf_hub_id or cfg.url or "nowhere (no pretrained weights)"}')
+    else:
+        try:  # report, never download
+            print(f'weights: {resolve_weights(name, cfg, download=False)}')
+        except WeightsNotFoundError as e:
+            print(f'weights: not available locally; online, they download from '
+                  f'https://huggingface.co/{cfg.hf_hub_id}\n{e}')
+        except ChecksumMismatchError as e:
+            print(f'weights: {e}')
+            code = 1
+    print('pretrained config:')
+    for key, value in cfg.to_dict().items():
+        if value is not None:
+            print(f'  {key}: {value}')
+    return code
+
+
+def add_info_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        'info', help="show a model's config, label names and where its weights resolve from",
+        description='Show the pretrained config of MODEL, its label names and where its weights come from.')
+    p.add_argument('model', metavar='MODEL', help='e.g. senti_resnet50.fi (no tag: the default tag)')
+    p.set_defaults(func=_run_info)
+
+
+# ------------------------------------------------------------------------------------------- predict
+
+def _create_classifier(args: argparse.Namespace):
+    """The model to predict with; a UsageError for a backbone, a bad checkpoint path or an unknown name."""
+    import timm
+
+    cfg = _pretrained_cfg(args.model)
+    name = _full_name(args.model, cfg)
+    if not cfg.num_classes:
+        raise UsageError(f'{name} is a backbone (num_classes=0): it has no classifier to predict with. '
+                         f'Use a classifier tag such as {name.split(".")[0]}.fi (the 8 FI emotions), or '
+                         f'fine-tune the backbone first (sentizoo.amalgamate).')
+    if args.checkpoint is not None:
+        if args.checkpoint.suffix != '.safetensors' or not args.checkpoint.is_file():
+            raise UsageError(f'--checkpoint {args.checkpoint}: expected an existing .safetensors file '
+                             f'(e.g. written by sentizoo.save_pretrained).')
+        return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(args.checkpoint)))
+    return timm.create_model(name, pretrained=not args.no_pretrained)
+
+
+def _label_names(model) -> List[str]:
+    names = model.pretrained_cfg.get('label_names')
+    if names and len(names) == model.num_classes:
+        return list(names)
+    return [str(i) for i in range(model.num_classes)]
+
+
+# Images per forward on CPU: larger batches spill the activations out of the caches and run slower per image.
+_CPU_CHUNK = 4
+
+
+@contextmanager
+def _forward_function(model, device) -> Iterator[Callable]:
+    """``images -> logits``. On CPU the batch is cut into chunks of ``_CPU_CHUNK`` images, run by one
+    single-threaded forward per torch thread side by side: this scales across cores better than one
+    multi-threaded forward and collapses far less when other processes share the cores (BENCHMARKS.md)."""
+    import torch
+
+    if device.type != 'cpu':
+        yield model
+        return
+    threads = torch.get_num_threads()
+
+    def forward(images):
+        with torch.inference_mode():  # thread-local: entered in each pool thread
+            return model(images)
+
+    torch.set_num_threads(1)  # new threads take this process-wide setting
+    try:
+        with ThreadPoolExecutor(threads) as pool:
+            yield lambda images: torch.cat(list(pool.map(forward, images.split(_CPU_CHUNK))))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _predict_rows(model, dataset, args: argparse.Namespace) -> List[dict]:
+    """One row per file of ``dataset``, in order: ``{'path', 'predictions': [(label, probability)], 'error'}``."""
+    import torch
+    from tqdm import tqdm
+
+    from .data import collate_images
+
+    device = torch.device(args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+    model = model.eval().to(device, memory_format=torch.channels_last)
+    labels = _label_names(model)
+    k = min(args.top_k, len(labels))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers,
+                                         collate_fn=collate_images, pin_memory=device.type == 'cuda')
+    rows: List[Optional[dict]] = [None] * len(dataset)
+    with tqdm(total=len(dataset), unit='img', desc=f'{PROG} predict', file=sys.stderr, disable=None) as bar, \
+            _forward_function(model, device) as forward, torch.inference_mode():
+        for batch in loader:
+            for index, error in batch.failures:
+                bar.write(f'{PROG} predict: error: {error}', file=sys.stderr)
+                rows[index] = dict(path=str(dataset.files[index]), predictions=[], error=error.reason)
+            if batch.images is not None:
+                images = batch.images.to(device, non_blocking=True, memory_format=torch.channels_last)
+                top = forward(images).float().softmax(dim=-1).topk(k, dim=-1)
+                for index, probs, classes in zip(batch.indices, top.values.tolist(), top.indices.tolist()):
+                    rows[index] = dict(path=str(dataset.files[index]), error=None,
+                                       predictions=[(labels[c], p) for c, p in zip(classes, probs)])
+            bar.update(len(batch.indices) + len(batch.failures))
+    return rows
+
+
+def _write_json(rows: List[dict], k: int, out: TextIO) -> None:
+    json.dump([dict(path=row['path'], predictions=[dict(label=label, probability=p) for label, p in
+                                                    row['predictions']], error=row['error']) for row in rows],
+              out, indent=2)
+    out.write('\n')
+
+
+def _write_csv(rows: List[dict], k: int, out: TextIO) -> None:
+    writer = csv.writer(out)
+    writer.writerow(['path', *[f'{field}_{i}' for i in range(1, k + 1) for field in ('label', 'probability')],
+                     'error'])
+    for row in rows:
+        cells = [cell for label, p in row['predictions'] for cell in (label, f'{p:.6f}')]
+        writer.writerow([row['path'], *cells, *[''] * (2 * k - len(cells)), row['error'] or ''])
+
+
+def _write_table(rows: List[dict], k: int, out: TextIO) -> None:
+    header = ['path', *[f'top-{i}' for i in range(1, k + 1)]]
+    cells = [[row['path'], *(f'{label} {p:.3f}' for label, p in row['predictions'])] for row in rows]
+    widths = [max(len(line[i]) for line in [header, *cells] if i < len(line)) for i in range(k + 1)]
+    for line, row in zip([header, *cells], [None, *rows]):
+        if row is not None and row['error']:
+            line = [line[0], f'ERROR: {row["error"]}']
+        out.write('  '.join(f'{cell:<{width}}' for cell, width in zip(line, widths)).rstrip() + '\n')
+
+
+_WRITERS = {'table': _write_table, 'json': _write_json, 'csv': _write_csv}
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    from timm.data import create_transform, resolve_model_data_config
+
+    from .data import ImageFiles
+    from .weights import ChecksumMismatchError, WeightsNotFoundError
+
+    if args.top_k < 1 or args.batch_size < 1 or args.workers < 0:
+        raise UsageError('--top-k and --batch-size must be >= 1 and --workers >= 0.')
+    try:
+        dataset = ImageFiles(args.paths)
+    except FileNotFoundError as e:
+        raise UsageError(str(e)) from e
+    if not len(dataset):
+        raise UsageError(f'no image files in {", ".join(map(str, args.paths))}.')
+    try:
+        out = open(args.output, 'w', newline='', encoding='utf-8') if args.output else None
+    except OSError as e:
+        raise UsageError(f'--output {args.output}: {e.strerror}.') from e
+    try:
+        try:
+            model = _create_classifier(args)
+        except (WeightsNotFoundError, ChecksumMismatchError) as e:
+            print(f'{PROG} predict: error: {e}', file=sys.stderr)
+            return 1
+        dataset.transform = create_transform(**resolve_model_data_config(model))
+        rows = _predict_rows(model, dataset, args)
+        _WRITERS[args.format](rows, min(args.top_k, model.num_classes), out or sys.stdout)
+    finally:
+        if out is not None:
+            out.close()
+    failed = sum(row['error'] is not None for row in rows)
+    print(f'{PROG} predict: {len(rows) - failed} images predicted, {failed} failed', file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _cpu_count() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
+
+
+def add_predict_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        'predict', help='top-k labels with probabilities for image files and folders',
+        description='Predict the top-k labels of every image in PATHS (files, and folders searched recursively) '
+                    'with a classifier such as senti_resnet50.fi. Bad files are reported on stderr and as error '
+                    'rows; the others are still predicted, and the exit code is 1 if any file failed.')
+    p.add_argument('model', metavar='MODEL', help='a classifier: senti_<arch>.fi or any timm model name')
+    p.add_argument('paths', metavar='PATHS', nargs='+', type=Path, help='image files and/or folders')
+    p.add_argument('--top-k', type=int, default=3, help='labels per image (default: 3)')
+    p.add_argument('--batch-size', type=int, default=32, help='images per forward pass (default: 32)')
+    p.add_argument('--workers', type=int, default=min(8, _cpu_count()),
+                   help='processes decoding images beside the model; 0 decodes in the main process '
+                        '(default: %(default)s, the CPU cores up to 8)')
+    p.add_argument('--device', help='torch device (default: cuda if available, else cpu)')
+    p.add_argument('--format', choices=sorted(_WRITERS), default='table', help='output format (default: table)')
+    p.add_argument('--output', type=Path, help='write the results to this file instead of stdout')
+    weights = p.add_mutually_exclusive_group()
+    weights.add_argument('--checkpoint', type=Path, metavar='FILE',
+                         help='load these weights (.safetensors) instead of the published ones')
+    weights.add_argument('--no-pretrained', action='store_true', help='random weights (testing, timing)')
+    p.set_defaults(func=_run_predict)
+
+
+# ------------------------------------------------------------------------------- amalgamate / evaluate
+
+def _open_labelled(path: Path, transform=None):
+    from .datasets import open_dataset
+    try:
+        return open_dataset(path, transform)
+    except (FileNotFoundError, ValueError) as e:
+        raise UsageError(str(e)) from e
+
+
+def _task_for(path: Path, task: Optional[str]) -> str:
+    if task is None and not path.is_dir():
+        raise UsageError(f'{path} is a CSV of label vectors: pass --task mll (0/1 labels) or --task ldl '
+                         f'(distributions).')
+    return task or 'sll'
+
+
+def _loader(dataset, args: argparse.Namespace, shuffle: bool):
+    import torch
+    from torch.utils.data import DataLoader
+    return DataLoader(dataset, batch_size=args.batch_size, shuffle=shuffle, num_workers=args.workers,
+                      persistent_workers=args.workers > 0, pin_memory=torch.cuda.is_available())
+
+
+def _data_config(model, img_size: Optional[int]) -> dict:
+    from timm.data import resolve_model_data_config
+    config = resolve_model_data_config(model)
+    if img_size:
+        config['input_size'] = (config['input_size'][0], img_size, img_size)
+    return config
+
+
+def _create_target(args: argparse.Namespace, num_classes: int):
+    """The target: stock timm architecture with a fresh head, initialised as ``--init`` says."""
+    import timm
+
+    from .amalgamation import init_target_from
+    from .models import senti_name, stock_name
+
+    arch = stock_name(args.model)
+    if not timm.is_model(arch):
+        raise UsageError(f'unknown architecture {args.model!r}; e.g. resnet50 or senti_resnet50.')
+    init = args.init or ('imagenet' if args.baseline else 'hp')
+    if init == 'hp':
+        try:
+            hp = timm.create_model(f'{senti_name(arch)}.hp', pretrained=True)
+        except ValueError as e:
+            raise UsageError(f'--init hp: {e}') from e
+        return init_target_from(timm.create_model(arch, num_classes=num_classes), hp)
+    return timm.create_model(arch, pretrained=init == 'imagenet', num_classes=num_classes)
+
+
+def _run_amalgamate(args: argparse.Namespace) -> int:
+    from .datasets import eval_transform, train_transform
+    from .engine import NonFiniteLossError, amalgamate, finetune
+    from .weights import ChecksumMismatchError, WeightsNotFoundError, save_pretrained
+
+    train_set = _open_labelled(args.train)
+    task = _task_for(args.train, args.task)
+    val_set = _open_labelled(args.val) if args.val else None
+    labels = train_set.label_names
+    if val_set is not None and val_set.label_names != labels:
+        raise UsageError(f'--val {args.val} has labels {val_set.label_names[:8]}, the training data {labels[:8]}.')
+    options = dict(task=task, epochs=args.epochs, lr=args.lr, momentum=args.momentum,
+                   weight_decay=args.weight_decay, step_size=args.step_size, gamma=args.gamma, seed=args.seed,
+                   device=args.device,
+                   amp=not args.no_amp, channels_last=not args.no_channels_last, sync_batchnorm=args.sync_batchnorm,
+                   progress=not args.no_progress, checkpoint_every=args.checkpoint_every,
+                   checkpoint_dir=args.checkpoint_dir or args.output / 'checkpoints')
+    if not args.baseline:
+        options.update(feature_stages=args.feature_stages, logits_teachers=args.logits_teachers,
+                       teacher_task_loss=not args.no_teacher_task_loss, freeze_teachers=args.freeze_teachers)
+    try:
+        model = _create_target(args, len(labels))
+        config = _data_config(model, args.img_size)
+        train_set.transform = train_transform(config)
+        val_loader = None
+        if val_set is not None:
+            val_set.transform = eval_transform(config)
+            val_loader = _loader(val_set, args, shuffle=False)
+        model = (finetune if args.baseline else amalgamate)(model, _loader(train_set, args, shuffle=True),
+                                                            val_loader=val_loader, **options)
+    except (WeightsNotFoundError, ChecksumMismatchError, NonFiniteLossError) as e:
+        print(f'{PROG} amalgamate: error: {e}', file=sys.stderr)
+        return 1
+    except (ValueError, FileExistsError) as e:  # data or options that do not fit, found before training
+        raise UsageError(str(e)) from e
+    if int(os.environ.get('RANK', '0')) == 0:
+        model.pretrained_cfg = dict(model.pretrained_cfg, input_size=config['input_size'])
+        save_pretrained(model, args.output, label_names=labels, extra_config={'task': task})
+        (args.output / 'history.json').write_text(json.dumps(model.sentizoo_history, indent=2) + '\n')
+        best = model.sentizoo_history['best_epoch']
+        print(f'{PROG} amalgamate: wrote {args.output}' + (f' (best epoch {best} on --val)' if best else ''),
+              file=sys.stderr)
+    return 0
+
+
+def _add_data_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument('--task', choices=('sll', 'mll', 'ldl'),
+                   help='sll for a folder of class folders (default); mll or ldl for a CSV (required)')
+    p.add_argument('--batch-size', type=int, default=32, help='images per step and process (default: 32)')
+    p.add_argument('--workers', type=int, default=4, help='DataLoader worker processes (default: 4)')
+    p.add_argument('--img-size', type=int, help='input size (default: the model\'s, 224)')
+    p.add_argument('--device', help='torch device (default: this process\'s GPU if any, else cpu)')
+    p.add_argument('--no-amp', action='store_true', help='no bf16 autocast on CUDA')
+    p.add_argument('--no-channels-last', action='store_true', help='keep the contiguous memory format')
+    p.add_argument('--no-progress', action='store_true', help='no progress bar')
+
+
+_DATA_HELP = ('DATA is a folder of class folders (single-label, classes in sorted order: root/<class>/*.jpg) or a '
+              'CSV file with a header "path,<label 1>,...,<label C>" and one row per image: its path (relative '
+              'to the CSV) and C numbers, 0/1 labels (--task mll) or a distribution (--task ldl).')
+
+
+def add_amalgamate_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        'amalgamate', help='fine-tune a target with the ST/HO/HP teachers (the paper\'s amalgamation)',
+        description='Fine-tune a target of architecture MODEL on TRAIN while the sentiment-pretrained ST, HO and '
+                    'HP teachers (senti_<arch>.st/.ho/.hp from the zoo) train beside it with the paper\'s loss; '
+                    'keep the epoch that scores best on --val and write it to --output in the zoo format '
+                    '(model.safetensors + config.json, loadable by `sentizoo evaluate OUTPUT`), with '
+                    'history.json. Checkpoints go to OUTPUT/checkpoints after every epoch; rerunning the same '
+                    'command resumes. Defaults are the paper\'s (SGD lr 1e-3, momentum 0.9, weight decay 1e-4, '
+                    '30 epochs, lr x0.1 every 10). Under torchrun every process runs this command. ' + _DATA_HELP)
+    p.add_argument('model', metavar='MODEL', help='architecture: resnet18/50/101, vgg16_bn, vgg19_bn (or senti_*)')
+    p.add_argument('train', metavar='TRAIN', type=Path, help='training data (see DATA above)')
+    p.add_argument('--val', type=Path, metavar='DATA', help='validation data for model selection (not the test set)')
+    p.add_argument('--output', type=Path, required=True, metavar='DIR', help='where to write the trained target')
+    p.add_argument('--baseline', action='store_true',
+                   help='plain fine-tuning without teachers (the paper\'s baseline)')
+    p.add_argument('--init', metavar='{hp,imagenet,random}', choices=('hp', 'imagenet', 'random'),
+                   help='target initialisation: hp = the senti HP backbone (default, official), imagenet = timm\'s '
+                        'weights (default with --baseline), random')
+    _add_data_arguments(p)
+    p.add_argument('--epochs', type=int, default=30, help='(default: 30)')
+    p.add_argument('--lr', type=float, default=1e-3, help='SGD learning rate (default: 1e-3)')
+    p.add_argument('--momentum', type=float, default=0.9, help='(default: 0.9)')
+    p.add_argument('--weight-decay', type=float, default=1e-4, help='(default: 1e-4)')
+    p.add_argument('--step-size', type=int, default=10, help='epochs between lr decays (default: 10)')
+    p.add_argument('--gamma', type=float, default=0.1, help='lr decay factor (default: 0.1)')
+    p.add_argument('--seed', type=int, default=0, help='(default: 0)')
+    p.add_argument('--checkpoint-dir', type=Path, metavar='DIR', help='(default: OUTPUT/checkpoints)')
+    p.add_argument('--checkpoint-every', type=int, metavar='N', help='also checkpoint every N steps')
+    p.add_argument('--sync-batchnorm', action='store_true',
+                   help='under torchrun on GPUs: BatchNorm statistics over the global batch')
+    ablation = p.add_argument_group('ablations (paper Tables 3 and 4)')
+    ablation.add_argument('--feature-stages', type=int, nargs='*', choices=(1, 2, 3), default=[1, 2, 3],
+                          metavar='K',
+                          help='target stages regularised towards ST (1), HO (2), HP (3) (default: 1 2 3)')
+    ablation.add_argument('--logits-teachers', nargs='*', choices=('st', 'ho', 'hp'), default=['hp'],
+                          metavar='T', help='teachers whose logits regularise the target\'s (default: hp)')
+    ablation.add_argument('--no-teacher-task-loss', action='store_true', help='drop the teachers\' task losses')
+    ablation.add_argument('--freeze-teachers', action='store_true', help='teachers fixed, in eval mode (faster)')
+    p.set_defaults(func=_run_amalgamate)
+
+
+def _evaluation_model(args: argparse.Namespace):
+    """MODEL as a folder written by `sentizoo amalgamate` (with its task) or a classifier name."""
+    import timm
+
+    folder = Path(args.model)
+    if folder.is_dir():
+        config = folder / 'config.json'
+        if not config.is_file():
+            raise UsageError(f'{folder} has no config.json; expected a folder written by `{PROG} amalgamate`.')
+        task = json.loads(config.read_text()).get('task')
+        return timm.create_model(f'local-dir:{folder.resolve()}', pretrained=True), task
+    return _create_classifier(args), None
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from .engine import evaluate
+    from .weights import ChecksumMismatchError, WeightsNotFoundError
+
+    try:
+        model, saved_task = _evaluation_model(args)
+    except (WeightsNotFoundError, ChecksumMismatchError) as e:
+        print(f'{PROG} evaluate: error: {e}', file=sys.stderr)
+        return 1
+    task = _task_for(args.data, args.task or saved_task)
+    from .datasets import eval_transform
+    dataset = _open_labelled(args.data, eval_transform(_data_config(model, args.img_size)))
+    if len(dataset.label_names) != model.num_classes:
+        raise UsageError(f'{args.data} has {len(dataset.label_names)} labels, the model {model.num_classes} outputs.')
+    try:
+        metrics = evaluate(model, _loader(dataset, args, shuffle=False), task, device=args.device, amp=not args.no_amp,
+                           channels_last=not args.no_channels_last, progress=not args.no_progress)
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+    if int(os.environ.get('RANK', '0')) != 0:
+        return 0
+    text = (json.dumps(metrics, indent=2) if args.format == 'json'
+            else ''.join(f'{name:<14}{value:.6f}\n' for name, value in metrics.items()))
+    if args.output:
+        args.output.write_text(text.rstrip('\n') + '\n')
+    else:
+        print(text.rstrip('\n'))
+    return 0
+
+
+def add_evaluate_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        'evaluate', help='score a classifier on a labelled image folder or CSV',
+        description='Compute the task\'s metrics (sll: accuracy; mll: Hamming loss, ranking loss, micro/macro F1; '
+                    'ldl: Chebyshev, Clark, Canberra, KL, Cosine, Intersection) of MODEL on DATA, with the '
+                    'evaluation transform (resize, center crop). MODEL is a folder written by `sentizoo amalgamate` '
+                    '(its task is remembered) or a classifier name such as senti_resnet50.fi. ' + _DATA_HELP)
+    p.add_argument('model', metavar='MODEL', help='a folder from `sentizoo amalgamate`, or a classifier name')
+    p.add_argument('data', metavar='DATA', type=Path, help='labelled images (see DATA above)')
+    _add_data_arguments(p)
+    p.add_argument('--format', choices=('table', 'json'), default='table', help='output format (default: table)')
+    p.add_argument('--output', type=Path, help='write the metrics to this file instead of stdout')
+    p.add_argument('--checkpoint', type=Path, metavar='FILE', help='with a model name: load these weights')
+    p.set_defaults(func=_run_evaluate, no_pretrained=False)
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``sentizoo`` parser with every subcommand."""
+    from .version import __version__
+
+    parser = argparse.ArgumentParser(
+        prog=PROG, description='sentizoo: sentiment-oriented pre-trained models for visual sentiment analysis. '
+                               f'`{PROG} COMMAND --help` explains each command.')
+    parser.add_argument('--version', action='version', version=f'{PROG} {__version__}')
+    subparsers = parser.add_subparsers(dest='command', metavar='COMMAND', required=True)
+    for add in (add_list_parser, add_info_parser, add_predict_parser, add_amalgamate_parser, add_evaluate_parser):
+        add(subparsers)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the command line; returns the exit code (argparse exits with 2 on malformed arguments)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except UsageError as e:
+        print(f'{PROG} {args.command}: error: {e}', file=sys.stderr)
+        return 2

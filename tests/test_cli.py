@@ -1,0 +1,189 @@
+"""The sentizoo CLI, in-process through main(argv) and once through `python -m sentizoo`."""
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from PIL import Image
+from timm.data import create_transform, resolve_model_data_config
+
+from sentizoo.cli import main
+from sentizoo.data import load_image
+from sentizoo.models import FI_LABELS
+from sentizoo.weights import save_pretrained
+
+MODEL = 'senti_resnet18.fi'
+BAD = {'truncated.jpg': 'truncated', 'empty.jpg': 'empty', 'text.jpg': 'not an image', 'bomb.png': 'decompression bomb'}
+
+
+@pytest.fixture(scope='module')
+def weights_dir(tmp_path_factory) -> Path:
+    """A random senti_resnet18.fi in the zoo format (seeded, so its predictions are not all ties)."""
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp('weights') / MODEL
+    save_pretrained(timm.create_model(MODEL), folder, verbose=False)
+    return folder
+
+
+@pytest.fixture
+def zoo(isolated_zoo, weights_dir) -> Path:
+    isolated_zoo.mkdir(parents=True)
+    (isolated_zoo / MODEL).symlink_to(weights_dir)
+    return isolated_zoo
+
+
+@pytest.fixture(scope='module')
+def images(tmp_path_factory) -> Path:
+    """Two good JPEGs (one nested), a good PNG, and one bad file of each kind."""
+    root = tmp_path_factory.mktemp('images')
+    (root / 'sub').mkdir()
+    Image.radial_gradient('L').resize((40, 30)).convert('RGB').save(root / 'a_gradient.jpg')
+    Image.effect_noise((30, 40), 60).convert('RGB').save(root / 'sub' / 'noise.jpg')
+    Image.new('RGBA', (32, 32), (200, 40, 40, 128)).save(root / 'b_alpha.png')
+    full = (root / 'a_gradient.jpg').read_bytes()
+    (root / 'truncated.jpg').write_bytes(full[:len(full) // 2])
+    (root / 'empty.jpg').touch()
+    (root / 'text.jpg').write_text('not an image\n')
+    Image.new('RGB', (400, 400)).save(root / 'bomb.png')  # a bomb once MAX_IMAGE_PIXELS is lowered
+    return root
+
+
+@pytest.fixture
+def bomb_limit(monkeypatch):
+    monkeypatch.setattr(Image, 'MAX_IMAGE_PIXELS', 100_000)  # above the good images, resized to 341x256
+
+
+def _run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _expected_probabilities(path: Path) -> torch.Tensor:
+    model = timm.create_model(MODEL, pretrained=True).eval()
+    x = create_transform(**resolve_model_data_config(model))(load_image(path))
+    with torch.inference_mode():
+        return model(x[None]).softmax(-1)[0]
+
+
+def test_predict_json_rows_errors_and_exit_code(capsys, zoo, images, bomb_limit):
+    code, out, err = _run(capsys, 'predict', MODEL, images, '--format', 'json', '--top-k', 3, '--workers', 0,
+                          '--batch-size', 2)
+    assert code == 1
+    rows = json.loads(out)
+    assert [Path(r['path']).name for r in rows] == ['a_gradient.jpg', 'b_alpha.png', 'bomb.png', 'empty.jpg',
+                                                     'noise.jpg', 'text.jpg', 'truncated.jpg']
+    for row in rows:
+        name = Path(row['path']).name
+        if name in BAD:
+            assert row['predictions'] == [] and BAD[name] in row['error']
+            assert f'error: Cannot load image {row["path"]}' in err
+        else:
+            assert row['error'] is None
+            probs = [p['probability'] for p in row['predictions']]
+            assert len(probs) == 3 and probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
+            assert all(p['label'] in FI_LABELS for p in row['predictions'])
+    assert '3 images predicted, 4 failed' in err
+    # the rows are the model's own softmax on load_image + the model's timm transform
+    expected = _expected_probabilities(images / 'sub' / 'noise.jpg')
+    got = {p['label']: p['probability'] for p in rows[4]['predictions']}
+    top = expected.topk(3)
+    assert list(got) == [FI_LABELS[i] for i in top.indices]
+    assert list(got.values()) == pytest.approx(top.values.tolist(), abs=1e-5)
+
+
+def test_predict_only_good_files_in_workers_csv(capsys, zoo, images, tmp_path):
+    good = [images / 'a_gradient.jpg', images / 'b_alpha.png', images / 'sub']
+    output = tmp_path / 'out.csv'
+    code, out, _ = _run(capsys, 'predict', MODEL, *good, '--format', 'csv', '--top-k', 20, '--workers', 1,
+                        '--output', output)
+    assert code == 0 and out == ''
+    rows = list(csv.DictReader(io.StringIO(output.read_text())))
+    assert [Path(r['path']).name for r in rows] == ['a_gradient.jpg', 'b_alpha.png', 'noise.jpg']
+    assert list(rows[0]) == ['path', *[f'{f}_{i}' for i in range(1, 9) for f in ('label', 'probability')], 'error']
+    for row in rows:  # top-k capped at the 8 classes: all of them, summing to 1
+        assert sorted(row[f'label_{i}'] for i in range(1, 9)) == sorted(FI_LABELS) and row['error'] == ''
+        assert sum(float(row[f'probability_{i}']) for i in range(1, 9)) == pytest.approx(1, abs=1e-5)
+
+
+def test_predict_table_and_checkpoint(capsys, images, weights_dir):
+    # --checkpoint needs nothing in the zoo; the bad rows say ERROR
+    code, out, err = _run(capsys, 'predict', MODEL, images / 'a_gradient.jpg', images / 'text.jpg',
+                          '--checkpoint', weights_dir / 'model.safetensors', '--top-k', 2, '--workers', 0)
+    assert code == 1
+    header, first, second = out.splitlines()
+    assert header.split() == ['path', 'top-1', 'top-2']
+    label1, p1, label2, p2 = first.split()[1:]
+    assert {label1, label2} <= set(FI_LABELS) and 1 >= float(p1) >= float(p2) > 0
+    assert second.split()[:2] == [str(images / 'text.jpg'), 'ERROR:']
+
+
+def test_predict_usage_errors(capsys, zoo, images, tmp_path):
+    code, _, err = _run(capsys, 'predict', 'senti_resnet18.hp', images)
+    assert code == 2 and 'no classifier' in err and 'senti_resnet18.fi' in err
+    code, _, err = _run(capsys, 'predict', MODEL, images, tmp_path / 'missing')
+    assert code == 2 and str(tmp_path / 'missing') in err
+    code, _, err = _run(capsys, 'predict', 'no_such_model', images)
+    assert code == 2 and 'unknown model' in err
+    code, _, err = _run(capsys, 'predict', MODEL, images, '--checkpoint', tmp_path / 'model.pth')
+    assert code == 2 and '.safetensors' in err
+    (tmp_path / 'empty_dir').mkdir()
+    code, _, err = _run(capsys, 'predict', MODEL, tmp_path / 'empty_dir')
+    assert code == 2 and 'no image files' in err
+    with pytest.raises(SystemExit) as info:  # argparse: malformed arguments
+        main(['predict', MODEL, str(images), '--format', 'xml'])
+    assert info.value.code == 2
+
+
+def test_predict_without_weights_names_the_fix(capsys, images):
+    code, out, err = _run(capsys, 'predict', 'senti_resnet50.fi', images / 'a_gradient.jpg')
+    assert code == 1 and out == '' and 'No weights found for senti_resnet50.fi' in err and 'SENTIZOO_HOME' in err
+
+
+def test_list_and_info(capsys, zoo):
+    code, out, _ = _run(capsys, 'list')
+    lines = {line.split()[0]: line for line in out.splitlines()[1:]}
+    assert code == 0 and len(lines) == 20
+    assert lines[MODEL].split()[1:] == ['8', str(zoo / MODEL / 'model.safetensors')]
+    assert lines['senti_resnet50.hp'].split()[1:] == ['-', '(backbone)', 'no']
+
+    code, out, _ = _run(capsys, 'info', 'senti_resnet18.fi')
+    assert code == 0 and f'weights: {zoo / MODEL / "model.safetensors"}' in out
+    assert f'label names: {", ".join(FI_LABELS)}' in out and 'crop_pct: 0.875' in out
+    code, out, _ = _run(capsys, 'info', 'senti_resnet50')  # default tag, weights missing
+    assert code == 0 and 'model: senti_resnet50.hp' in out and 'no classifier' in out
+    assert 'No weights found for senti_resnet50.hp' in out
+    code, _, err = _run(capsys, 'info', 'senti_resnet50.zz')
+    assert code == 2 and 'Invalid pretrained tag' in err
+
+
+def test_info_reports_a_checksum_mismatch(capsys, isolated_zoo):
+    folder = isolated_zoo / 'senti_resnet18.st'
+    folder.mkdir(parents=True)
+    (folder / 'model.safetensors').write_bytes(b'not the published file')
+    (folder / 'config.json').write_text(json.dumps({'sha256': '0' * 64}))
+    code, out, _ = _run(capsys, 'info', 'senti_resnet18.st')
+    assert code == 1 and f'expected {"0" * 64}' in out and str(folder / 'model.safetensors') in out
+
+
+def test_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(['--help'])
+    out = capsys.readouterr().out
+    assert info.value.code == 0
+    assert all(command in out for command in ('list', 'info', 'predict', 'amalgamate', 'evaluate'))
+
+
+def test_python_m_sentizoo(zoo, images):
+    result = subprocess.run([sys.executable, '-m', 'sentizoo', 'predict', MODEL, str(images / 'sub'),
+                             str(images / 'empty.jpg'), '--format', 'json', '--workers', '1'],
+                            capture_output=True, text=True, env=os.environ, timeout=120)
+    assert result.returncode == 1, result.stderr
+    good, bad = json.loads(result.stdout)
+    assert len(good['predictions']) == 3 and bad['error'] == 'the file is empty (0 bytes)'
