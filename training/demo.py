@@ -1,0 +1,196 @@
+"""The whole method end to end on a laptop, with no data and no weights to download (results are SYNTHETIC).
+
+    python -m training.demo                 # a few minutes on 2 CPU cores
+    python -m training.demo --quick         # seconds: the smallest sizes (what the tests run)
+    python -m training.demo --out runs/demo --zoo runs/demo/zoo --threads 2
+
+Six phases, each timed:
+
+1. **data**: the synthetic affect world (:mod:`training.datasets.synthetic`): procedural images whose emotion
+   label depends on colour (low level), layout (mid level) and object + state (high level); a sample sheet
+   is written to ``<out>/synthetic_samples.png``;
+2. **pretrain**: tiny ST, HO and HP ResNet18 models (:func:`training.pretrain.pretrain`, random
+   initialisation, the pretext tasks on synthetic images);
+3. **export**: their backbones into a local zoo (:func:`training.export.export`; default ``<out>/zoo``);
+4. **load**: ``timm.create_model('senti_resnet18.<tag>', pretrained=True)`` with ``SENTIZOO_HOME`` set to
+   that zoo, as a user would load the published weights;
+5. **finetune**: the downstream experiment ``training/configs/demo.json`` (:mod:`training.downstream`): a
+   baseline fine-tuned with :func:`sentizoo.engine.finetune` from a random initialisation (a fresh machine
+   has no ImageNet weights) and the amalgamation (:func:`sentizoo.amalgamate`: target from the HP backbone,
+   the three models as teachers), epoch selected on validation, metrics on test;
+6. **report**: the side-by-side table (printed) and the loss / validation curves
+   (``<out>/report/demo.png``, report in ``<out>/report/report.md``).
+
+Phase times go to ``<out>/timings.json``. Whatever the numbers are, they come from synthetic data and say
+nothing about real visual sentiment.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Dict, Iterator, Mapping, Optional, Sequence
+
+import torch
+
+__all__ = ['PRETRAIN', 'QUICK', 'run_demo', 'main']
+
+ARCH = 'resnet18'
+TAGS = ('st', 'ho', 'hp')
+PRETRAIN: Dict[str, Any] = {'image_size': 32, 'batch_size': 16, 'epochs': 1, 'steps_per_epoch': 60,
+                            'max_samples': 960}
+"""Pre-training sizes of each of the ST, HO and HP models (any :class:`~training.pretrain.PretrainConfig`
+field); the rest is the paper's recipe (SGD lr 0.01, momentum 0.9, weight decay 1e-4)."""
+QUICK: Dict[str, Any] = {
+    'pretrain': {'batch_size': 4, 'steps_per_epoch': 2, 'max_samples': 8},
+    'downstream': {'data': {'n_train': 16, 'n_val': 8, 'n_test': 8}, 'batch_size': 8, 'eval_batch_size': 8,
+                   'train': {'epochs': 2, 'step_size': 1}},
+}
+"""``--quick``: overrides of :data:`PRETRAIN` and of ``configs/demo.json`` (seconds, for the tests)."""
+
+
+@contextlib.contextmanager
+def _zoo_home(folder: Path) -> Iterator[None]:
+    """``SENTIZOO_HOME=folder`` inside the block, restored afterwards."""
+    previous = os.environ.get('SENTIZOO_HOME')
+    os.environ['SENTIZOO_HOME'] = str(folder)
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ['SENTIZOO_HOME']
+        else:
+            os.environ['SENTIZOO_HOME'] = previous
+
+
+class _Phases:
+    """Prints ``[k/6] title`` as each phase starts and records its wall time."""
+
+    def __init__(self, total: int):
+        self.total, self.seconds = total, {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str, title: str) -> Iterator[None]:
+        print(f'[{len(self.seconds) + 1}/{self.total}] {title}', flush=True)
+        started = time.perf_counter()
+        yield
+        self.seconds[name] = round(time.perf_counter() - started, 2)
+        print(f'      done in {self.seconds[name]:.1f} s', flush=True)
+
+
+def _sample_sheet(path: Path, n: int = 16, seed: int = 0, size: int = 64) -> None:
+    """A grid of synthetic images titled with their emotion (SLL label) and ANP."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    from .datasets.synthetic import ADJECTIVES, EMOTIONS, NOUNS, AffectWorld
+    world = AffectWorld(seed, size)
+    fig, axes = plt.subplots(2, n // 2, figsize=(n // 2 * 1.4, 4.2))
+    for i, ax in enumerate(axes.flat):
+        image, cues = world.sample(i)
+        ax.imshow(image)
+        ax.set_title(f'{EMOTIONS[cues.emotion]}\n{ADJECTIVES[cues.adjective]} {NOUNS[cues.noun]}', fontsize=7)
+        ax.axis('off')
+    fig.suptitle('Synthetic affect world (SYNTHETIC): emotion label and adjective-noun pair', fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _pretrain(tag: str, out: Path, sizes: Mapping[str, Any], seed: int) -> Path:
+    from .pretrain import PretrainConfig, pretrain
+    config = PretrainConfig(model=tag, arch=ARCH, dataset='synthetic', init='random', workers=0, seed=seed,
+                            out_dir=str(out / 'pretrain' / tag), **sizes)
+    with warnings.catch_warnings():  # a random start is the point here: no ImageNet weights on a fresh machine
+        warnings.filterwarnings('ignore', message='pre-training .* from a random initialisation')
+        return pretrain(config)
+
+
+def run_demo(out: Path = Path('runs/demo'), zoo: Optional[Path] = None, quick: bool = False, seed: int = 0,
+             progress: bool = True) -> Dict[str, Any]:
+    """Run the six phases; returns ``{'results': [result dicts], 'table': markdown, 'seconds': {phase: s}}``."""
+    import timm
+
+    import sentizoo
+    from sentizoo.weights import resolve_weights
+
+    from .downstream import load_config, merge_config, run_experiment, validate_config
+    from .export import export
+    from .report import SYNTHETIC_NOTE, load_results, render, runs_table
+
+    out = Path(out)
+    zoo = Path(zoo) if zoo is not None else out / 'zoo'
+    pretrain_sizes = merge_config(PRETRAIN, QUICK['pretrain'] if quick else {})
+    config = load_config('demo')
+    config = validate_config(merge_config(config, QUICK['downstream']) if quick else config, config['source'])
+    config['train']['seed'] = seed
+    config['data']['seed'] = seed
+    out.mkdir(parents=True, exist_ok=True)
+    phase = _Phases(6)
+
+    with phase('data', 'Generating the synthetic affect world (colour, layout, object + state -> emotion)'):
+        d = config['data']
+        print(f'      {d["n_train"]}/{d["n_val"]}/{d["n_test"]} train/val/test images for the emotion task and '
+              f'{pretrain_sizes["max_samples"]} per pretext task, rendered on the fly (seed {seed}); sample sheet: '
+              f'{out / "synthetic_samples.png"}')
+        _sample_sheet(out / 'synthetic_samples.png', seed=seed)
+    checkpoints: Dict[str, Path] = {}
+    with phase('pretrain', f'Pre-training tiny ST, HO and HP {ARCH} models on synthetic pretext tasks'):
+        for tag in TAGS:
+            checkpoints[tag] = _pretrain(tag, out, dict(pretrain_sizes, progress=progress), seed)
+    with phase('export', f'Exporting the backbones into the zoo {zoo}'):
+        for tag in TAGS:
+            with contextlib.redirect_stdout(io.StringIO()):  # export prints the registry line for maintainers
+                exported = export(checkpoints[tag], tag, out=zoo / f'senti_{ARCH}.{tag}')
+            print(f'      {exported.name}: {exported.folder} (sha256 {exported.sha256[:12]}…)')
+    with _zoo_home(zoo.resolve()):
+        with phase('load', f"Loading them back: timm.create_model('senti_{ARCH}.<tag>', pretrained=True), "
+                           f'SENTIZOO_HOME={zoo}'):
+            for tag in TAGS:
+                name = f'senti_{ARCH}.{tag}'
+                model = timm.create_model(name, pretrained=True)
+                params = sum(p.numel() for p in model.parameters()) / 1e6
+                print(f'      {name}: {params:.1f}M parameters from {resolve_weights(name)}')
+        with phase('finetune', 'Fine-tuning on the synthetic emotion task: baseline (finetune) vs amalgamation'):
+            run_experiment(config, out=out / 'results', progress=progress)
+    with phase('report', 'Writing the report and the plot'):
+        results = [r for r in load_results(out / 'results') if r['experiment'] == config['name']]
+        render(out / 'results', out / 'report')
+        table = runs_table(results)
+    print(f'\n{SYNTHETIC_NOTE}\n\nSYNTHETIC results ({ARCH}, {config["task"].upper()}, test split, epoch selected '
+          f'on validation):\n\n{table}\n\nPlot: {out / "report" / (config["name"] + ".png")}; '
+          f'report: {out / "report" / "report.md"}\n')
+    total = round(sum(phase.seconds.values()), 2)
+    timings = {'seconds': phase.seconds, 'total_seconds': total, 'quick': quick, 'threads': torch.get_num_threads(),
+               'sentizoo': sentizoo.__version__}
+    (out / 'timings.json').write_text(json.dumps(timings, indent=2) + '\n')
+    print('Phase times: ' + ', '.join(f'{k} {v:.1f} s ({100 * v / total:.0f}%)' for k, v in phase.seconds.items())
+          + f'; total {total:.1f} s')
+    return {'results': results, 'table': table, 'seconds': phase.seconds}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog='python -m training.demo', description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--out', type=Path, default=Path('runs/demo'), help='output folder (default: runs/demo)')
+    p.add_argument('--zoo', type=Path, help='zoo folder for the exported models (default: <out>/zoo)')
+    p.add_argument('--quick', action='store_true', help='the smallest sizes: seconds instead of minutes')
+    p.add_argument('--seed', type=int, default=0, help='seed of the data, the models and the training')
+    p.add_argument('--threads', type=int, help='torch CPU threads (default: torch\'s choice)')
+    p.add_argument('--no-progress', dest='progress', action='store_false', help='no progress bars')
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    run_demo(args.out, args.zoo, args.quick, args.seed, args.progress)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,377 @@
+"""Downstream experiments of the paper (Tables 1, 3 and 4): baseline and amalgamation runs from one config.
+
+    python -m training.downstream --config training/configs/table1_resnet50_fi_sll.json --data-root /data/FI
+    python -m training.downstream --config training/configs/synthetic_ablation_tiny.json --out results/
+    python -m training.downstream --config ... --run amalgamation --device cuda:1
+
+A config (JSON, ``training/configs/``) names one experiment: ``arch``, ``dataset``, ``task`` and its
+``runs``, each a plain fine-tuning (``"mode": "finetune"``, :func:`sentizoo.engine.finetune`; the paper's
+baseline starts from ImageNet) or an amalgamation (``"mode": "amalgamate"``,
+:func:`sentizoo.engine.amalgamate`; the official target starts from the HP backbone, the teachers come
+from the zoo by tag) with the ablation switches of Tables 3 and 4. ``"extends": "<file>"`` reads a base
+config first (relative to the file); the file's keys replace the base's, dictionaries merge key by key
+except ``runs``, which is replaced whole. Every key is checked, and the datasets, initial weights and
+teachers are loaded, before anything trains.
+
+The protocol is the paper's: train images resized to ``image_size * 256 / 224`` (256 for 224), randomly
+cropped to ``image_size`` and flipped; evaluation resized the same way and centre-cropped; SGD lr 1e-3,
+momentum 0.9, weight decay 1e-4, 30 epochs, lr /10 every 10 (``train``, any
+:class:`~sentizoo.engine.TrainOptions` field); the epoch is selected on the validation split, the test
+split is evaluated once, with the selected weights.
+
+Each run writes ``<out>/<experiment>/<run>.json`` (the config, the per-epoch history, the selected epoch,
+the validation and test metrics, wall time, versions, ``synthetic``) and, with ``"checkpoints": true``,
+its checkpoints in ``<out>/<experiment>/<run>/``, from which a rerun resumes.
+``python -m training.report <out>`` renders them.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import logging
+import platform
+import shlex
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader, Dataset
+
+from sentizoo.models import ARCHS, BACKBONE_TAGS
+
+__all__ = ['FORMAT', 'CONFIG_DIR', 'ConfigError', 'merge_config', 'load_config', 'validate_config', 'eval_transform',
+           'build_datasets', 'build_target', 'run_experiment', 'main']
+
+FORMAT = 'sentizoo.downstream/1'
+"""``format`` of every result file (what :mod:`training.report` reads)."""
+CONFIG_DIR = Path(__file__).parent / 'configs'
+SYNTHETIC = 'synthetic'
+TASKS = ('sll', 'mll', 'ldl')
+MODES = ('finetune', 'amalgamate')
+INITS = ('imagenet', 'random') + BACKBONE_TAGS
+_ABLATION = ('feature_stages', 'logits_teachers', 'teacher_task_loss', 'freeze_teachers', 'loss_weights')
+_SET_BY_RUNNER = ('checkpoint_dir', 'history_path', 'device', 'progress', 'resume', 'checkpoint_every')
+_SYNTHETIC_DATA = {'n_train': 1000, 'n_val': 200, 'n_test': 400, 'seed': 0}
+_DEFAULTS: Dict[str, Any] = {'description': '', 'table': None, 'data_root': None, 'data': {}, 'image_size': 224,
+                             'batch_size': 32, 'eval_batch_size': None, 'workers': 4, 'checkpoints': True,
+                             'train': {}}
+_REQUIRED = ('arch', 'dataset', 'task', 'runs')
+
+_logger = logging.getLogger('training.downstream')
+
+
+class ConfigError(ValueError):
+    """A config is invalid; the message lists every problem, each with its key and the file."""
+
+
+# ------------------------------------------------------------------------------------------- configuration
+
+def merge_config(base: Mapping[str, Any], override: Mapping[str, Any]) -> Dict[str, Any]:
+    """``override`` on top of ``base``: objects merge key by key, except ``runs``, which is replaced whole."""
+    merged = dict(base)
+    for key, value in override.items():
+        if key != 'runs' and isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            value = merge_config(merged[key], value)
+        merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _read(path: Path, seen: Sequence[Path] = ()) -> Dict[str, Any]:
+    if path in seen:
+        raise ConfigError(f'{path}: "extends" loops back to itself ({" -> ".join(map(str, (*seen, path)))}).')
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f'{path}: no such config file.') from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f'{path}: not valid JSON ({e}).') from None
+    if not isinstance(data, dict):
+        raise ConfigError(f'{path}: a config is a JSON object, got {type(data).__name__}.')
+    base = data.pop('extends', None)
+    if base is None:
+        return data
+    return merge_config(_read((path.parent / base).resolve(), (*seen, path)), data)
+
+
+def load_config(path: Union[str, Path]) -> Dict[str, Any]:
+    """Read, resolve (``extends``) and validate the config at ``path``; a bare name is looked up in
+    :data:`CONFIG_DIR`. Returns the complete config (defaults filled in) with ``name`` (default: the
+    file's stem) and ``source``."""
+    path = Path(path)
+    if not path.is_file() and not path.suffix:
+        path = CONFIG_DIR / f'{path}.json'
+    data = _read(path.resolve())
+    data.setdefault('name', path.stem)
+    data['source'] = str(path)
+    return validate_config(data, str(path))
+
+
+def _check_run(name: str, run: Any, problems: List[str]) -> None:
+    from sentizoo.amalgamation import TEACHER_TAGS
+    from sentizoo.stages import STAGES
+
+    where = f'runs.{name}'
+    if not isinstance(run, Mapping):
+        problems.append(f'{where}: a run is an object like {{"mode": "finetune", "init": "imagenet"}}, got {run!r}')
+        return
+    unknown = sorted(set(run) - {'mode', 'init', *_ABLATION})
+    if unknown:
+        problems.append(f'{where}: unknown key(s) {unknown}; a run has mode, init and, for amalgamate, '
+                        f'{list(_ABLATION)}')
+    mode, init = run.get('mode'), run.get('init')
+    if mode not in MODES:
+        problems.append(f'{where}.mode: one of {MODES}, got {mode!r}')
+    if not isinstance(init, str) or (init not in INITS and not Path(init).is_file()):
+        problems.append(f'{where}.init: one of {INITS} (a zoo tag: senti_<arch>.<tag>) or an existing weight '
+                        f'file, got {init!r}')
+    if mode == 'finetune' and set(run) & set(_ABLATION):
+        problems.append(f'{where}: {sorted(set(run) & set(_ABLATION))} only apply to "mode": "amalgamate"')
+    for key, allowed in (('feature_stages', STAGES), ('logits_teachers', TEACHER_TAGS)):
+        value = run.get(key, [])
+        if not isinstance(value, list) or not all(v in allowed for v in value):
+            problems.append(f'{where}.{key}: a list, subset of {list(allowed)}, got {value!r}')
+    for flag in ('teacher_task_loss', 'freeze_teachers'):
+        if not isinstance(run.get(flag, False), bool):
+            problems.append(f'{where}.{flag}: true or false, got {run[flag]!r}')
+    weights = run.get('loss_weights', {})
+    if not isinstance(weights, Mapping) or not all(isinstance(v, (int, float)) for v in weights.values()):
+        problems.append(f'{where}.loss_weights: an object of term -> number, e.g. {{"feat/st": 0.5}}, got {weights!r}')
+
+
+def validate_config(config: Mapping[str, Any], source: str = 'config') -> Dict[str, Any]:
+    """Check every key of ``config`` and fill in the defaults; raises :class:`ConfigError` listing all problems."""
+    from sentizoo.engine import TrainOptions
+
+    from .datasets.downstream import DATASET_NAMES
+
+    problems: List[str] = [f'missing required key "{key}"' for key in _REQUIRED if key not in config]
+    known = {*_REQUIRED, *_DEFAULTS, 'name', 'source'}
+    unknown = sorted(set(config) - known)
+    if unknown:
+        problems.append(f'unknown key(s) {unknown}; a config has {sorted(known - {"source"})}')
+    c = merge_config(_DEFAULTS, config)
+    if 'arch' in c and c['arch'] not in ARCHS:
+        problems.append(f'arch: one of {ARCHS}, got {c["arch"]!r}')
+    if 'dataset' in c and c['dataset'] not in (*DATASET_NAMES, SYNTHETIC):
+        problems.append(f'dataset: one of {(*DATASET_NAMES, SYNTHETIC)}, got {c["dataset"]!r}')
+    if 'task' in c and c['task'] not in TASKS:
+        problems.append(f'task: one of {TASKS}, got {c["task"]!r}')
+    for key, low in (('image_size', 16), ('batch_size', 1), ('workers', 0)):
+        if not (isinstance(c[key], int) and not isinstance(c[key], bool) and c[key] >= low):
+            problems.append(f'{key}: an integer >= {low}, got {c[key]!r}')
+    if c['eval_batch_size'] is not None and not (isinstance(c['eval_batch_size'], int) and c['eval_batch_size'] >= 1):
+        problems.append(f'eval_batch_size: null or an integer >= 1, got {c["eval_batch_size"]!r}')
+    if not isinstance(c['checkpoints'], bool):
+        problems.append(f'checkpoints: true or false, got {c["checkpoints"]!r}')
+    if not isinstance(c['data'], Mapping):
+        problems.append(f'data: an object, got {c["data"]!r}')
+    elif c.get('dataset') == SYNTHETIC:
+        c['data'] = {**_SYNTHETIC_DATA, **c['data']}
+        bad = sorted(set(c['data']) - set(_SYNTHETIC_DATA))
+        if bad:
+            problems.append(f'data: unknown synthetic key(s) {bad}; use {sorted(_SYNTHETIC_DATA)}')
+        problems += [f'data.{k}: an integer >= 1, got {v!r}' for k, v in c['data'].items()
+                     if k.startswith('n_') and not (isinstance(v, int) and v >= 1)]
+    if c['data_root'] is not None and not isinstance(c['data_root'], str):
+        problems.append(f'data_root: a folder path, got {c["data_root"]!r}')
+    train = c['train']
+    fields = {f.name for f in dataclasses.fields(TrainOptions)} - set(_SET_BY_RUNNER)
+    if not isinstance(train, Mapping) or set(train) - fields:
+        problems.append(f'train: an object with keys among {sorted(fields)}, got {train!r}')
+    else:
+        try:
+            TrainOptions(**train)
+        except ValueError as e:
+            problems.append(f'train: {e}')
+    runs = c.get('runs')
+    if 'runs' in c and not (isinstance(runs, Mapping) and runs):
+        problems.append(f'runs: a non-empty object of run name -> run, got {runs!r}')
+    elif runs:
+        for name, run in runs.items():
+            _check_run(name, run, problems)
+    if problems:
+        raise ConfigError(f'{source}: invalid downstream config:\n  - ' + '\n  - '.join(problems))
+    if c['eval_batch_size'] is None:
+        c['eval_batch_size'] = c['batch_size']
+    return c
+
+
+# -------------------------------------------------------------------------------------------- data, models
+
+def eval_transform(resize: int = 256, crop: int = 224):
+    """The paper's evaluation transform: resize to ``resize`` x ``resize``, centre crop ``crop``, normalise."""
+    from torchvision import transforms as T
+
+    from .datasets.common import IMAGENET_MEAN, IMAGENET_STD
+    return T.Compose([T.Resize((resize, resize)), T.CenterCrop(crop), T.ToTensor(),
+                      T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
+def build_datasets(config: Mapping[str, Any], data_root: Optional[str] = None) -> Dict[str, Dataset]:
+    """``{'train', 'val', 'test'}`` datasets of a validated config, with the paper's transforms."""
+    from .datasets.common import pretrain_transform
+    crop = config['image_size']
+    resize = round(crop * 256 / 224)
+    transforms = {'train': pretrain_transform(resize, crop), 'val': eval_transform(resize, crop),
+                  'test': eval_transform(resize, crop)}
+    if config['dataset'] == SYNTHETIC:
+        from .datasets.synthetic import SyntheticEmotion
+        d = config['data']
+        return {split: SyntheticEmotion(d[f'n_{split}'], split, transform, seed=d['seed'], size=resize,
+                                        view=config['task'])
+                for split, transform in transforms.items()}
+    from .datasets.downstream import get_dataset
+    root = data_root or config['data_root']
+    if not root:
+        raise ConfigError(f'{config["source"]}: dataset {config["dataset"]!r} needs its folder: pass --data-root '
+                          '(see shared/DATASETS.md for the layout) or set "data_root" in the config.')
+    return {split: get_dataset(config['dataset'], root, split, transform, config['task'], **config['data'])
+            for split, transform in transforms.items()}
+
+
+def build_target(arch: str, init: str, num_classes: int, seed: int = 0) -> nn.Module:
+    """The model to fine-tune: ``arch`` with a fresh ``num_classes`` head (seeded) and its backbone from
+    ``init``: ``'imagenet'`` (torchvision's weights through timm), ``'random'``, a zoo tag (``'hp'``: the
+    zoo's ``senti_<arch>.hp`` backbone, the official amalgamation target) or a weight file."""
+    import timm
+
+    import sentizoo  # noqa: F401  (registers senti_*)
+    torch.manual_seed(seed)
+    if init in BACKBONE_TAGS:
+        return timm.create_model(f'senti_{arch}.{init}', pretrained=True, num_classes=num_classes)
+    if init == 'random':
+        return timm.create_model(arch, num_classes=num_classes)
+    from .pretrain import init_backbone
+    model = timm.create_model(arch, num_classes=0)
+    init_backbone(model, arch, init)
+    model.reset_classifier(num_classes)
+    return model
+
+
+def _teacher_tags(run: Mapping[str, Any]) -> List[str]:
+    from sentizoo.amalgamation import STAGE_TEACHER, TEACHER_TAGS
+    from sentizoo.stages import STAGES
+    needed = {STAGE_TEACHER[s] for s in run.get('feature_stages', STAGES)} | set(run.get('logits_teachers', ('hp',)))
+    return [t for t in TEACHER_TAGS if t in needed]
+
+
+# ----------------------------------------------------------------------------------------------- running
+
+def _versions() -> Dict[str, str]:
+    import timm
+    import torchvision
+
+    import sentizoo
+    return {'python': platform.python_version(), 'torch': torch.__version__, 'torchvision': torchvision.__version__,
+            'timm': timm.__version__, 'sentizoo': sentizoo.__version__}
+
+
+def run_experiment(config: Union[str, Path, Mapping[str, Any]], *, out: Union[str, Path] = 'results',
+                   data_root: Optional[str] = None, runs: Optional[Sequence[str]] = None,
+                   device: Optional[str] = None, progress: bool = True) -> List[Path]:
+    """Run the runs of an experiment (all, or those named in ``runs``); returns the result files written.
+
+    ``config`` is a config file (or a name in :data:`CONFIG_DIR`) or a config mapping (validated here).
+    Everything that can fail before training (the config, the datasets, the initial weights, the teachers)
+    is checked for every run first.
+    """
+    from sentizoo.engine import amalgamate, evaluate, finetune
+
+    c = load_config(config) if isinstance(config, (str, Path)) else validate_config(
+        {'name': 'experiment', 'source': '<dict>', **config}, config.get('source', '<dict>'))
+    selected = list(c['runs']) if runs is None else list(runs)
+    missing = [r for r in selected if r not in c['runs']]
+    if missing:
+        raise ConfigError(f'{c["source"]}: no run(s) {missing}; the config has {list(c["runs"])}.')
+    data = build_datasets(c, data_root)
+    num_classes = len(data['train'].classes)
+    loaders = {split: DataLoader(ds, batch_size=c['batch_size'] if split == 'train' else c['eval_batch_size'],
+                                 shuffle=split == 'train', num_workers=c['workers'])
+               for split, ds in data.items()}
+    seed = c['train'].get('seed', 0)
+    # Fail fast: every run's initial model and teachers load before the first one trains.
+    targets = {name: build_target(c['arch'], c['runs'][name]['init'], num_classes, seed) for name in selected}
+    for tag in sorted({t for name in selected if c['runs'][name]['mode'] == 'amalgamate'
+                       for t in _teacher_tags(c['runs'][name])}):
+        build_target(c['arch'], tag, num_classes)
+
+    folder = Path(out) / c['name']
+    written = []
+    for name in selected:
+        run = c['runs'][name]
+        started = time.perf_counter()
+        options = dict(c['train'], device=device, progress=progress)
+        if c['checkpoints']:
+            options['checkpoint_dir'] = str(folder / name)
+        if run['mode'] == 'amalgamate':
+            options.update({k: run[k] for k in _ABLATION if k in run})
+            model = amalgamate(targets.pop(name), loaders['train'], task=c['task'], val_loader=loaders['val'],
+                               **options)
+        else:
+            model = finetune(targets.pop(name), loaders['train'], task=c['task'], val_loader=loaders['val'],
+                             **options)
+        history = model.sentizoo_history
+        best = history['best_epoch']
+        test = evaluate(model, loaders['test'], c['task'], device=device,
+                        **{k: c['train'][k] for k in ('amp', 'channels_last') if k in c['train']})
+        result = {'format': FORMAT, 'experiment': c['name'], 'run': name, 'mode': run['mode'], 'init': run['init'],
+                  'table': c['table'], 'arch': c['arch'], 'dataset': c['dataset'], 'task': c['task'],
+                  'synthetic': c['dataset'] == SYNTHETIC, 'best_epoch': best,
+                  'val': history['epochs'][best - 1]['val'] if best else None, 'test': test,
+                  'primary_metric': history['primary_metric'], 'higher_is_better': history['higher_is_better'],
+                  'wall_seconds': round(time.perf_counter() - started, 3),
+                  'samples': {split: len(ds) for split, ds in data.items()},
+                  'history': history, 'config': c, 'versions': _versions(),
+                  'command': shlex.join(['python', '-m', 'training.downstream', '--config', c['source'],
+                                         '--run', name]),
+                  'finished': datetime.now(timezone.utc).isoformat(timespec='milliseconds')}
+        path = folder / f'{name}.json'
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2) + '\n')
+        _logger.info('%s/%s: best epoch %s, test %s = %.4f (%.1f s) -> %s', c['name'], name, best,
+                     result['primary_metric'], test[result['primary_metric']], result['wall_seconds'], path)
+        written.append(path)
+    return written
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog='python -m training.downstream', description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--config', required=True, help='config file, or the name of one in training/configs/')
+    p.add_argument('--data-root', help='the dataset folder (overrides the config\'s data_root)')
+    p.add_argument('--out', default='results', help='results folder (default: results/)')
+    p.add_argument('--run', action='append', dest='runs', help='run only this run of the config (repeatable)')
+    p.add_argument('--device', help='cpu, cuda, cuda:1, ... (default: this process\'s GPU if any, else CPU)')
+    p.add_argument('--zoo', help='zoo folder holding the teachers (sets SENTIZOO_HOME for this run)')
+    p.add_argument('--check', action='store_true', help='only validate the config and exit')
+    p.add_argument('--no-progress', dest='progress', action='store_false', help='no progress bars')
+    return p.parse_args(argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    import os
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format='%(asctime)s %(name)s: %(message)s')
+    if args.zoo:
+        os.environ['SENTIZOO_HOME'] = str(Path(args.zoo).resolve())
+    try:
+        if args.check:
+            config = load_config(args.config)
+            print(f'{config["source"]}: valid ({", ".join(config["runs"])})')
+            return 0
+        run_experiment(args.config, out=args.out, data_root=args.data_root, runs=args.runs, device=args.device,
+                       progress=args.progress)
+    except (ConfigError, FileNotFoundError) as e:  # includes WeightsNotFoundError
+        print(f'python -m training.downstream: error: {e}', file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
