@@ -360,7 +360,7 @@ def _run_amalgamate(args: argparse.Namespace) -> int:
     options = dict(task=task, epochs=args.epochs, lr=args.lr, momentum=args.momentum,
                    weight_decay=args.weight_decay, step_size=args.step_size, gamma=args.gamma, seed=args.seed,
                    device=args.device,
-                   amp=not args.no_amp, channels_last=not args.no_channels_last, sync_batchnorm=args.sync_batchnorm,
+                   amp=not args.no_amp, channels_last=False if args.no_channels_last else None, sync_batchnorm=args.sync_batchnorm,
                    progress=not args.no_progress, checkpoint_every=args.checkpoint_every,
                    checkpoint_dir=args.checkpoint_dir or args.output / 'checkpoints')
     if not args.baseline:
@@ -399,7 +399,8 @@ def _add_data_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument('--img-size', type=int, help='input size (default: the model\'s, 224)')
     p.add_argument('--device', help='torch device (default: this process\'s GPU if any, else cpu)')
     p.add_argument('--no-amp', action='store_true', help='no bf16 autocast on CUDA')
-    p.add_argument('--no-channels-last', action='store_true', help='keep the contiguous memory format')
+    p.add_argument('--no-channels-last', action='store_true',
+                   help='keep the contiguous memory format (channels_last is used on CUDA only anyway)')
     p.add_argument('--no-progress', action='store_true', help='no progress bar')
 
 
@@ -480,7 +481,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         raise UsageError(f'{args.data} has {len(dataset.label_names)} labels, the model {model.num_classes} outputs.')
     try:
         metrics = evaluate(model, _loader(dataset, args, shuffle=False), task, device=args.device, amp=not args.no_amp,
-                           channels_last=not args.no_channels_last, progress=not args.no_progress)
+                           channels_last=False if args.no_channels_last else None, progress=not args.no_progress)
     except ValueError as e:
         raise UsageError(str(e)) from e
     if int(os.environ.get('RANK', '0')) != 0:

@@ -89,7 +89,8 @@ class TrainOptions:
         history_path: also write the history JSON here.
         device: e.g. ``'cuda:1'``; default this process's GPU (``LOCAL_RANK``) if any, else the CPU.
         amp: bf16 autocast on CUDA (no effect on the CPU).
-        channels_last: convert the models and the images to channels_last.
+        channels_last: convert the models and the images to channels_last; ``None`` (default): on CUDA only,
+            where it speeds convolutions up (on the CPU it measured ~20% slower, BENCHMARKS.md).
         sync_batchnorm: under DDP, normalise with the statistics of the global batch (SyncBatchNorm, CUDA
             only); the returned model has plain BatchNorm layers again.
         progress: a progress bar with the running loss terms (only on a terminal, on rank 0).
@@ -108,7 +109,7 @@ class TrainOptions:
     history_path: Optional[str] = None
     device: Optional[str] = None
     amp: bool = True
-    channels_last: bool = True
+    channels_last: Optional[bool] = None
     sync_batchnorm: bool = False
     progress: bool = True
 
@@ -379,6 +380,10 @@ def _autocast(device: torch.device, amp: bool):
     return torch.autocast('cuda', dtype=torch.bfloat16) if enabled else nullcontext()
 
 
+def _channels_last(flag: Optional[bool], device: torch.device) -> bool:
+    return device.type == 'cuda' if flag is None else flag
+
+
 def _to_device(images: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
     images = images.to(device, non_blocking=True)
     return images.contiguous(memory_format=torch.channels_last) if channels_last else images
@@ -390,7 +395,7 @@ def _progress_enabled(progress: bool) -> bool:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, task: Union[str, Task] = 'sll', *, device: Optional[str] = None,
-             amp: bool = True, channels_last: bool = True, progress: bool = False) -> Dict[str, float]:
+             amp: bool = True, channels_last: Optional[bool] = None, progress: bool = False) -> Dict[str, float]:
     """The task's metrics of ``model`` over ``loader`` (every sample once, also under torchrun).
 
     The model is moved to ``device`` and put in eval mode; targets are checked on the first batch.
@@ -398,6 +403,7 @@ def evaluate(model: nn.Module, loader: DataLoader, task: Union[str, Task] = 'sll
     task = get_task(task)
     device = resolve_device(device)
     model.to(device).eval()
+    channels_last = _channels_last(channels_last, device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
     rank, world = _rank_world()
@@ -462,7 +468,8 @@ class _Loop:
         if opts.sync_batchnorm and self.world > 1:
             self.module = nn.SyncBatchNorm.convert_sync_batchnorm(self.module)
         self.module.to(self.device)
-        if opts.channels_last:
+        self.channels_last = _channels_last(opts.channels_last, self.device)
+        if self.channels_last:
             self.module.to(memory_format=torch.channels_last)
         self.net = self.module
         if self.world > 1:
@@ -570,7 +577,7 @@ class _Loop:
                 'fix the cause (lower lr, bad inputs) and rerun with the same checkpoint_dir to resume.')
 
     def _train_step(self, images: torch.Tensor, targets: torch.Tensor, batches: int) -> None:
-        images = _to_device(images, self.device, self.opts.channels_last)
+        images = _to_device(images, self.device, self.channels_last)
         targets = targets.to(self.device, non_blocking=True)
         with _autocast(self.device, self.opts.amp):
             out = self.net(images, targets)
@@ -617,7 +624,7 @@ class _Loop:
         record['train'] = dict(zip(self.term_names, (self.sums / max(self.seen, 1)).tolist()))
         if self.val_loader is not None:
             record['val'] = evaluate(self.module.target, self.val_loader, self.task, device=str(self.device),
-                                     amp=self.opts.amp, channels_last=self.opts.channels_last,
+                                     amp=self.opts.amp, channels_last=self.channels_last,
                                      progress=self.opts.progress)
             self._select(record['val'][self.task.primary_metric])
         record['seconds'] = round(seconds, 3)
