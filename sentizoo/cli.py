@@ -359,13 +359,14 @@ def _run_amalgamate(args: argparse.Namespace) -> int:
         raise UsageError(f'--val {args.val} has labels {val_set.label_names[:8]}, the training data {labels[:8]}.')
     options = dict(task=task, epochs=args.epochs, lr=args.lr, momentum=args.momentum,
                    weight_decay=args.weight_decay, step_size=args.step_size, gamma=args.gamma, seed=args.seed,
-                   device=args.device,
-                   amp=not args.no_amp, channels_last=False if args.no_channels_last else None, sync_batchnorm=args.sync_batchnorm,
+                   device=args.device, amp=not args.no_amp, channels_last=False if args.no_channels_last else None,
+                   sync_batchnorm=args.sync_batchnorm,
                    progress=not args.no_progress, checkpoint_every=args.checkpoint_every,
                    checkpoint_dir=args.checkpoint_dir or args.output / 'checkpoints')
     if not args.baseline:
         options.update(feature_stages=args.feature_stages, logits_teachers=args.logits_teachers,
-                       teacher_task_loss=not args.no_teacher_task_loss, freeze_teachers=args.freeze_teachers)
+                       teacher_task_loss=not args.no_teacher_task_loss, freeze_teachers=args.freeze_teachers,
+                       target_init='given')  # --init already chose the target's weights
     try:
         model = _create_target(args, len(labels))
         config = _data_config(model, args.img_size)

@@ -54,7 +54,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, RandomSampler, Sampler
 from torch.utils.data import SequentialSampler
 
-from .amalgamation import AmalgamationOutput, Amalgamator
+from .amalgamation import AmalgamationOutput, Amalgamator, init_target_from
 from .tasks import Task, get_task
 from .weights import atomic_write
 
@@ -154,18 +154,20 @@ _AMALGAMATOR_OPTIONS = tuple(p.name for p in inspect.signature(Amalgamator).para
 
 def amalgamate(model: nn.Module, loader: DataLoader, *, task: Union[str, Task] = 'sll',
                teachers: Optional[Mapping[str, nn.Module]] = None, val_loader: Optional[DataLoader] = None,
-               **options: Any) -> nn.Module:
+               target_init: str = 'hp', **options: Any) -> nn.Module:
     """Fine-tune ``model`` with the paper's multi-model amalgamation; returns it trained (in eval mode).
 
     Args:
         model: the target, a timm ResNet/VGG with its task head (``num_classes`` = task outputs). It is
-            trained in place. The official recipe initialises it from the HP backbone
-            (:func:`sentizoo.amalgamation.init_target_from`).
+            trained in place.
         loader: a map-style ``DataLoader`` yielding ``(images, targets)``; its dataset, ``batch_size`` (per
             process), ``shuffle``, workers and ``collate_fn`` are used, the sampling order is the engine's.
         task: ``'sll'``, ``'mll'``, ``'ldl'`` or a :class:`~sentizoo.tasks.Task`.
         teachers: ``{'st', 'ho', 'hp'}`` timm models; None loads ``senti_<arch>.st/.ho/.hp`` from the zoo.
         val_loader: validation data for model selection (never the test split).
+        target_init: ``'hp'`` (default, the official recipe): the target's backbone starts as a copy of the HP
+            teacher's (:func:`sentizoo.amalgamation.init_target_from`), its head stays; ``'given'``: train
+            the target from the weights it has (ImageNet, random, your own).
         **options: the :class:`TrainOptions` (``epochs=30, lr=1e-3, momentum=0.9, weight_decay=1e-4,
             step_size=10, gamma=0.1, seed=0, checkpoint_dir, checkpoint_every, resume, history_path, device,
             amp, channels_last, sync_batchnorm, progress``) and the Amalgamator's ablation options
@@ -180,10 +182,23 @@ def amalgamate(model: nn.Module, loader: DataLoader, *, task: Union[str, Task] =
     """
     ablation = {k: options.pop(k) for k in list(options) if k in _AMALGAMATOR_OPTIONS}
     opts = _options(options, _AMALGAMATOR_OPTIONS)
+    if target_init not in ('hp', 'given'):
+        raise ValueError(f"target_init must be 'hp' (start from the HP backbone) or 'given'; got {target_init!r}.")
     task = get_task(task)
     _check_data(model, loader, val_loader, task)
-    describe = {'mode': 'amalgamate', 'teachers': 'given' if teachers is not None else 'zoo', **ablation}
-    return _train(lambda: Amalgamator(model, teachers, task, **ablation), loader, val_loader, task, opts, describe)
+    describe = {'mode': 'amalgamate', 'teachers': 'given' if teachers is not None else 'zoo',
+                'target_init': target_init, **ablation}
+
+    def build() -> Amalgamator:
+        amalgamator = Amalgamator(model, teachers, task, **ablation)
+        if target_init == 'hp':
+            if 'hp' not in amalgamator.teachers:
+                raise ValueError("target_init='hp' needs the HP teacher, which these terms do not use; pass "
+                                 "target_init='given' to train the target from its own weights.")
+            init_target_from(amalgamator.target, amalgamator.teachers['hp'])
+        return amalgamator
+
+    return _train(build, loader, val_loader, task, opts, describe)
 
 
 def finetune(model: nn.Module, loader: DataLoader, *, task: Union[str, Task] = 'sll',

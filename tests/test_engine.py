@@ -295,3 +295,28 @@ def test_cli_baseline_mll_csv_and_errors(tmp_path, capsys, tiny_resnet18):
     assert 'mll task: targets must be multi-hot' in capsys.readouterr().err
     assert cli_main(['evaluate', str(out), str(tmp_path / 'nowhere'), *common]) == 2
     assert 'does not exist' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('target_init', ['hp', 'given'])
+def test_target_starts_from_the_hp_backbone_by_default(target_init):
+    torch.manual_seed(0)
+    target = tiny()
+    teachers = {tag: tiny(0) for tag in TEACHER_TAGS}
+    start = copy.deepcopy(teachers['hp'] if target_init == 'hp' else target).state_dict()
+    own_head = target.fc.weight.clone()
+    loader = DataLoader(Noisy(n=4), batch_size=4)
+    trained = engine.amalgamate(target, loader, teachers=teachers, epochs=1, lr=1e-12, progress=False,
+                                target_init=target_init)
+    weights = [k for k in start if k.endswith('conv1.weight')]
+    assert weights and all(torch.allclose(trained.state_dict()[k], start[k], atol=1e-8) for k in weights)
+    assert torch.allclose(trained.fc.weight, own_head, atol=1e-8)  # the head is the target's own either way
+
+
+def test_target_init_hp_needs_the_hp_teacher():
+    teachers = {'st': tiny(0)}
+    loader = DataLoader(Noisy(n=4), batch_size=4)
+    with pytest.raises(ValueError, match="target_init='given'"):
+        engine.amalgamate(tiny(), loader, teachers=teachers, feature_stages=(1,), logits_teachers=(), epochs=1,
+                          progress=False)
+    with pytest.raises(ValueError, match="'hp' .* or 'given'"):
+        engine.amalgamate(tiny(), loader, teachers=teachers, target_init='imagenet')

@@ -312,7 +312,7 @@ def run_experiment(config: Union[str, Path, Mapping[str, Any]], *, out: Union[st
         if run['mode'] == 'amalgamate':
             options.update({k: run[k] for k in _ABLATION if k in run})
             model = amalgamate(targets.pop(name), loaders['train'], task=c['task'], val_loader=loaders['val'],
-                               **options)
+                               target_init='given', **options)  # the run's init already set the target
         else:
             model = finetune(targets.pop(name), loaders['train'], task=c['task'], val_loader=loaders['val'],
                              **options)
