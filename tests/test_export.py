@@ -9,7 +9,7 @@ import torch
 import yaml
 
 import sentizoo  # noqa: F401  (registers senti_*)
-from model_cards import TEMPLATE, render_card
+from training.model_card import TEMPLATE, render_card
 from training.checkpoint import save_checkpoint
 from training.export import export, find_prefix, main, push_to_hub
 

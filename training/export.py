@@ -28,9 +28,8 @@ import torch.nn as nn
 from sentizoo.models import ARCHS, BACKBONE_TAGS, TAGS, senti_name, stock_name
 from sentizoo.weights import save_pretrained, zoo_home
 
-from model_cards import render_card, validate_results  # beside training/ in a checkout
-
 from .checkpoint import load_checkpoint, read_state_dict
+from .model_card import render_card, validate_results
 
 __all__ = ['Exported', 'export', 'find_prefix', 'push_to_hub', 'load_results', 'main']
 

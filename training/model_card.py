@@ -1,4 +1,4 @@
-"""Model cards of the zoo: ``template.md`` filled with the facts of one exported checkpoint.
+"""Model cards of the zoo: ``model_cards/template.md`` filled with the facts of one exported checkpoint.
 
 :func:`render_card` writes every number it is given and no other: the training recipe and the
 evaluation table come from the caller (the checkpoint's recorded run and result files of real
@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 __all__ = ['TEMPLATE', 'RESULT_KEYS', 'render_card', 'validate_results']
 
-TEMPLATE = Path(__file__).with_name('template.md')
+TEMPLATE = Path(__file__).resolve().parents[1] / 'model_cards' / 'template.md'
 RESULT_KEYS = {'dataset': 'dataset name, e.g. "FI"', 'metric': 'metric name, e.g. "accuracy"',
                'value': 'the number the evaluation produced'}
 _OPTIONAL_KEYS = ('split', 'task', 'dataset_type', 'source', 'synthetic')
