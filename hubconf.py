@@ -25,3 +25,30 @@ senti_vgg19_bn = _entrypoint('senti_vgg19_bn')
 senti_resnet18 = _entrypoint('senti_resnet18')
 senti_resnet50 = _entrypoint('senti_resnet50')
 senti_resnet101 = _entrypoint('senti_resnet101')
+
+
+def amalgamator(arch: str = 'resnet50', num_classes: int = 8, task: str = 'sll', pretrained: bool = True, **kwargs):
+    """The paper's amalgamation module: a ``arch`` target plus the ST, HO and HP teachers.
+
+    Every model gets a fresh ``num_classes`` head; the target starts from the HP backbone (the official
+    recipe). Train it like any module: in train mode ``forward(images, targets)`` returns the target's
+    logits, the loss and every loss term; ``.target`` is the model to keep.
+
+    Args:
+        arch: resnet18/50/101, vgg16_bn or vgg19_bn.
+        num_classes: outputs of the downstream task.
+        task: ``sll``, ``mll`` or ``ldl``.
+        pretrained: load the teachers' sentiment-pretrained weights (else random, for testing).
+        **kwargs: :class:`sentizoo.Amalgamator` options (``feature_stages``, ``logits_teachers``,
+            ``teacher_task_loss``, ``freeze_teachers``, ``loss_weights``).
+    """
+    from sentizoo.amalgamation import TEACHER_TAGS, Amalgamator, init_target_from, load_teachers
+    from sentizoo.models import senti_name, stock_name
+
+    if pretrained:
+        teachers = load_teachers(arch, num_classes)
+    else:
+        teachers = {tag: timm.create_model(f'{senti_name(arch)}.{tag}', num_classes=num_classes)
+                    for tag in TEACHER_TAGS}
+    target = init_target_from(timm.create_model(stock_name(arch), num_classes=num_classes), teachers['hp'])
+    return Amalgamator(target, teachers, task, **kwargs)

@@ -1,4 +1,4 @@
-"""Multi-model amalgamation (paper §3.4): a target trains beside the ST, HO and HP teachers.
+"""Multi-model amalgamation (paper §3.5, Fig. 2): a target trains beside the ST, HO and HP teachers.
 
 The paper's loss, for target ``b`` and teachers ``st``, ``ho``, ``hp`` (each with a fresh task head)::
 
@@ -13,6 +13,7 @@ the module runs the target alone, and :attr:`Amalgamator.target` is the model to
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Dict, Mapping, NamedTuple, Optional, Sequence, Union
 
 import timm
@@ -33,20 +34,14 @@ STAGE_TEACHER = {1: 'st', 2: 'ho', 3: 'hp'}
 
 
 class AmalgamationOutput(NamedTuple):
+    """What :class:`Amalgamator` returns in train mode."""
+
     logits: torch.Tensor
     """The target's logits (N, C)."""
     loss: torch.Tensor
     """The weighted sum of ``terms``: what to call ``backward()`` on."""
     terms: Dict[str, torch.Tensor]
     """Every unweighted term: ``task/<model>``, ``feat/<teacher>``, ``logits/<teacher>``."""
-
-
-def _num_classes(model: nn.Module, what: str) -> int:
-    n = getattr(model, 'num_classes', 0)
-    if not n:
-        raise ValueError(f'{what} has no classifier (num_classes={n}); create it with the task\'s output size, '
-                         'e.g. timm.create_model(..., num_classes=8).')
-    return n
 
 
 class Amalgamator(nn.Module):
@@ -78,7 +73,10 @@ class Amalgamator(nn.Module):
                  freeze_teachers: bool = False, loss_weights: Optional[Mapping[str, float]] = None):
         super().__init__()
         self.task = get_task(task)
-        num_classes = _num_classes(target, 'target')
+        num_classes = getattr(target, 'num_classes', 0)
+        if not num_classes:
+            raise ValueError(f'target has no classifier (num_classes={num_classes}); create it with the task\'s '
+                             'output size, e.g. timm.create_model(..., num_classes=8).')
         self.feature_stages = tuple(sorted(set(feature_stages)))
         self.logits_teachers = tuple(t for t in TEACHER_TAGS if t in set(logits_teachers))
         if set(self.feature_stages) - set(STAGES):
@@ -89,6 +87,7 @@ class Amalgamator(nn.Module):
         if teachers is None:
             teachers = load_teachers(target, num_classes, tags=tuple(t for t in TEACHER_TAGS if t in needed))
         self._check_teachers(teachers, needed)
+        self._check_channels(target, teachers)
 
         self.target = target
         self.teachers = nn.ModuleDict({tag: teachers[tag] for tag in TEACHER_TAGS if tag in teachers})
@@ -130,7 +129,25 @@ class Amalgamator(nn.Module):
                                             unused and f'{sorted(unused)} used by no term') if msg) + '.')
 
     def _check_channels(self, target: nn.Module, teachers: Mapping[str, nn.Module]) -> None:
-        ...
+        ours = stage_channels(target)
+        for tag, teacher in teachers.items():
+            theirs = stage_channels(teacher)
+            for s in self.feature_stages:
+                if STAGE_TEACHER[s] == tag and theirs[s - 1] != ours[s - 1]:
+                    raise ValueError(f'teacher {tag!r} ({type(teacher).__name__}) has {theirs[s - 1]} channels at '
+                                     f'stage {s}, the target ({type(target).__name__}) {ours[s - 1]}: use teachers '
+                                     'of the target\'s architecture (stage channels '
+                                     f'{theirs} vs {ours}).')
+
+    def _teacher_needs_logits(self, tag: str) -> bool:
+        return self.teacher_task_loss or tag in self.logits_teachers
+
+    @property
+    def has_unused_parameters(self) -> bool:
+        """Whether some trainable teacher parameters get no gradient: a teacher without task loss or logits
+        term stops at its last tap, so its later layers and head are unused. Wrap in DistributedDataParallel
+        with ``find_unused_parameters=model.has_unused_parameters``."""
+        return not self.freeze_teachers and not all(self._teacher_needs_logits(t) for t in self.teachers)
 
     def train(self, mode: bool = True) -> 'Amalgamator':
         super().train(mode)
@@ -146,21 +163,20 @@ class Amalgamator(nn.Module):
         if targets is None:
             raise ValueError('Amalgamator in train mode needs targets: forward(images, targets). '
                              'Call .eval() for inference.')
-        target_stages = self.feature_stages or (3,)  # forward_intermediates needs one index
-        feats, logits = stage_features(self.target, images, target_stages)
-        feats = dict(zip(target_stages, feats))
+        feats, logits = stage_features(self.target, images, self.feature_stages)
+        feats = dict(zip(self.feature_stages, feats))
         terms = {'task/target': self.task.loss(logits, targets)}
         for tag, teacher in self.teachers.items():
             stages = [s for s in self.feature_stages if STAGE_TEACHER[s] == tag]
-            with_logits = self.teacher_task_loss or tag in self.logits_teachers
-            with torch.set_grad_enabled(not self.freeze_teachers):
-                t_feats, t_logits = stage_features(teacher, images, stages or (1,), with_logits)
+            with torch.no_grad() if self.freeze_teachers else nullcontext():
+                t_feats, t_logits = stage_features(teacher, images, stages, self._teacher_needs_logits(tag))
             if self.teacher_task_loss:
                 terms[f'task/{tag}'] = self.task.loss(t_logits, targets)
             for s, t_feat in zip(stages, t_feats):
                 terms[f'feat/{tag}'] = F.mse_loss(feats[s], t_feat)
             if tag in self.logits_teachers:
                 terms[f'logits/{tag}'] = F.mse_loss(logits, t_logits)
+        terms = {name: terms[name] for name in self.term_names}  # a fixed order, for logging
         loss = sum(self.loss_weights[name] * value for name, value in terms.items())
         return AmalgamationOutput(logits, loss, terms)
 
@@ -185,10 +201,12 @@ def init_target_from(target: nn.Module, source: nn.Module) -> nn.Module:
     Without it the target trains from whatever weights it was created with (ImageNet, random, the user's).
     """
     head = target.pretrained_cfg.get('classifier', 'fc') + '.'
-    state = {k: v for k, v in source.state_dict().items() if not k.startswith(head)}
-    missing, unexpected = target.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith(head)]
-    if missing or unexpected:
+    ours = {k: v for k, v in target.state_dict().items() if not k.startswith(head)}
+    theirs = {k: v for k, v in source.state_dict().items() if not k.startswith(head)}
+    mismatched = sorted(set(ours) ^ set(theirs)) + [k for k in ours if k in theirs and ours[k].shape != theirs[k].shape]
+    if mismatched:
         raise ValueError(f'init_target_from: {type(source).__name__} does not match the target backbone '
-                         f'(missing {missing[:5]}, unexpected {unexpected[:5]}); use the same architecture.')
+                         f'({len(mismatched)} keys differ in name or shape, e.g. {mismatched[:3]}); '
+                         'use a source of the target\'s architecture.')
+    target.load_state_dict(theirs, strict=False)
     return target

@@ -31,13 +31,6 @@ def _check(model: nn.Module) -> None:
                          '(unwrap DistributedDataParallel / torch.compile first).')
 
 
-def _indices(stages: Sequence[int]) -> List[int]:
-    bad = [s for s in stages if s not in _TIMM_INDEX]
-    if bad or not stages:
-        raise ValueError(f'stages must be a non-empty subset of {STAGES}; got {tuple(stages)}.')
-    return [_TIMM_INDEX[s] for s in stages]
-
-
 def stage_features(model: nn.Module, x: torch.Tensor, stages: Sequence[int] = STAGES,
                    with_logits: bool = True) -> Tuple[List[torch.Tensor], Optional[torch.Tensor]]:
     """One forward pass of ``model`` returning the stage taps and the logits.
@@ -45,7 +38,7 @@ def stage_features(model: nn.Module, x: torch.Tensor, stages: Sequence[int] = ST
     Args:
         model: a timm ResNet or VGG (any depth, with or without BN).
         x: input images (N, 3, H, W).
-        stages: which of the stages 1, 2, 3 to return, in this order.
+        stages: which of the stages 1, 2, 3 to return, in this order (may be empty: logits only).
         with_logits: run the head too; when False the forward stops at the last requested stage and
             ``None`` is returned for the logits (what a teacher that only gives features needs).
 
@@ -53,11 +46,20 @@ def stage_features(model: nn.Module, x: torch.Tensor, stages: Sequence[int] = ST
         ``(feats, logits)``: ``feats[i]`` is the output of stage ``stages[i]``; ``logits`` equals ``model(x)``.
     """
     _check(model)
-    indices = _indices(stages)
-    if not with_logits:
-        return model.forward_intermediates(x, indices=indices, stop_early=True, intermediates_only=True), None
-    final, feats = model.forward_intermediates(x, indices=indices)
-    return feats, model.forward_head(final)
+    if any(s not in _TIMM_INDEX for s in stages) or not (stages or with_logits):
+        raise ValueError(f'stages must be a subset of {STAGES} (non-empty unless with_logits); got {tuple(stages)}.')
+    if not stages:
+        return [], model(x)
+    ordered = sorted(set(stages))  # forward_intermediates returns taps in network order
+    indices = [_TIMM_INDEX[s] for s in ordered]
+    if with_logits:
+        final, taps = model.forward_intermediates(x, indices=indices)
+        logits = model.forward_head(final)
+    else:
+        taps = model.forward_intermediates(x, indices=indices, stop_early=True, intermediates_only=True)
+        logits = None
+    by_stage = dict(zip(ordered, taps))
+    return [by_stage[s] for s in stages], logits
 
 
 def stage_channels(model: nn.Module) -> Tuple[int, int, int]:

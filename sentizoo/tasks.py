@@ -8,18 +8,19 @@
 
 Every metric accumulator keeps sums only (counts, per-sample metric sums), so results do not depend on
 how the data is cut into batches (batch size 1, a last partial batch) and the state can be summed over
-processes with :meth:`Metrics.sync`.
+processes with :meth:`Metrics.sync`::
 
->>> task = get_task('mll')
->>> task.check_target(labels, num_outputs=26)
->>> loss = task.loss(logits, labels)
->>> acc = task.metrics(); acc.update(logits, labels); acc.compute()
-{'hamming_loss': ..., 'ranking_loss': ..., 'micro_f1': ..., 'macro_f1': ...}
+    task = get_task('mll')
+    task.check_target(labels, num_outputs=26)
+    loss = task.loss(logits, labels)
+    scores = task.metrics()
+    scores.update(logits, labels)   # once per batch
+    scores.compute()                # {'hamming_loss': ..., 'ranking_loss': ..., 'micro_f1': ..., 'macro_f1': ...}
 """
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Dict, Optional
+from typing import Dict, Optional, Union
 
 import torch
 import torch.distributed as dist
@@ -112,8 +113,8 @@ class Task(ABC):
 
 class _SLLMetrics(Metrics):
     def _batch_sums(self, logits, target):
-        correct = (logits.argmax(1) == target).sum()
-        return torch.stack([correct.double(), torch.tensor(float(target.numel()), device=logits.device).double()])
+        correct = (logits.argmax(1) == target).sum().double()
+        return torch.stack([correct, logits.new_tensor(float(len(target)))])
 
     def _finalize(self, state):
         return {'accuracy': state[0] / state[1]}
@@ -276,7 +277,7 @@ class LDL(Task):
 TASKS = {task.name: task for task in (SLL(), MLL(), LDL())}
 
 
-def get_task(name: 'str | Task') -> Task:
+def get_task(name: Union[str, Task]) -> Task:
     """The task called ``name`` (``'sll'``, ``'mll'`` or ``'ldl'``, any case); a Task is returned as is."""
     if isinstance(name, Task):
         return name

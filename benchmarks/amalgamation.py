@@ -1,0 +1,213 @@
+"""Cost of an amalgamation training step against a plain fine-tuning step of the same target.
+
+For each architecture, with the same batch and input size:
+
+* ``plain``: the target alone (forward, cross-entropy, backward, SGD step);
+* ``exact``: the paper's amalgamation (four models, every term, nothing frozen);
+* ``frozen``: ``freeze_teachers=True`` (teachers in eval mode under no_grad, stopping at their last tap),
+
+then a few levers on the first architecture. The modes' steps are interleaved in one process, so every
+mode sees the same background load on shared cores, and the fastest round is reported. Peak memory is
+measured for each mode alone in its own process: ``ru_maxrss`` above the footprint after imports (CPU) or
+``torch.cuda.max_memory_allocated`` (GPU, where steps run under bf16 autocast). The results replace the
+"## Amalgamation step" section of BENCHMARKS.md.
+
+    python benchmarks/amalgamation.py             # full run (a few minutes on 2 CPU cores)
+    python benchmarks/amalgamation.py --quick     # smoke test: tiny sizes, BENCHMARKS.md untouched
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BENCHMARKS_MD = Path(__file__).resolve().parent.parent / 'BENCHMARKS.md'
+SECTION = '## Amalgamation step'
+NUM_CLASSES = 8
+MODES = ('plain', 'exact', 'frozen')
+
+
+# --- measurements (each run in its own subprocess) ------------------------------------------------------
+
+def _rss_mib() -> float:
+    with open('/proc/self/statm') as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2 ** 20
+
+
+def _step_fn(arch: str, mode: str, device: str, channels_last: bool, foreach: bool):
+    """A closure running one training step of ``mode`` (or ``frozen_full``: frozen without early stop)."""
+    import timm
+    import torch
+    import torch.nn.functional as F
+
+    from sentizoo.amalgamation import TEACHER_TAGS, Amalgamator
+
+    torch.manual_seed(0)
+    model = timm.create_model(arch, num_classes=NUM_CLASSES)
+    if mode != 'plain':
+        frozen = mode.startswith('frozen')
+        # frozen teachers stand in for ones with trained heads (so the logits term stays); exact ones get fresh heads
+        teachers = {t: timm.create_model(arch, num_classes=NUM_CLASSES if frozen else 0) for t in TEACHER_TAGS}
+        model = Amalgamator(model, teachers, freeze_teachers=frozen)
+        if mode == 'frozen_full':  # the lever switched off: every teacher runs to its head
+            model._teacher_needs_logits = lambda tag: True
+    model.train().to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=1e-3, momentum=0.9, weight_decay=1e-4, foreach=foreach)
+
+    def step(x, y):
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast('cuda', dtype=torch.bfloat16, enabled=device.startswith('cuda')):
+            loss = F.cross_entropy(model(x), y) if mode == 'plain' else model(x, y).loss
+        loss.backward()
+        opt.step()
+    return step
+
+
+def measure(arch: str, modes: list, batch_size: int, img_size: int, rounds: int, device: str,
+            channels_last: bool, foreach: bool, threads: int) -> dict:
+    """Fastest wall and process-CPU ms/step of each mode over ``rounds`` interleaved rounds (after a warm-up
+    round), and the peak memory of the process (meaningful when it ran one mode)."""
+    import timm  # noqa: F401  (imported before the baseline footprint is taken)
+    import torch
+
+    import sentizoo.amalgamation  # noqa: F401
+
+    torch.set_num_threads(threads)
+    cuda = device.startswith('cuda')
+    base_mib = _rss_mib()
+    steps = {mode: _step_fn(arch, mode, device, channels_last, foreach) for mode in modes}
+    x = torch.randn(batch_size, 3, img_size, img_size, device=device)
+    x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+    y = torch.randint(0, NUM_CLASSES, (batch_size,), device=device)
+    wall, cpu = {mode: [] for mode in modes}, {mode: [] for mode in modes}
+    for _ in range(1 + rounds):
+        for mode, step in steps.items():
+            start, start_cpu = time.perf_counter(), time.process_time()
+            step(x, y)
+            if cuda:
+                torch.cuda.synchronize()
+            wall[mode].append(time.perf_counter() - start)
+            cpu[mode].append(time.process_time() - start_cpu)
+    peak = (torch.cuda.max_memory_allocated() / 2 ** 20 if cuda
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base_mib)
+    fastest = lambda times: {mode: 1000 * min(t[1:]) for mode, t in times.items()}  # noqa: E731
+    return dict(ms=fastest(wall), cpu_ms=fastest(cpu), peak_mib=peak)
+
+
+def run_one(**kwargs) -> dict:
+    """``measure`` in a fresh interpreter, so its peak memory is its own."""
+    out = subprocess.run([sys.executable, __file__, '--worker', json.dumps(kwargs)], check=True,
+                         capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# --- the benchmark ---------------------------------------------------------------------------------------
+
+def machine(device: str) -> str:
+    import timm
+    import torch
+    if device.startswith('cuda'):
+        what = torch.cuda.get_device_name()
+    else:
+        lscpu = subprocess.run(['lscpu'], capture_output=True, text=True).stdout
+        model = re.search(r'Model name:\s*(.+)', lscpu)
+        what = f'{model.group(1) if model else platform.processor()}, {torch.get_num_threads()} threads'
+    return f'{what}; Python {platform.python_version()}, torch {torch.__version__}, timm {timm.__version__}'
+
+
+def main_table(archs: list, common: dict, setting: dict, rounds: int) -> list:
+    lines = ['| arch | mode | wall ms/step | vs plain | CPU ms/step | vs plain | peak MiB | vs plain |',
+             '|---|---|---|---|---|---|---|---|']
+    for arch in archs:
+        run = run_one(arch=arch, modes=list(MODES), rounds=rounds, **common, **setting)
+        ms, cpu = run['ms'], run['cpu_ms']
+        mem = {mode: run_one(arch=arch, modes=[mode], rounds=1, **common, **setting)['peak_mib'] for mode in MODES}
+        for mode in MODES:
+            lines.append(f'| {arch} | {mode} | {ms[mode]:.0f} | {ms[mode] / ms["plain"]:.2f}x '
+                         f'| {cpu[mode]:.0f} | {cpu[mode] / cpu["plain"]:.2f}x '
+                         f'| {mem[mode]:.0f} | {mem[mode] / mem["plain"]:.2f}x |')
+            print(lines[-1], flush=True)
+    return lines
+
+
+def lever_table(arch: str, common: dict, default: dict, rounds: int) -> list:
+    lines = ['| setting | plain wall ms/step | amalgamation wall ms/step | ratio | CPU-time ratio |',
+             '|---|---|---|---|---|']
+
+    def add(name, run, mode):
+        ms, cpu = run['ms'], run['cpu_ms']
+        lines.append(f'| {name} | {ms["plain"]:.0f} | {ms[mode]:.0f} | {ms[mode] / ms["plain"]:.2f}x '
+                     f'| {cpu[mode] / cpu["plain"]:.2f}x |')
+        print(lines[-1], flush=True)
+
+    for name, setting in [('exact, for-loop SGD', dict(default, foreach=False)),
+                          ('exact, foreach SGD (default)', default),
+                          ('exact, channels_last + foreach SGD', dict(default, channels_last=True)),
+                          ('exact, 1 thread + foreach SGD', dict(default, threads=1))]:
+        add(name, run_one(arch=arch, modes=['plain', 'exact'], rounds=rounds, **common, **setting), 'exact')
+    run = run_one(arch=arch, modes=['plain', 'frozen', 'frozen_full'], rounds=rounds, **common, **default)
+    add('frozen, teachers stop at their last tap (default)', run, 'frozen')
+    add('frozen, teachers run their whole network', run, 'frozen_full')
+    return lines
+
+
+def write_section(section: str) -> None:
+    """Replace (or append) this benchmark's section of BENCHMARKS.md, leaving the others as they are."""
+    text = BENCHMARKS_MD.read_text() if BENCHMARKS_MD.exists() else '# Benchmarks\n'
+    pattern = re.compile(rf'^{re.escape(SECTION)}\n.*?(?=^## |\Z)', re.S | re.M)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section + '\n', text).rstrip('\n') + '\n'
+    else:
+        text = text.rstrip('\n') + '\n\n' + section
+    BENCHMARKS_MD.write_text(text)
+    print(f'wrote {BENCHMARKS_MD}')
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p.add_argument('--archs', nargs='+', default=['resnet18', 'resnet50'])
+    p.add_argument('--batch-size', type=int, default=8)
+    p.add_argument('--img-size', type=int, default=224)
+    p.add_argument('--rounds', type=int, default=4, help='timed rounds after one warm-up round')
+    p.add_argument('--device', default='cpu')
+    p.add_argument('--threads', type=int, default=2)
+    p.add_argument('--quick', action='store_true', help='tiny smoke run; BENCHMARKS.md is not written')
+    p.add_argument('--worker', help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        print(json.dumps(measure(**json.loads(args.worker))))
+        return
+    if args.quick:
+        args.archs, args.batch_size, args.img_size, args.rounds = ['resnet18'], 2, 64, 1
+
+    common = dict(batch_size=args.batch_size, img_size=args.img_size, device=args.device)
+    default = dict(channels_last=False, foreach=True, threads=args.threads)  # the best row of the lever table
+    load_start = os.getloadavg()[0]
+    lines = [f'Machine: {machine(args.device)}. Date: {time.strftime("%Y-%m-%d")}.', '',
+             f'Command: `python benchmarks/amalgamation.py{" --quick" if args.quick else ""}`: batch '
+             f'{args.batch_size}, {args.img_size} px, {args.device}, SGD (momentum 0.9, weight decay, foreach). The '
+             f'modes\' steps run interleaved in one process; fastest of {args.rounds} rounds after a warm-up round. '
+             'CPU ms: process CPU time (all threads). Peak memory: each mode alone in its own process, above the '
+             'footprint after imports.', '']
+    lines += main_table(args.archs, common, default, args.rounds)
+    if not args.quick:
+        lines += ['', f'Levers ({args.archs[0]}; each row is one interleaved run):', '']
+        lines += lever_table(args.archs[0], common, default, args.rounds)
+    lines += ['', f'1-minute load average of the machine: {load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at '
+              'the end (other processes share the cores; the ratios come from interleaved steps).']
+    section = '\n'.join([SECTION, ''] + lines) + '\n'
+    print(section)
+    if not args.quick:
+        write_section(section)
+
+
+if __name__ == '__main__':
+    main()
