@@ -16,14 +16,19 @@ def test_quick_demo_end_to_end(tmp_path, capsys, monkeypatch, isolated_zoo):
     summary = demo.run_demo(out, quick=True, progress=False)
     printed = capsys.readouterr().out
 
-    # the side-by-side table, labelled synthetic, with both rows
+    # the side-by-side table, labelled synthetic, with the three rows
     assert 'SYNTHETIC results (resnet18, SLL' in printed and summary['table'] in printed
     rows = summary['table'].splitlines()[2:]
-    assert [row.split(' | ')[0] for row in rows] == ['| baseline', '| amalgamation']
-    assert [r['mode'] for r in summary['results']] == ['finetune', 'amalgamate']
+    assert [row.split(' | ')[0] for row in rows] == ['| baseline', '| hp_finetune', '| amalgamation']
+    assert [(r['mode'], r['init']) for r in summary['results']] == [('finetune', 'random'), ('finetune', 'hp'),
+                                                                    ('amalgamate', 'hp')]
     assert all(r['synthetic'] and len(r['history']['epochs']) == 2 for r in summary['results'])
-    terms = set(summary['results'][1]['history']['epochs'][0]['train'])
+    terms = set(summary['results'][2]['history']['epochs'][0]['train'])
     assert {'feat/st', 'feat/ho', 'feat/hp', 'logits/hp', 'task/st'} <= terms  # the full method ran
+
+    # each model's pretext losses, with chance (ln of the class count) for the classification tasks
+    assert 'HO pretext losses (mean of the last epoch): scene ' in printed
+    assert '(chance 2.48), jigsaw ' in printed and '(chance 6.91)' in printed and '(chance 3.58), captioning ' in printed
 
     # the zoo: exported files that load through SENTIZOO_HOME, weights unchanged
     zoo = out / 'zoo'
