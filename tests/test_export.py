@@ -131,3 +131,15 @@ def test_card_without_results_has_no_numbers_but_the_facts():
     with pytest.raises(ValueError, match=r"missing \['value'\]"):
         render_card('n', repo_id='r', architecture='a', description='d', recipe=[], commands=[],
                     results=[{'dataset': 'FI', 'metric': 'accuracy'}])
+
+
+def test_committed_model_cards_are_current_and_hold_no_numbers():
+    import sentizoo
+    from training.model_card import CARDS, planned_card
+    names = sentizoo.list_models(pretrained=True)
+    assert sorted(p.stem for p in CARDS.glob('senti_*.md')) == sorted(names)
+    for name in names:
+        card = (CARDS / f'{name}.md').read_text(encoding='utf-8')
+        assert card == planned_card(name), f'{name}.md is stale: run python -m training.model_card'
+        assert 'Not published yet' in card and 'model-index' not in card
+        assert 'No evaluation has been recorded' in card

@@ -29,13 +29,11 @@ from sentizoo.models import ARCHS, BACKBONE_TAGS, TAGS, senti_name, stock_name
 from sentizoo.weights import save_pretrained, zoo_home
 
 from .checkpoint import load_checkpoint, read_state_dict
-from .model_card import render_card, validate_results
+from .model_card import TASK_NAMES, render_card, validate_results
 
 __all__ = ['Exported', 'export', 'find_prefix', 'push_to_hub', 'load_results', 'main']
 
 PathLike = Union[str, Path]
-_TASK_NAMES = {'st': 'colorization + super-resolution', 'ho': 'scene recognition + jigsaw puzzles',
-               'hp': 'ANP classification + affective captioning'}
 
 
 class Exported(NamedTuple):
@@ -94,7 +92,7 @@ def _recipe(ckpt: Mapping[str, Any]) -> Tuple[List[Tuple[str, Any]], List[str], 
     if ckpt.get('format', '').startswith('sentizoo.pretrain'):
         c, history = config, ckpt.get('history') or []
         facts: List[Tuple[str, Any]] = [
-            ('Pretext tasks', f"{_TASK_NAMES.get(c['model'], c['model'])} (losses summed; one loader per task, "
+            ('Pretext tasks', f"{TASK_NAMES.get(c['model'], c['model'])} (losses summed; one loader per task, "
                               f"the shorter one cycled)"),
             ('Data', '; '.join(f'{task}: {d["dataset"]}, {d["samples"]} samples'
                                for task, d in ckpt.get('data', {}).items()) or c.get('dataset')),

@@ -12,9 +12,23 @@ from pathlib import Path
 from string import Template
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-__all__ = ['TEMPLATE', 'RESULT_KEYS', 'render_card', 'validate_results']
+__all__ = ['TEMPLATE', 'CARDS', 'RESULT_KEYS', 'TASK_NAMES', 'render_card', 'planned_card', 'validate_results',
+           'main']
 
-TEMPLATE = Path(__file__).resolve().parents[1] / 'model_cards' / 'template.md'
+CARDS = Path(__file__).resolve().parents[1] / 'model_cards'
+TEMPLATE = CARDS / 'template.md'
+TASK_NAMES = {'st': 'colorization + super-resolution', 'ho': 'scene recognition + jigsaw puzzles',
+              'hp': 'ANP classification + affective captioning'}
+_DATA = {'places365': 'Places365-Standard train split (1,803,460 images, 365 scene classes)',
+         'vso+artemis': 'VSO/SentiBank CC images (ANP classes = the ANP folders found) + ArtEmis utterances over '
+                        'WikiArt (split 85/5/10 by painting, seed 2021)'}
+_NOTICES = {
+    'synthetic': '> **Synthetic demo weights.** Trained on sentizoo\'s procedural "synthetic affect world", not on '
+                 'the paper\'s datasets: useful to test the pipeline, meaningless for real images.\n',
+    'planned': '> **Not published yet.** No checkpoint of this name has been trained by the sentizoo project so '
+               'far; this card describes the recipe that will produce it, and `pretrained=True` works only with '
+               'weights you train and export yourself (commands below).\n',
+}
 RESULT_KEYS = {'dataset': 'dataset name, e.g. "FI"', 'metric': 'metric name, e.g. "accuracy"',
                'value': 'the number the evaluation produced'}
 _OPTIONAL_KEYS = ('split', 'task', 'dataset_type', 'source', 'synthetic')
@@ -90,7 +104,7 @@ def _evaluation(results: Sequence[Mapping[str, Any]]) -> str:
 
 def render_card(name: str, *, repo_id: str, architecture: str, description: str,
                 recipe: Sequence[Tuple[str, Any]], commands: Sequence[str],
-                results: Sequence[Mapping[str, Any]] = (), synthetic: bool = False,
+                results: Sequence[Mapping[str, Any]] = (), synthetic: bool = False, planned: bool = False,
                 template: Optional[Path] = None) -> str:
     """The model card (Markdown with HF metadata) of ``name`` (``'senti_resnet50.hp'``).
 
@@ -103,6 +117,7 @@ def render_card(name: str, *, repo_id: str, architecture: str, description: str,
         commands: the shell commands that produced the files (pre-training, export).
         results: evaluation results (see :func:`validate_results`); the only numbers in the table.
         synthetic: the weights come from the synthetic demo world, not the paper's datasets.
+        planned: no checkpoint exists yet; the recipe is the one that will produce it.
         template: a different template file (``$``-placeholders as in ``template.md``).
     """
     results = validate_results(results)
@@ -111,11 +126,76 @@ def render_card(name: str, *, repo_id: str, architecture: str, description: str,
                             'pipeline_tag': 'image-classification'}
     if results:
         meta['model-index'] = _model_index(name, results)
-    notice = ('> **Synthetic demo weights.** Trained on sentizoo\'s procedural "synthetic affect world", not on '
-              'the paper\'s datasets: useful to test the pipeline, meaningless for real images.\n'
-              if synthetic else '')
+    notice = ''.join(_NOTICES[k] for k, on in (('synthetic', synthetic), ('planned', planned)) if on)
     text = Template(Path(template or TEMPLATE).read_text(encoding='utf-8'))
     return text.substitute(
         front_matter=_yaml(meta), name=name, repo_id=repo_id, architecture=architecture, description=description,
-        synthetic_notice=notice, recipe='\n'.join(f'- {label}: {value}' for label, value in recipe),
+        notice=notice, recipe='\n'.join(f'- {label}: {value}' for label, value in recipe),
         commands='\n'.join(commands), evaluation=_evaluation(results))
+
+
+def _planned_recipe(arch: str, tag: str) -> Tuple[List[Tuple[str, Any]], List[str]]:
+    """(facts, commands) of the recipe that produces ``senti_<arch>.<tag>``, read from the training code's defaults."""
+    from .downstream import load_config
+    from .pretrain import DATASETS, SCHEDULES, PretrainConfig
+
+    if tag in TASK_NAMES:
+        c = PretrainConfig(model=tag, arch=arch)  # the field defaults; the schedule depends on the model
+        epochs, step, batch = SCHEDULES[tag]
+        out = f'runs/pretrain/{tag}_{arch}'
+        facts = [('Pretext tasks', f'{TASK_NAMES[tag]} (losses summed; one loader per task, the shorter one cycled)'),
+                 ('Data', _DATA[DATASETS[tag][0]]),
+                 ('Backbone initialisation', "ImageNet (torchvision's weights through timm)"),
+                 ('Optimiser', f'SGD lr {c.lr}, momentum {c.momentum}, weight decay {c.weight_decay}; '
+                               f'lr x{c.lr_gamma} every {step} epochs'),
+                 ('Schedule', f'{epochs} epochs; batch {batch} per task and GPU (the paper: 2 GPUs); '
+                              f'{c.image_size} px crops of {c.image_size * 256 // 224} px images, horizontal flip'),
+                 ('Seed', c.seed)]
+        commands = [f'torchrun --nproc_per_node 2 -m training.pretrain --model {tag} --arch {arch} --data-root DATA '
+                    f'--out-dir {out}',
+                    f'python -m training.export --checkpoint {out}/final.pt --tag {tag}']
+        return facts, commands
+    experiment = f'table1_{arch}_{tag}_sll'
+    c = load_config(experiment)
+    t = c['train']
+    facts = [('Method', f'amalgamation: the target starts from senti_{arch}.hp and trains beside the ST, HO and HP '
+                        'teachers (feature MSE at stages 1-3, logits MSE with HP, task loss on all four models)'),
+             ('Data', f'{tag.upper()}, seeded split saved as a file list; the epoch is selected on validation'),
+             ('Optimiser', f"SGD lr {t['lr']}, momentum {t['momentum']}, weight decay {t['weight_decay']}; "
+                           f"lr x{t['gamma']} every {t['step_size']} epochs"),
+             ('Schedule', f"{t['epochs']} epochs; batch {c['batch_size']}; {c['image_size']} px crops, flip"),
+             ('Seed', t['seed'])]
+    commands = [f'python -m training.downstream --config {experiment} --data-root DATA --zoo ZOO',
+                f'python -m training.export --checkpoint results/{experiment}/amalgamation/best.safetensors '
+                f'--tag {tag} --arch {arch}']
+    return facts, commands
+
+
+def planned_card(name: str) -> str:
+    """The card of ``senti_<arch>.<tag>`` before its checkpoint exists: the recipe, how to run it, no numbers."""
+    import timm
+    from sentizoo.models import stock_name
+
+    cfg = timm.models.get_pretrained_cfg(name)
+    facts, commands = _planned_recipe(stock_name(name), cfg.tag)
+    return render_card(name, repo_id=cfg.hf_hub_id, architecture=stock_name(name), description=cfg.description,
+                       recipe=facts, commands=commands, planned=True)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m training.model_card [--out model_cards/]``: write the card of every zoo entry not yet published."""
+    import argparse
+
+    import sentizoo
+
+    parser = argparse.ArgumentParser(prog='python -m training.model_card', description=main.__doc__)
+    parser.add_argument('--out', type=Path, default=CARDS, help='folder for <arch>.<tag>.md (default: model_cards/)')
+    args = parser.parse_args(argv)
+    for name in sentizoo.list_models(pretrained=True):
+        (args.out / f'{name}.md').write_text(planned_card(name), encoding='utf-8')
+    print(f'wrote {len(sentizoo.list_models(pretrained=True))} cards to {args.out}')
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())
