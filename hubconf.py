@@ -42,13 +42,12 @@ def amalgamator(arch: str = 'resnet50', num_classes: int = 8, task: str = 'sll',
         **kwargs: :class:`sentizoo.Amalgamator` options (``feature_stages``, ``logits_teachers``,
             ``teacher_task_loss``, ``freeze_teachers``, ``loss_weights``).
     """
-    from sentizoo.amalgamation import TEACHER_TAGS, Amalgamator, init_target_from, load_teachers
-    from sentizoo.models import senti_name, stock_name
+    from sentizoo.amalgamation import TEACHER_TAGS, Amalgamator, init_target_from, load_teachers, needed_teachers
+    from sentizoo.models import stock_name
 
-    if pretrained:
-        teachers = load_teachers(arch, num_classes)
-    else:
-        teachers = {tag: timm.create_model(f'{senti_name(arch)}.{tag}', num_classes=num_classes)
-                    for tag in TEACHER_TAGS}
-    target = init_target_from(timm.create_model(stock_name(arch), num_classes=num_classes), teachers['hp'])
-    return Amalgamator(target, teachers, task, **kwargs)
+    # Only the teachers the terms use (Amalgamator refuses unused ones), plus HP to initialise the target.
+    tags = needed_teachers(**{k: kwargs[k] for k in ('feature_stages', 'logits_teachers') if k in kwargs})
+    models = load_teachers(arch, num_classes, tuple(t for t in TEACHER_TAGS if t in tags or t == 'hp'),
+                           pretrained=pretrained)
+    target = init_target_from(timm.create_model(stock_name(arch), num_classes=num_classes), models['hp'])
+    return Amalgamator(target, {t: models[t] for t in tags}, task, **kwargs)

@@ -19,6 +19,7 @@ _LAZY = {
     'NonFiniteLossError': 'sentizoo.engine',
     'Amalgamator': 'sentizoo.amalgamation',
     'load_teachers': 'sentizoo.amalgamation',
+    'needed_teachers': 'sentizoo.amalgamation',
     'init_target_from': 'sentizoo.amalgamation',
     'AmalgamationOutput': 'sentizoo.amalgamation',
     'stage_features': 'sentizoo.stages',

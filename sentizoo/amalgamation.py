@@ -14,7 +14,7 @@ the module runs the target alone, and :attr:`Amalgamator.target` is the model to
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import Dict, Mapping, NamedTuple, Optional, Sequence, Union
+from typing import Dict, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 import timm
 import torch
@@ -25,12 +25,28 @@ from .models import senti_name
 from .stages import STAGES, stage_channels, stage_features
 from .tasks import Task, get_task
 
-__all__ = ['TEACHER_TAGS', 'STAGE_TEACHER', 'AmalgamationOutput', 'Amalgamator', 'load_teachers',
-           'init_target_from']
+__all__ = ['TEACHER_TAGS', 'STAGE_TEACHER', 'AmalgamationOutput', 'Amalgamator', 'needed_teachers',
+           'load_teachers', 'init_target_from']
 
 TEACHER_TAGS = ('st', 'ho', 'hp')
 STAGE_TEACHER = {1: 'st', 2: 'ho', 3: 'hp'}
 """The teacher whose features regularise each target stage (paper: low-, mid-, high-level)."""
+
+
+def needed_teachers(feature_stages: Sequence[int] = STAGES, logits_teachers: Sequence[str] = ('hp',)
+                    ) -> Tuple[str, ...]:
+    """The teachers that these terms use, in :data:`TEACHER_TAGS` order (defaults: :class:`Amalgamator`'s)."""
+    used = {STAGE_TEACHER[s] for s in feature_stages if s in STAGE_TEACHER} | set(logits_teachers)
+    return tuple(t for t in TEACHER_TAGS if t in used)
+
+
+def num_outputs(model: nn.Module, name: str = 'target') -> int:
+    """``model.num_classes``; a ValueError naming ``name`` when the model has no classifier."""
+    num_classes = getattr(model, 'num_classes', 0)
+    if not num_classes:
+        raise ValueError(f'{name} has no classifier (num_classes={num_classes}); create it with the task\'s '
+                         'output size, e.g. timm.create_model(..., num_classes=8).')
+    return num_classes
 
 
 class AmalgamationOutput(NamedTuple):
@@ -73,20 +89,17 @@ class Amalgamator(nn.Module):
                  freeze_teachers: bool = False, loss_weights: Optional[Mapping[str, float]] = None):
         super().__init__()
         self.task = get_task(task)
-        num_classes = getattr(target, 'num_classes', 0)
-        if not num_classes:
-            raise ValueError(f'target has no classifier (num_classes={num_classes}); create it with the task\'s '
-                             'output size, e.g. timm.create_model(..., num_classes=8).')
+        num_classes = num_outputs(target)
         self.feature_stages = tuple(sorted(set(feature_stages)))
         self.logits_teachers = tuple(t for t in TEACHER_TAGS if t in set(logits_teachers))
         if set(self.feature_stages) - set(STAGES):
             raise ValueError(f'feature_stages must be a subset of {STAGES}; got {tuple(feature_stages)}.')
         if set(logits_teachers) - set(TEACHER_TAGS):
             raise ValueError(f'logits_teachers must be a subset of {TEACHER_TAGS}; got {tuple(logits_teachers)}.')
-        needed = {STAGE_TEACHER[s] for s in self.feature_stages} | set(self.logits_teachers)
+        needed = needed_teachers(self.feature_stages, self.logits_teachers)
         if teachers is None:
-            teachers = load_teachers(target, num_classes, tags=tuple(t for t in TEACHER_TAGS if t in needed))
-        self._check_teachers(teachers, needed)
+            teachers = load_teachers(target, num_classes, tags=needed)
+        self._check_teachers(teachers, set(needed))
         self._check_channels(target, teachers)
 
         self.target = target
@@ -181,16 +194,17 @@ class Amalgamator(nn.Module):
         return AmalgamationOutput(logits, loss, terms)
 
 
-def load_teachers(arch: Union[str, nn.Module], num_classes: int,
-                  tags: Sequence[str] = TEACHER_TAGS) -> Dict[str, nn.Module]:
+def load_teachers(arch: Union[str, nn.Module], num_classes: int, tags: Sequence[str] = TEACHER_TAGS, *,
+                  pretrained: bool = True) -> Dict[str, nn.Module]:
     """The sentiment-pretrained teachers of an architecture, each with a fresh ``num_classes`` head.
 
     ``arch`` is an architecture name (``'resnet50'``, ``'senti_resnet50'``) or a timm model of it. Weights
     resolve through :mod:`sentizoo.weights` (``$SENTIZOO_HOME``, the HF cache, the hub); a missing file
-    raises :class:`~sentizoo.weights.WeightsNotFoundError` saying where it looked.
+    raises :class:`~sentizoo.weights.WeightsNotFoundError` saying where it looked. ``pretrained=False``
+    gives randomly initialised teachers (for testing).
     """
     name = senti_name(arch)
-    return {tag: timm.create_model(f'{name}.{tag}', pretrained=True, num_classes=num_classes) for tag in tags}
+    return {tag: timm.create_model(f'{name}.{tag}', pretrained=pretrained, num_classes=num_classes) for tag in tags}
 
 
 def init_target_from(target: nn.Module, source: nn.Module) -> nn.Module:

@@ -43,8 +43,8 @@ def _pretrained_cfg(name: str):
 
 
 def _local_weights(name: str, cfg) -> Optional[str]:
-    from .weights import find_local
-    path = find_local(name, cfg.hf_hub_id, cfg.hf_hub_filename or 'model.safetensors')
+    from .weights import WEIGHTS_NAME, find_local
+    path = find_local(name, cfg.hf_hub_id, cfg.hf_hub_filename or WEIGHTS_NAME)
     return str(path) if path else None
 
 
@@ -233,9 +233,8 @@ _WRITERS = {'table': _write_table, 'json': _write_json, 'csv': _write_csv}
 
 
 def _run_predict(args: argparse.Namespace) -> int:
-    from timm.data import create_transform, resolve_model_data_config
-
     from .data import ImageFiles
+    from .datasets import eval_transform
     from .weights import ChecksumMismatchError, WeightsNotFoundError
 
     if args.top_k < 1 or args.batch_size < 1 or args.workers < 0:
@@ -256,7 +255,7 @@ def _run_predict(args: argparse.Namespace) -> int:
         except (WeightsNotFoundError, ChecksumMismatchError) as e:
             print(f'{PROG} predict: error: {e}', file=sys.stderr)
             return 1
-        dataset.transform = create_transform(**resolve_model_data_config(model))
+        dataset.transform = eval_transform(_data_config(model, None))
         rows = _predict_rows(model, dataset, args)
         _WRITERS[args.format](rows, min(args.top_k, model.num_classes), out or sys.stdout)
     finally:
@@ -456,9 +455,11 @@ def _evaluation_model(args: argparse.Namespace):
     """MODEL as a folder written by `sentizoo amalgamate` (with its task) or a classifier name."""
     import timm
 
+    from .weights import CONFIG_NAME
+
     folder = Path(args.model)
     if folder.is_dir():
-        config = folder / 'config.json'
+        config = folder / CONFIG_NAME
         if not config.is_file():
             raise UsageError(f'{folder} has no config.json; expected a folder written by `{PROG} amalgamate`.')
         task = json.loads(config.read_text()).get('task')

@@ -54,7 +54,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, RandomSampler, Sampler
 from torch.utils.data import SequentialSampler
 
-from .amalgamation import AmalgamationOutput, Amalgamator, init_target_from
+from .amalgamation import AmalgamationOutput, Amalgamator, init_target_from, num_outputs
 from .tasks import Task, get_task
 from .weights import atomic_write
 
@@ -122,15 +122,15 @@ class TrainOptions:
             value = getattr(self, name)
             setattr(self, name, None if value is None else str(value))
         problems = [f'{name}={getattr(self, name)!r} ({why})' for name, ok, why in (
-            ('epochs', _is_int(self.epochs, 1), 'an integer >= 1'),
-            ('step_size', _is_int(self.step_size, 1), 'an integer >= 1'),
-            ('seed', _is_int(self.seed, 0), 'an integer >= 0'),
-            ('checkpoint_every', self.checkpoint_every is None or _is_int(self.checkpoint_every, 1),
+            ('epochs', is_int(self.epochs, 1), 'an integer >= 1'),
+            ('step_size', is_int(self.step_size, 1), 'an integer >= 1'),
+            ('seed', is_int(self.seed, 0), 'an integer >= 0'),
+            ('checkpoint_every', self.checkpoint_every is None or is_int(self.checkpoint_every, 1),
              'None or an integer >= 1'),
-            ('lr', _is_number(self.lr) and self.lr > 0, 'a number > 0'),
-            ('momentum', _is_number(self.momentum) and self.momentum >= 0, 'a number >= 0'),
-            ('weight_decay', _is_number(self.weight_decay) and self.weight_decay >= 0, 'a number >= 0'),
-            ('gamma', _is_number(self.gamma) and self.gamma > 0, 'a number > 0'),
+            ('lr', is_number(self.lr) and self.lr > 0, 'a number > 0'),
+            ('momentum', is_number(self.momentum) and self.momentum >= 0, 'a number >= 0'),
+            ('weight_decay', is_number(self.weight_decay) and self.weight_decay >= 0, 'a number >= 0'),
+            ('gamma', is_number(self.gamma) and self.gamma > 0, 'a number > 0'),
         ) if not ok]
         if self.checkpoint_every is not None and self.checkpoint_dir is None:
             problems.append('checkpoint_every needs a checkpoint_dir')
@@ -138,11 +138,13 @@ class TrainOptions:
             raise ValueError('Invalid training options: ' + '; '.join(problems) + '.')
 
 
-def _is_int(value: Any, minimum: int) -> bool:
+def is_int(value: Any, minimum: int) -> bool:
+    """``value`` is an int (not a bool, which JSON ``true`` becomes) of at least ``minimum``."""
     return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
+    """``value`` is a finite int or float (not a bool)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -318,7 +320,7 @@ def _rebuild(loader: DataLoader, sampler: Sampler, dataset: Optional[Dataset] = 
                       prefetch_factor=loader.prefetch_factor, persistent_workers=loader.persistent_workers)
 
 
-def _check_loader(name: str, loader: Any, task: Task, num_outputs: int) -> None:
+def _check_loader(name: str, loader: Any, task: Task, outputs: int) -> None:
     """The loader's structure and its first sample, collated as a batch of one."""
     if not isinstance(loader, DataLoader):
         raise ValueError(f'{name} must be a torch.utils.data.DataLoader; got {type(loader).__name__}.')
@@ -342,19 +344,16 @@ def _check_loader(name: str, loader: Any, task: Task, num_outputs: int) -> None:
     if not isinstance(targets, torch.Tensor):
         raise ValueError(f'{name}: targets must be tensors; the first batch has {type(targets).__name__}.')
     try:
-        task.check_target(targets, num_outputs)
+        task.check_target(targets, outputs)
     except ValueError as e:
         raise ValueError(f'{name}: {e}') from None
 
 
 def _check_data(model: nn.Module, loader: DataLoader, val_loader: Optional[DataLoader], task: Task) -> None:
-    num_outputs = getattr(model, 'num_classes', 0)
-    if not num_outputs:
-        raise ValueError(f'model ({type(model).__name__}) has no classifier (num_classes={num_outputs}); create '
-                         'it with the task\'s output size, e.g. timm.create_model(..., num_classes=8).')
-    _check_loader('loader', loader, task, num_outputs)
+    outputs = num_outputs(model, f'model ({type(model).__name__})')
+    _check_loader('loader', loader, task, outputs)
     if val_loader is not None:
-        _check_loader('val_loader', val_loader, task, num_outputs)
+        _check_loader('val_loader', val_loader, task, outputs)
 
 
 # --- devices and processes -----------------------------------------------------------------------------

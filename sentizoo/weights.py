@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 import torch.nn as nn
 
 __all__ = ['WEIGHTS_NAME', 'CONFIG_NAME', 'WeightsNotFoundError', 'ChecksumMismatchError', 'zoo_home',
-           'sha256_file', 'find_local', 'resolve_weights', 'save_pretrained', 'atomic_write']
+           'sha256_file', 'find_local', 'resolve_weights', 'save_pretrained', 'atomic_write', 'hf_offline']
 
 WEIGHTS_NAME = 'model.safetensors'
 CONFIG_NAME = 'config.json'
@@ -51,7 +51,8 @@ def sha256_file(path: Union[str, Path], chunk_size: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def _hf_offline() -> bool:
+def hf_offline() -> bool:
+    """Whether the Hugging Face hub must not be asked (``HF_HUB_OFFLINE``)."""
     # huggingface_hub reads HF_HUB_OFFLINE once at import; honour a later change of the environment too.
     from huggingface_hub import constants
     return constants.HF_HUB_OFFLINE or os.environ.get('HF_HUB_OFFLINE', '').lower() in _TRUE
@@ -79,7 +80,6 @@ def _hub_unreachable(timeout: float = 1.5) -> Optional[str]:
     def probe() -> None:  # getaddrinfo has no timeout of its own, hence the thread
         try:
             socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
-            result[0] = None
         except OSError as e:
             result[0] = f'{type(e).__name__}: {e}'
 
@@ -171,12 +171,11 @@ def resolve_weights(name: str, cfg: Any = None, sha256: Optional[str] = None, do
     searched: List[str] = [f'$SENTIZOO_HOME: {zoo_home() / name / filename} (missing)']
     if hf_hub_id:
         searched.append(f'Hugging Face cache {_hf_cache_dir()}: {hf_hub_id}/{filename} (not cached)')
-        unreachable = None if _hf_offline() or not download else _hub_unreachable()
         if not download:
             searched.append('Hugging Face hub: not asked (download=False)')
-        elif _hf_offline():
+        elif hf_offline():
             searched.append('Hugging Face hub: skipped, HF_HUB_OFFLINE=1')
-        elif unreachable:
+        elif unreachable := _hub_unreachable():
             searched.append(f'Hugging Face hub: unreachable ({unreachable})')
         else:
             from huggingface_hub import hf_hub_download
@@ -191,8 +190,8 @@ def resolve_weights(name: str, cfg: Any = None, sha256: Optional[str] = None, do
         f'No weights found for {name}. Searched:\n{places}\n'
         f'Fix: put {filename} (and config.json) in {zoo_home() / name}/ or point SENTIZOO_HOME at a folder '
         f'holding {name}/{filename}; produce them with `{EXPORT_COMMAND} --checkpoint CKPT --tag ...` '
-        f'(or `python -m training.demo` for small synthetic ones); or pass pretrained_cfg_overlay=dict(file=...); '
-        f'or, with network access, unset HF_HUB_OFFLINE to download from the hub.')
+        f'(or `python -m training.demo` for small synthetic ones); or pass pretrained_cfg_overlay=dict(file=...)'
+        + ('; or, with network access, unset HF_HUB_OFFLINE to download from the hub.' if hf_offline() else '.'))
 
 
 def _config_for(model: nn.Module, label_names: Optional[Sequence[str]], extra: Optional[Dict[str, Any]]) -> Dict:
@@ -211,11 +210,12 @@ def _config_for(model: nn.Module, label_names: Optional[Sequence[str]], extra: O
             'classifier', 'license', 'description', 'paper_name', 'origin_url', 'tag')
     pretrained_cfg = {k: cfg[k] for k in keep if cfg.get(k) is not None}
     pretrained_cfg.update(num_classes=num_classes, label_names=label_names)
+    global_pool = getattr(model, 'global_pool', None)  # a pool module on timm ResNets: only a str goes to JSON
     config = {
         'architecture': stock_name(architecture),  # stock timm name: loads even without `import sentizoo`
         'num_classes': num_classes,
         'num_features': getattr(model, 'num_features', None),
-        'global_pool': getattr(model, 'global_pool', None) if isinstance(getattr(model, 'global_pool', None), str) else None,
+        'global_pool': global_pool if isinstance(global_pool, str) else None,
         'pretrained_cfg': pretrained_cfg,
     }
     if label_names is not None:

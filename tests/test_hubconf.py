@@ -40,3 +40,14 @@ def test_hub_amalgamator_from_local_teachers(isolated_zoo):
     assert module.target.num_classes == 4 and sorted(module.teachers) == ['ho', 'hp', 'st']
     out = module.train()(torch.randn(2, 3, 64, 64), torch.tensor([[1., 0, 0, 1], [0, 1, 0, 0]]))
     assert out.logits.shape == (2, 4) and set(out.terms) >= {'task/target', 'feat/st', 'feat/ho', 'feat/hp', 'logits/hp'}
+
+
+def test_hub_amalgamator_ablation_loads_only_the_teachers_its_terms_use():
+    # An ablation that drops the ST and HO terms must not be refused for carrying unused teachers.
+    spec = importlib.util.spec_from_file_location('hubconf', REPO / 'hubconf.py')
+    hubconf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hubconf)
+    module = hubconf.amalgamator('resnet18', num_classes=3, pretrained=False, feature_stages=(3,))
+    assert sorted(module.teachers) == ['hp'] and module.term_names[-2:] == ['feat/hp', 'logits/hp']
+    module = hubconf.amalgamator('resnet18', num_classes=3, pretrained=False, feature_stages=(1,), logits_teachers=())
+    assert sorted(module.teachers) == ['st']
