@@ -143,3 +143,13 @@ def test_committed_model_cards_are_current_and_hold_no_numbers():
         assert card == planned_card(name), f'{name}.md is stale: run python -m training.model_card'
         assert 'Not published yet' in card and 'model-index' not in card
         assert 'No evaluation has been recorded' in card
+
+
+def test_model_card_main_writes_into_a_new_folder(tmp_path):
+    import sentizoo
+    from training.model_card import main as card_main, planned_card
+    out = tmp_path / 'cards'
+    assert card_main(['--out', str(out)]) == 0
+    names = sentizoo.list_models(pretrained=True)
+    assert sorted(p.name for p in out.iterdir()) == sorted(f'{n}.md' for n in names)
+    assert (out / f'{names[0]}.md').read_text(encoding='utf-8') == planned_card(names[0])

@@ -237,3 +237,12 @@ def test_help_explains_the_options(capsys):
     text = capsys.readouterr().out
     for phrase in ('torchrun', 'colorization + super-resolution', 'paper: ST 12, HO/HP 30', '--resume', 'vso/'):
         assert phrase in text
+
+
+@pytest.mark.filterwarnings('ignore:pre-training resnet18 from a random initialisation')
+def test_non_finite_loss_stops_with_the_engine_error(tmp_path, monkeypatch):
+    from sentizoo.engine import NonFiniteLossError
+    from training.pretext.jigsaw import Jigsaw
+    monkeypatch.setattr(Jigsaw, 'loss', lambda self, logits, index: logits.sum() * float('nan'))
+    with pytest.raises(NonFiniteLossError, match=r'non-finite loss, jigsaw at step 1 \(epoch 1\)'):
+        pt.pretrain(tiny('ho', tmp_path / 'run'))

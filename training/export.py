@@ -29,7 +29,7 @@ from sentizoo.models import ARCHS, BACKBONE_TAGS, TAGS, senti_name, stock_name
 from sentizoo.weights import save_pretrained, zoo_home
 
 from .checkpoint import load_checkpoint, read_state_dict
-from .model_card import TASK_NAMES, render_card, validate_results
+from .model_card import _fmt, pretrain_recipe, render_card, validate_results
 
 __all__ = ['Exported', 'export', 'find_prefix', 'push_to_hub', 'load_results', 'main']
 
@@ -80,10 +80,6 @@ def load_results(paths: Sequence[PathLike]) -> List[Dict[str, Any]]:
     return results
 
 
-def _fmt(value: Any) -> str:
-    return f'{value:.4g}' if isinstance(value, float) else str(value)
-
-
 def _recipe(ckpt: Mapping[str, Any]) -> Tuple[List[Tuple[str, Any]], List[str], bool]:
     """(facts, commands, synthetic) of the run recorded in a checkpoint; only what it recorded."""
     config = ckpt.get('config') if isinstance(ckpt.get('config'), Mapping) else {}
@@ -91,20 +87,14 @@ def _recipe(ckpt: Mapping[str, Any]) -> Tuple[List[Tuple[str, Any]], List[str], 
     synthetic = config.get('dataset') == 'synthetic'
     if ckpt.get('format', '').startswith('sentizoo.pretrain'):
         c, history = config, ckpt.get('history') or []
-        facts: List[Tuple[str, Any]] = [
-            ('Pretext tasks', f"{TASK_NAMES.get(c['model'], c['model'])} (losses summed; one loader per task, "
-                              f"the shorter one cycled)"),
-            ('Data', '; '.join(f'{task}: {d["dataset"]}, {d["samples"]} samples'
-                               for task, d in ckpt.get('data', {}).items()) or c.get('dataset')),
-            ('Backbone initialisation', ckpt.get('init', 'not recorded')),
-            ('Optimiser', f"SGD lr {_fmt(c['lr'])}, momentum {_fmt(c['momentum'])}, weight decay "
-                          f"{_fmt(c['weight_decay'])}; lr x{_fmt(c['lr_gamma'])} every {c['lr_step']} epochs"),
-            ('Schedule', f"{ckpt.get('epoch')} of {c['epochs']} epochs, {ckpt.get('step')} steps; batch "
-                         f"{c['batch_size']} per task and process, {ckpt.get('world_size', 1)} process(es); "
-                         f"crop {c['image_size']} px"),
-            ('Precision', ckpt.get('precision', 'not recorded')),
-            ('Seed', c['seed']),
-        ]
+        facts = pretrain_recipe(
+            c, data='; '.join(f'{task}: {d["dataset"]}, {d["samples"]} samples'
+                              for task, d in ckpt.get('data', {}).items()) or c.get('dataset'),
+            init=ckpt.get('init', 'not recorded'),
+            schedule=f"{ckpt.get('epoch')} of {c['epochs']} epochs, {ckpt.get('step')} steps; batch "
+                     f"{c['batch_size']} per task and process, {ckpt.get('world_size', 1)} process(es); "
+                     f"crop {c['image_size']} px")
+        facts += [('Precision', ckpt.get('precision', 'not recorded')), ('Seed', c['seed'])]
         if history:
             last = history[-1]
             facts.append((f"Mean losses of the last epoch ({last['epoch']})",

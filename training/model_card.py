@@ -7,12 +7,14 @@ into the Hugging Face ``model-index`` metadata, so the hub shows them.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from string import Template
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-__all__ = ['TEMPLATE', 'CARDS', 'RESULT_KEYS', 'TASK_NAMES', 'render_card', 'planned_card', 'validate_results',
+__all__ = ['TEMPLATE', 'CARDS', 'RESULT_KEYS', 'TASK_NAMES', 'render_card', 'planned_card', 'pretrain_recipe',
+           'validate_results',
            'main']
 
 CARDS = Path(__file__).resolve().parents[1] / 'model_cards'
@@ -52,6 +54,25 @@ def validate_results(results: Sequence[Mapping[str, Any]], origin: str = 'result
                              + (f'; unknown {unknown}' if unknown else ''))
         checked.append(dict(r))
     return checked
+
+
+def _fmt(value: Any) -> str:
+    return f'{value:.4g}' if isinstance(value, float) else str(value)
+
+
+def pretrain_recipe(config: Mapping[str, Any], *, data: str, init: str, schedule: str) -> List[Tuple[str, Any]]:
+    """The facts every pre-training card lists first (tasks, data, initialisation, optimiser, schedule).
+
+    ``config`` holds the :class:`training.pretrain.PretrainConfig` fields (``lr_step`` resolved).
+    """
+    c = config
+    return [('Pretext tasks', f"{TASK_NAMES.get(c['model'], c['model'])} (losses summed; one loader per task, "
+                              f"the shorter one cycled)"),
+            ('Data', data),
+            ('Backbone initialisation', init),
+            ('Optimiser', f"SGD lr {_fmt(c['lr'])}, momentum {_fmt(c['momentum'])}, weight decay "
+                          f"{_fmt(c['weight_decay'])}; lr x{_fmt(c['lr_gamma'])} every {c['lr_step']} epochs"),
+            ('Schedule', schedule)]
 
 
 def _yaml(value: Any, indent: int = 0) -> str:
@@ -143,14 +164,12 @@ def _planned_recipe(arch: str, tag: str) -> Tuple[List[Tuple[str, Any]], List[st
         c = PretrainConfig(model=tag, arch=arch)  # the field defaults; the schedule depends on the model
         epochs, step, batch = SCHEDULES[tag]
         out = f'runs/pretrain/{tag}_{arch}'
-        facts = [('Pretext tasks', f'{TASK_NAMES[tag]} (losses summed; one loader per task, the shorter one cycled)'),
-                 ('Data', _DATA[DATASETS[tag][0]]),
-                 ('Backbone initialisation', "ImageNet (torchvision's weights through timm)"),
-                 ('Optimiser', f'SGD lr {c.lr}, momentum {c.momentum}, weight decay {c.weight_decay}; '
-                               f'lr x{c.lr_gamma} every {step} epochs'),
-                 ('Schedule', f'{epochs} epochs; batch {batch} per task and GPU (the paper: 2 GPUs); '
-                              f'{c.image_size} px crops of {c.image_size * 256 // 224} px images, horizontal flip'),
-                 ('Seed', c.seed)]
+        facts = pretrain_recipe(
+            {**dataclasses.asdict(c), 'lr_step': step}, data=_DATA[DATASETS[tag][0]],
+            init="ImageNet (torchvision's weights through timm)",
+            schedule=f'{epochs} epochs; batch {batch} per task and GPU (the paper: 2 GPUs); '
+                     f'{c.image_size} px crops of {c.image_size * 256 // 224} px images, horizontal flip')
+        facts.append(('Seed', c.seed))
         commands = [f'torchrun --nproc_per_node 2 -m training.pretrain --model {tag} --arch {arch} --data-root DATA '
                     f'--out-dir {out}',
                     f'python -m training.export --checkpoint {out}/final.pt --tag {tag}']
@@ -191,9 +210,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog='python -m training.model_card', description=main.__doc__)
     parser.add_argument('--out', type=Path, default=CARDS, help='folder for <arch>.<tag>.md (default: model_cards/)')
     args = parser.parse_args(argv)
-    for name in sentizoo.list_models(pretrained=True):
+    names = sentizoo.list_models(pretrained=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name in names:
         (args.out / f'{name}.md').write_text(planned_card(name), encoding='utf-8')
-    print(f'wrote {len(sentizoo.list_models(pretrained=True))} cards to {args.out}')
+    print(f'wrote {len(names)} cards to {args.out}')
     return 0
 
 

@@ -28,7 +28,7 @@ import csv
 import dataclasses
 import json
 import logging
-import os
+import math
 import random
 import shlex
 import sys
@@ -43,7 +43,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from sentizoo.engine import EpochSampler, SeededSamples, resolve_device  # the library's loop helpers
+from sentizoo.engine import EpochSampler, NonFiniteLossError, SeededSamples, resolve_device  # the library's loop helpers
 from sentizoo.models import ARCHS
 
 from . import distributed as dist_utils
@@ -246,8 +246,9 @@ def build_datasets(config: PretrainConfig) -> List[Tuple[str, Dataset]]:
             ('captioning', _subset(ArtEmis(root / 'artemis', 'train', transform=transform), c.max_samples, c.seed))]
 
 
-def _classes(dataset: Dataset) -> Sequence[str]:
-    return dataset.dataset.classes if isinstance(dataset, Subset) else dataset.classes
+def _unwrap(dataset: Dataset) -> Dataset:
+    """The dataset itself, or the one a ``--max-samples`` :class:`Subset` draws from."""
+    return dataset.dataset if isinstance(dataset, Subset) else dataset
 
 
 def build_model_and_data(config: PretrainConfig) -> Tuple[nn.Module, List[Tuple[str, Dataset, Any]], Dict[str, Any]]:
@@ -260,14 +261,14 @@ def build_model_and_data(config: PretrainConfig) -> Tuple[nn.Module, List[Tuple[
     options: Dict[str, Dict[str, Any]] = {}
     for name in ('scene', 'anp'):
         if name in data:
-            options[name] = {'classes': _classes(data[name])}
-            facts[name]['classes'] = list(_classes(data[name]))
+            classes = _unwrap(data[name]).classes
+            options[name] = {'classes': classes}
+            facts[name]['classes'] = list(classes)
     if 'jigsaw' in data:  # the paper's 64 px tiles of a 192 px image at a 224 crop, scaled with the crop
         options['jigsaw'] = {'tile': max(1, config.image_size * 64 // 224)}
     if 'captioning' in data:
         from .pretext.captioning import Vocabulary
-        captions = data['captioning']
-        vocab = Vocabulary.build((captions.dataset if isinstance(captions, Subset) else captions).utterances)
+        vocab = Vocabulary.build(_unwrap(data['captioning']).utterances)
         options['captioning'] = {'vocab': vocab}
         facts['captioning']['vocabulary'] = vocab.state_dict()
     model = build_perception_model(config.model, config.arch, **options)
@@ -290,10 +291,10 @@ def init_backbone(backbone: nn.Module, arch: str, init: str) -> str:
         return 'random'
     if init == 'imagenet':
         from huggingface_hub import hf_hub_download
+        from sentizoo.weights import hf_offline  # the library's reading of HF_HUB_OFFLINE
         repo = f'timm/{arch}.tv_in1k'
-        offline = os.environ.get('HF_HUB_OFFLINE', '').lower() in ('1', 'on', 'yes', 'true')
         try:
-            state = read_state_dict(hf_hub_download(repo, 'model.safetensors', local_files_only=offline))
+            state = read_state_dict(hf_hub_download(repo, 'model.safetensors', local_files_only=hf_offline()))
         except Exception as e:  # offline and not cached, no network, hub error: say what to do instead
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise RuntimeError(f'could not load the ImageNet weights {repo} from the Hugging Face hub or cache '
@@ -475,7 +476,7 @@ def _train(config: PretrainConfig, device: torch.device) -> Path:
         for stream, state in zip(streams, ckpt['streams']):
             stream.load_state_dict(state)
         epoch, step_in_epoch, step, history = ckpt['epoch'], ckpt['step_in_epoch'], ckpt['step'], ckpt['history']
-        sums = {k: torch.tensor(v, device=device) for k, v in ckpt['epoch_sums'].items()}
+        sums = dict(ckpt['epoch_sums'])
         set_rng_state(ckpt['rng'][rank])
     else:
         torch.manual_seed(config.seed + rank)  # per-rank stream for in-step randomness (dropout, permutations)
@@ -494,7 +495,8 @@ def _train(config: PretrainConfig, device: torch.device) -> Path:
              'tasks': [s.name for s in streams], 'versions': _versions()}
 
     def save(path: Path, full: bool = True) -> None:
-        rng = dist_utils.all_gather_objects(rng_state())  # collective: every rank calls save
+        # collective (every rank calls save with the same ``full``); only a resumable checkpoint needs it
+        rng = dist_utils.all_gather_objects(rng_state()) if full else None
         if not main_process:
             return
         state = dict(facts, model=model.state_dict(), epoch=epoch, step=step, step_in_epoch=step_in_epoch,
@@ -502,7 +504,7 @@ def _train(config: PretrainConfig, device: torch.device) -> Path:
         if full:
             state.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), rng=rng,
                          streams=[s.state_dict() for s in streams],
-                         epoch_sums={k: float(v) for k, v in sums.items()})
+                         epoch_sums=dict(sums))
         save_checkpoint(state, path)
 
     if main_process:
@@ -519,19 +521,22 @@ def _train(config: PretrainConfig, device: torch.device) -> Path:
             batches = [_to_device(s.next(), device, channels_last) for s in streams]
             with autocast:
                 loss, terms = step_module(*batches)
-            terms = {'loss': loss, **terms}
-            bad = [k for k, v in terms.items() if not torch.isfinite(v.detach()).all()]
+            values = torch.stack([loss.detach().float()] + [v.detach().float() for v in terms.values()])
+            if world > 1:  # every rank sees the same values, so that all stop together (no hung collective)
+                torch.distributed.all_reduce(values)
+                values /= world
+            values = dict(zip(['loss', *terms], values.tolist()))  # the step's one host sync
+            bad = [k for k, v in values.items() if not math.isfinite(v)]
             if bad:
-                raise FloatingPointError(f'non-finite {", ".join(bad)} at step {step + 1} (epoch {epoch + 1}); '
+                raise NonFiniteLossError(f'non-finite {", ".join(bad)} at step {step + 1} (epoch {epoch + 1}); '
                                          f'the last good checkpoint is {last_path}')
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             step, step_in_epoch = step + 1, step_in_epoch + 1
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0) + v.detach().float()
+            for k, v in values.items():
+                sums[k] = sums.get(k, 0.0) + v
             if step % config.log_every == 0 or step_in_epoch == steps_per_epoch:
-                values = {k: float(v.detach()) for k, v in terms.items()}
                 log.step({'step': step, 'epoch': epoch + 1, 'lr': optimizer.param_groups[0]['lr'], **values,
                           'time': round(time.perf_counter() - started, 3)})
                 bar.set_postfix({k: f'{v:.4g}' for k, v in values.items()}, refresh=False)
@@ -540,7 +545,7 @@ def _train(config: PretrainConfig, device: torch.device) -> Path:
                 save(last_path)
         bar.close()
         history.append({'epoch': epoch + 1, 'lr': optimizer.param_groups[0]['lr'], 'steps': steps_per_epoch,
-                        **{k: float(v) / steps_per_epoch for k, v in sums.items()}})
+                        **{k: v / steps_per_epoch for k, v in sums.items()}})
         scheduler.step()
         epoch, step_in_epoch, sums = epoch + 1, 0, {}
         save(last_path)

@@ -19,17 +19,15 @@ yield RGB images in [0, 1] (not normalised). Names are imported on first use.
 from importlib import import_module
 from typing import Any
 
-_LAZY = {
-    'PretextTask': 'base', 'ClassificationTask': 'base',
-    'Colorization': 'colorization', 'rgb_to_lab': 'colorization', 'lab_to_rgb': 'colorization',
-    'SuperResolution': 'super_resolution', 'SceneRecognition': 'scene', 'ANPClassification': 'anp',
-    'Jigsaw': 'jigsaw', 'generate_permutations': 'jigsaw', 'load_permutations': 'jigsaw',
-    'Captioning': 'captioning', 'Vocabulary': 'captioning', 'tokenize': 'captioning',
-}
 # task name -> (module, class): the registry the perception models are built from
 TASKS = {'colorization': ('colorization', 'Colorization'), 'super_resolution': ('super_resolution', 'SuperResolution'),
          'scene': ('scene', 'SceneRecognition'), 'jigsaw': ('jigsaw', 'Jigsaw'),
          'anp': ('anp', 'ANPClassification'), 'captioning': ('captioning', 'Captioning')}
+# public name -> module: the task classes, and the helpers beside them
+_LAZY = {cls: module for module, cls in TASKS.values()}
+_LAZY.update({'PretextTask': 'base', 'ClassificationTask': 'base', 'rgb_to_lab': 'colorization',
+              'lab_to_rgb': 'colorization', 'generate_permutations': 'jigsaw', 'load_permutations': 'jigsaw',
+              'Vocabulary': 'captioning', 'tokenize': 'captioning'})
 __all__ = ['TASKS', 'get_task_class'] + list(_LAZY)
 
 
