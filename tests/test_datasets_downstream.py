@@ -91,6 +91,14 @@ def test_fi_errors_name_the_path(tmp_path):
         get_dataset('fi', root)
 
 
+def test_class_folders_skip_hidden_files_and_folders(tmp_path):
+    root = make_fi(tmp_path, per_class=20)
+    write_image(root / 'emotion_dataset' / 'awe' / '.thumbnails' / 'awe_0000.jpg')  # a viewer's cache, not data
+    write_image(root / 'emotion_dataset' / 'awe' / '._awe_0001.jpg')  # macOS metadata
+    everything = [p for ds in splits_of('fi', root).values() for p in paths(ds)]
+    assert len(everything) == 160 and not any('/.' in p for p in everything)
+
+
 # --- EmoSet --------------------------------------------------------------------------------------------
 
 def test_emoset_official_splits_and_label2idx(tmp_path):

@@ -302,6 +302,13 @@ def test_synthetic_is_a_pure_function_of_seed_and_index():
     assert a.targets[17].tolist() == a[17][1].tolist()  # targets without rendering agree
 
 
+def test_synthetic_cues_index_like_the_samples():
+    sll = synthetic.SyntheticEmotion(4, split='val', seed=2)
+    assert sll.cues(-1) == sll.cues(3) and sll[-1][1] == sll.cues(-1).emotion
+    with pytest.raises(IndexError, match='index 4 out of range for 4 samples'):
+        sll.cues(4)  # not a sample of this dataset
+
+
 def test_synthetic_views_agree():
     world = synthetic.AffectWorld(seed=0)
     for i in range(200):

@@ -59,6 +59,11 @@ def _fill_zoo(arch: str = 'resnet18', tags=('st', 'ho', 'hp')) -> None:
     (dict(runs={'a': {'mode': 'amalgamate', 'init': 'hp', 'teacher_task_loss': 'no'}}),
      "runs.a.teacher_task_loss: true or false, got 'no'"),
     (dict(runs={'a': {'mode': 'amalgamate', 'init': 'hp', 'lr': 0.1}}), "runs.a: unknown key(s) ['lr']"),
+    # JSON true is a Python bool, which is an int: it must not pass as a size or a weight
+    (dict(eval_batch_size=True), 'eval_batch_size: null or an integer >= 1, got True'),
+    (dict(data={'n_test': True}), 'data.n_test: an integer >= 1, got True'),
+    (dict(runs={'a': {'mode': 'amalgamate', 'init': 'hp', 'loss_weights': {'feat/st': True}}}),
+     "runs.a.loss_weights: an object of term -> number, e.g. {\"feat/st\": 0.5}, got {'feat/st': True}"),
 ])
 def test_invalid_config_names_the_key_and_the_file(tmp_path, change, message):
     path = _write(tmp_path / 'bad.json', {**_minimal(), **change})

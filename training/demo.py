@@ -51,10 +51,12 @@ from typing import Any, Dict, Iterator, Mapping, Optional, Sequence
 
 import torch
 
+from sentizoo.amalgamation import TEACHER_TAGS
+
 __all__ = ['PRETRAIN', 'QUICK', 'run_demo', 'main']
 
 ARCH = 'resnet18'
-TAGS = ('st', 'ho', 'hp')
+TAGS = TEACHER_TAGS  # the three pre-trained models, ST, HO, HP
 _CLASSIFICATION_TASKS = ('scene', 'jigsaw', 'anp')
 PRETRAIN: Dict[str, Any] = {'image_size': 32, 'batch_size': 32, 'epochs': 4, 'steps_per_epoch': 20,
                             'lr': 0.05, 'lr_step': 3, 'max_samples': 2560}

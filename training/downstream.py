@@ -31,6 +31,7 @@ import copy
 import dataclasses
 import json
 import logging
+import os
 import platform
 import shlex
 import sys
@@ -114,6 +115,7 @@ def load_config(path: Union[str, Path]) -> Dict[str, Any]:
 
 def _check_run(name: str, run: Any, problems: List[str]) -> None:
     from sentizoo.amalgamation import TEACHER_TAGS
+    from sentizoo.engine import is_number
     from sentizoo.stages import STAGES
 
     where = f'runs.{name}'
@@ -140,13 +142,13 @@ def _check_run(name: str, run: Any, problems: List[str]) -> None:
         if not isinstance(run.get(flag, False), bool):
             problems.append(f'{where}.{flag}: true or false, got {run[flag]!r}')
     weights = run.get('loss_weights', {})
-    if not isinstance(weights, Mapping) or not all(isinstance(v, (int, float)) for v in weights.values()):
+    if not isinstance(weights, Mapping) or not all(is_number(v) for v in weights.values()):
         problems.append(f'{where}.loss_weights: an object of term -> number, e.g. {{"feat/st": 0.5}}, got {weights!r}')
 
 
 def validate_config(config: Mapping[str, Any], source: str = 'config') -> Dict[str, Any]:
     """Check every key of ``config`` and fill in the defaults; raises :class:`ConfigError` listing all problems."""
-    from sentizoo.engine import TrainOptions
+    from sentizoo.engine import TrainOptions, is_int
 
     from .datasets.downstream import DATASET_NAMES
 
@@ -163,9 +165,9 @@ def validate_config(config: Mapping[str, Any], source: str = 'config') -> Dict[s
     if 'task' in c and c['task'] not in TASKS:
         problems.append(f'task: one of {TASKS}, got {c["task"]!r}')
     for key, low in (('image_size', 16), ('batch_size', 1), ('workers', 0)):
-        if not (isinstance(c[key], int) and not isinstance(c[key], bool) and c[key] >= low):
+        if not is_int(c[key], low):
             problems.append(f'{key}: an integer >= {low}, got {c[key]!r}')
-    if c['eval_batch_size'] is not None and not (isinstance(c['eval_batch_size'], int) and c['eval_batch_size'] >= 1):
+    if c['eval_batch_size'] is not None and not is_int(c['eval_batch_size'], 1):
         problems.append(f'eval_batch_size: null or an integer >= 1, got {c["eval_batch_size"]!r}')
     if not isinstance(c['checkpoints'], bool):
         problems.append(f'checkpoints: true or false, got {c["checkpoints"]!r}')
@@ -177,7 +179,7 @@ def validate_config(config: Mapping[str, Any], source: str = 'config') -> Dict[s
         if bad:
             problems.append(f'data: unknown synthetic key(s) {bad}; use {sorted(_SYNTHETIC_DATA)}')
         problems += [f'data.{k}: an integer >= 1, got {v!r}' for k, v in c['data'].items()
-                     if k.startswith('n_') and not (isinstance(v, int) and v >= 1)]
+                     if k.startswith('n_') and not is_int(v, 1)]
     if c['data_root'] is not None and not isinstance(c['data_root'], str):
         problems.append(f'data_root: a folder path, got {c["data_root"]!r}')
     train = c['train']
@@ -254,13 +256,6 @@ def build_target(arch: str, init: str, num_classes: int, seed: int = 0) -> nn.Mo
     return model
 
 
-def _teacher_tags(run: Mapping[str, Any]) -> List[str]:
-    from sentizoo.amalgamation import STAGE_TEACHER, TEACHER_TAGS
-    from sentizoo.stages import STAGES
-    needed = {STAGE_TEACHER[s] for s in run.get('feature_stages', STAGES)} | set(run.get('logits_teachers', ('hp',)))
-    return [t for t in TEACHER_TAGS if t in needed]
-
-
 # ----------------------------------------------------------------------------------------------- running
 
 def _versions() -> Dict[str, str]:
@@ -281,6 +276,7 @@ def run_experiment(config: Union[str, Path, Mapping[str, Any]], *, out: Union[st
     Everything that can fail before training (the config, the datasets, the initial weights, the teachers)
     is checked for every run first.
     """
+    from sentizoo.amalgamation import load_teachers, needed_teachers
     from sentizoo.engine import amalgamate, evaluate, finetune
 
     c = load_config(config) if isinstance(config, (str, Path)) else validate_config(
@@ -297,9 +293,10 @@ def run_experiment(config: Union[str, Path, Mapping[str, Any]], *, out: Union[st
     seed = c['train'].get('seed', 0)
     # Fail fast: every run's initial model and teachers load before the first one trains.
     targets = {name: build_target(c['arch'], c['runs'][name]['init'], num_classes, seed) for name in selected}
-    for tag in sorted({t for name in selected if c['runs'][name]['mode'] == 'amalgamate'
-                       for t in _teacher_tags(c['runs'][name])}):
-        build_target(c['arch'], tag, num_classes)
+    amalgamations = [c['runs'][name] for name in selected if c['runs'][name]['mode'] == 'amalgamate']
+    for tag in sorted({t for run in amalgamations for t in needed_teachers(
+            **{k: run[k] for k in ('feature_stages', 'logits_teachers') if k in run})}):
+        load_teachers(c['arch'], num_classes, (tag,))  # one at a time: only whether it loads matters here
 
     folder = Path(out) / c['name']
     written = []
@@ -355,7 +352,6 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    import os
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(name)s: %(message)s')
     if args.zoo:

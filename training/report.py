@@ -72,7 +72,7 @@ def _metric_label(metric: str) -> str:
 def _pair(before: Optional[float], after: Optional[float]) -> str:
     if before is None and after is None:
         return '—'
-    return ' '.join('—' if v is None else f'{v:.3f}' for v in (before, after)).replace(' ', f' {ARROW} ')
+    return f' {ARROW} '.join('—' if v is None else f'{v:.3f}' for v in (before, after))
 
 
 def _md(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -120,15 +120,22 @@ def table1(results: Sequence[Result], synthetic: bool) -> Optional[str]:
     return _md(header, rows)
 
 
+def _table_groups(results: Iterable[Result], synthetic: bool, table: int, key: Callable[[Result], Tuple[str, ...]]
+                  ) -> List[Tuple[Tuple[str, ...], List[Result]]]:
+    """The results of ``"table": table`` experiments (real or synthetic) grouped by ``key``, sorted by it."""
+    groups: Dict[Tuple[str, ...], List[Result]] = defaultdict(list)
+    for r in results:
+        if r['synthetic'] == synthetic and r.get('table') == table:
+            groups[key(r)].append(r)
+    return sorted(groups.items())
+
+
 def table3(results: Sequence[Result], synthetic: bool) -> List[str]:
     """Table 3's layout, one table per (arch, dataset, task) of ``"table": 3`` experiments; accuracy in percent
     (the primary metric for other tasks, as is)."""
     tables = []
-    groups: Dict[Tuple[str, str, str], List[Result]] = defaultdict(list)
-    for r in results:
-        if r['synthetic'] == synthetic and r.get('table') == 3:
-            groups[(r['arch'], r['dataset'], r['task'])].append(r)
-    for (arch, dataset, task), group in sorted(groups.items()):
+    for (arch, dataset, task), group in _table_groups(results, synthetic, 3,
+                                                      lambda r: (r['arch'], r['dataset'], r['task'])):
         slots = _latest(group, lambda r: r['run'])
         names = [n for n in paper.TABLE3_ROWS if n in slots] + [n for n in slots if n not in paper.TABLE3_ROWS]
         metric = group[0]['primary_metric']
@@ -149,11 +156,7 @@ def table3(results: Sequence[Result], synthetic: bool) -> List[str]:
 def table4(results: Sequence[Result], synthetic: bool) -> List[str]:
     """Table 4's layout (``"table": 4`` experiments): a row per run, a column per backbone, in percent."""
     tables = []
-    groups: Dict[Tuple[str, str], List[Result]] = defaultdict(list)
-    for r in results:
-        if r['synthetic'] == synthetic and r.get('table') == 4:
-            groups[(r['dataset'], r['task'])].append(r)
-    for (dataset, task), group in sorted(groups.items()):
+    for (dataset, task), group in _table_groups(results, synthetic, 4, lambda r: (r['dataset'], r['task'])):
         slots = _latest(group, lambda r: (r['arch'], r['run']))
         archs = _archs(group)
         names = [n for n in paper.TABLE4_ROWS if any(k[1] == n for k in slots)]

@@ -17,7 +17,7 @@ import csv
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
-from .common import DatasetFormatError, ImageDataset, PathLike, require_path, train_test_indices
+from .common import DatasetFormatError, ImageDataset, PathLike, class_to_idx, require_path, train_test_indices
 
 __all__ = ['ArtEmis', 'EMOTIONS', 'split_artworks']
 
@@ -96,7 +96,7 @@ class ArtEmis(ImageDataset):
 def _read_csv(path: Path) -> List[dict]:
     """Rows as dicts with art_style, painting, emotion (index), text and, if present, split."""
     require_path(path, f'the ArtEmis annotations ({RAW_CSV} or {PREPROCESSED_CSV})')
-    emotion_index = {e: i for i, e in enumerate(EMOTIONS)}
+    emotion_index = class_to_idx(EMOTIONS)
     rows = []
     with open(path, newline='', encoding='utf-8') as f:
         reader = csv.DictReader(f)

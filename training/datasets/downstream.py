@@ -24,7 +24,9 @@ from typing import Callable, ClassVar, Dict, List, Mapping, Optional, Sequence, 
 
 import torch
 
-from .common import DatasetFormatError, ImageDataset, PathLike, is_image_file, split_indices, split_per_class
+from sentizoo.data import list_images
+
+from .common import DatasetFormatError, ImageDataset, PathLike, split_indices, split_per_class
 
 SPLITS = ('train', 'val', 'test')
 DEFAULT_SEED = 0
@@ -153,7 +155,8 @@ def check_files_exist(paths: Sequence[Path], dataset: str, listed_in: Path) -> N
 
 
 def class_folder_files(base: Path, classes: Sequence[str], dataset: str) -> Dict[str, int]:
-    """``{posix path relative to base: class index}`` of the images under ``base/<class>/`` (any depth).
+    """``{posix path relative to base: class index}`` of the images under ``base/<class>/`` (any depth; hidden
+    files and folders skipped, as :func:`sentizoo.data.list_images`).
 
     Classes are indexed by their position in ``classes``, never by the order the filesystem lists
     folders in. A missing or empty class folder is an error naming it.
@@ -165,7 +168,7 @@ def class_folder_files(base: Path, classes: Sequence[str], dataset: str) -> Dict
             found = sorted(p.name for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
             raise FileNotFoundError(f'{dataset}: class folder {folder} not found; expected one folder per class '
                                     f'{tuple(classes)} under {base}, found {found}.')
-        files = sorted(p for p in folder.rglob('*') if is_image_file(p) and not p.name.startswith('.'))
+        files = list_images(folder)  # sorted, recursive, hidden files and folders skipped
         if not files:
             raise FileNotFoundError(f'{dataset}: class folder {folder} holds no images.')
         labels.update((p.relative_to(base).as_posix(), index) for p in files)

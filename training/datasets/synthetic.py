@@ -297,14 +297,18 @@ class _SyntheticDataset(Dataset):
     def __len__(self) -> int:
         return self.n
 
-    def __getitem__(self, index: int) -> Tuple[Any, Any]:
+    def _world_index(self, index: int) -> int:
+        """The world's index of sample ``index`` (negative counts from the end, as for a list)."""
         if not -self.n <= index < self.n:
             raise IndexError(f'index {index} out of range for {self.n} samples')
-        image, cues = self.world.sample(self.offset + index % self.n)
+        return self.offset + index % self.n
+
+    def __getitem__(self, index: int) -> Tuple[Any, Any]:
+        image, cues = self.world.sample(self._world_index(index))
         return (self.transform(image) if self.transform is not None else image), self.target(cues)
 
     def cues(self, index: int) -> Cues:
-        return self.world.cues(self.offset + index)
+        return self.world.cues(self._world_index(index))
 
     @property
     def targets(self) -> list:
