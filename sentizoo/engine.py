@@ -59,7 +59,8 @@ from .tasks import Task, get_task
 from .weights import atomic_write
 
 __all__ = ['TrainOptions', 'NonFiniteLossError', 'amalgamate', 'finetune', 'evaluate', 'CHECKPOINT_NAME',
-           'BEST_NAME', 'HISTORY_NAME', 'EpochSampler', 'SeededSamples', 'resolve_device']
+           'BEST_NAME', 'HISTORY_NAME', 'EpochSampler', 'SeededSamples', 'resolve_device', 'process_group', 'rank_world',
+           'is_int', 'is_number']
 
 CHECKPOINT_NAME = 'last.pt'
 BEST_NAME = 'best.safetensors'
@@ -219,7 +220,7 @@ def finetune(model: nn.Module, loader: DataLoader, *, task: Union[str, Task] = '
 def _train(build: Callable[[], nn.Module], loader: DataLoader, val_loader: Optional[DataLoader], task: Task,
            opts: TrainOptions, describe: Dict[str, Any]) -> nn.Module:
     device = resolve_device(opts.device)
-    with _process_group(device):
+    with process_group(device):
         return _Loop(build, loader, val_loader, task, opts, describe, device).run()
 
 
@@ -358,7 +359,8 @@ def _check_data(model: nn.Module, loader: DataLoader, val_loader: Optional[DataL
 
 # --- devices and processes -----------------------------------------------------------------------------
 
-def _rank_world() -> Tuple[int, int]:
+def rank_world() -> Tuple[int, int]:
+    """``(rank, world size)`` of this process; ``(0, 1)`` outside torch.distributed."""
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
@@ -376,7 +378,7 @@ def resolve_device(device: Optional[str]) -> torch.device:
 
 
 @contextmanager
-def _process_group(device: torch.device) -> Iterator[None]:
+def process_group(device: torch.device) -> Iterator[None]:
     """Join the process group that ``torchrun`` describes (NCCL on CUDA, else gloo) for the duration, unless
     there is none (a single process) or the caller already created one (which it then keeps)."""
     create = dist.is_available() and not dist.is_initialized() and int(os.environ.get('WORLD_SIZE', '1')) > 1
@@ -404,7 +406,7 @@ def _to_device(images: torch.Tensor, device: torch.device, channels_last: bool) 
 
 
 def _progress_enabled(progress: bool) -> bool:
-    return progress and _rank_world()[0] == 0 and sys.stderr.isatty()
+    return progress and rank_world()[0] == 0 and sys.stderr.isatty()
 
 
 @torch.no_grad()
@@ -420,7 +422,7 @@ def evaluate(model: nn.Module, loader: DataLoader, task: Union[str, Task] = 'sll
     channels_last = _channels_last(channels_last, device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    rank, world = _rank_world()
+    rank, world = rank_world()
     if world > 1:
         if len(loader.dataset) < world:
             raise ValueError(f'evaluate: {len(loader.dataset)} samples cannot be shared by {world} processes.')
@@ -468,7 +470,7 @@ class _Loop:
     def __init__(self, build: Callable[[], nn.Module], loader: DataLoader, val_loader: Optional[DataLoader],
                  task: Task, opts: TrainOptions, describe: Dict[str, Any], device: torch.device):
         self.task, self.opts, self.val_loader, self.device = task, opts, val_loader, device
-        self.rank, self.world = _rank_world()
+        self.rank, self.world = rank_world()
         self.dir = Path(opts.checkpoint_dir) if opts.checkpoint_dir else None
         shuffle = isinstance(loader.sampler, RandomSampler)
         # What a resumed run must share with the checkpoint for the continuation to be exact.

@@ -43,10 +43,10 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from sentizoo.engine import EpochSampler, NonFiniteLossError, SeededSamples, resolve_device  # the library's loop helpers
+from sentizoo.engine import (EpochSampler, NonFiniteLossError, SeededSamples, process_group,
+                             rank_world, resolve_device)
 from sentizoo.models import ARCHS
 
-from . import distributed as dist_utils
 from .checkpoint import load_checkpoint, read_state_dict, rng_state, save_checkpoint, set_rng_state
 
 __all__ = ['PretrainConfig', 'pretrain', 'parse_args', 'main', 'CHECKPOINT_FORMAT', 'MODELS', 'DATASETS']
@@ -175,7 +175,7 @@ class TaskStream:
         # the library's reproducible sampling: DistributedSampler order by (seed, pass), each sample drawn
         # with the generators seeded from (seed, pass, index), whatever worker or rank loads it
         self.dataset = SeededSamples(dataset, seed)
-        self.sampler = EpochSampler(len(dataset), batch_size, True, seed, dist_utils.rank(), dist_utils.world_size())
+        self.sampler = EpochSampler(len(dataset), batch_size, True, seed, *rank_world())
         per_process = len(self.sampler.shard)
         self.batches_per_pass = per_process // batch_size
         if self.batches_per_pass == 0:
@@ -412,9 +412,9 @@ def _check_resumable(ckpt: Mapping[str, Any], config: PretrainConfig, path: Path
     if changed:
         raise ValueError(f'--resume {path}: the run was made with different settings ' +
                          ', '.join(f'{k}: checkpoint {a!r}, now {b!r}' for k, (a, b) in changed.items()))
-    if ckpt['world_size'] != dist_utils.world_size():
+    if ckpt['world_size'] != rank_world()[1]:
         raise ValueError(f'--resume {path}: saved by {ckpt["world_size"]} processes, resumed with '
-                         f'{dist_utils.world_size()}; resume with the same number for an exact continuation')
+                         f'{rank_world()[1]}; resume with the same number for an exact continuation')
 
 
 def pretrain(config: Union[PretrainConfig, argparse.Namespace, Mapping[str, Any], Sequence[str]]) -> Path:
@@ -433,18 +433,25 @@ def pretrain(config: Union[PretrainConfig, argparse.Namespace, Mapping[str, Any]
         config = PretrainConfig(**vars(parse_args(list(config))))
     config = config.resolved()
     device = resolve_device(config.device)  # this rank's GPU (LOCAL_RANK) if any, else the CPU
-    created = dist_utils.init_distributed(device)
-    try:
+    with process_group(device):
         return _train(config, device)
-    finally:
-        if created:
-            dist_utils.cleanup()
+
+
+def _all_gather(obj: Any) -> List[Any]:
+    """``obj`` of every rank, in rank order (a one-element list in a single process)."""
+    world = rank_world()[1]
+    if world == 1:
+        return [obj]
+    out: List[Any] = [None] * world
+    torch.distributed.all_gather_object(out, obj)
+    return out
 
 
 def _train(config: PretrainConfig, device: torch.device) -> Path:
     from tqdm.auto import tqdm
 
-    main_process, rank, world = dist_utils.is_main_process(), dist_utils.rank(), dist_utils.world_size()
+    rank, world = rank_world()
+    main_process = rank == 0
     out = Path(config.out_dir)
     last_path, final_path = out / 'last.pt', out / 'final.pt'
     resume = last_path if config.resume == 'auto' and last_path.is_file() else (
@@ -481,7 +488,7 @@ def _train(config: PretrainConfig, device: torch.device) -> Path:
     else:
         torch.manual_seed(config.seed + rank)  # per-rank stream for in-step randomness (dropout, permutations)
     step_module: nn.Module = model  # forward(*batches) is the training step, so DDP syncs all of it
-    if dist_utils.is_distributed():
+    if world > 1:
         # the ST tasks tap VGG's conv stages only: its pre-logits (fc6/fc7) get no gradient there
         step_module = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == 'cuda' else None,
@@ -496,7 +503,7 @@ def _train(config: PretrainConfig, device: torch.device) -> Path:
 
     def save(path: Path, full: bool = True) -> None:
         # collective (every rank calls save with the same ``full``); only a resumable checkpoint needs it
-        rng = dist_utils.all_gather_objects(rng_state()) if full else None
+        rng = _all_gather(rng_state()) if full else None
         if not main_process:
             return
         state = dict(facts, model=model.state_dict(), epoch=epoch, step=step, step_in_epoch=step_in_epoch,
@@ -583,7 +590,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f'python -m training.pretrain: error: {e}', file=sys.stderr)
         return 2
     final = pretrain(config)
-    if dist_utils.is_main_process():
+    if rank_world()[0] == 0:
         print(final)
     return 0
 
