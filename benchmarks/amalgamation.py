@@ -6,7 +6,8 @@ For each architecture, with the same batch and input size:
 * ``exact``: the paper's amalgamation (four models, every term, nothing frozen);
 * ``frozen``: ``freeze_teachers=True`` (teachers in eval mode under no_grad, stopping at their last tap),
 
-then a few levers on the first architecture. The modes' steps are interleaved in one process, so every
+then a few levers on the last architecture (each row of the lever table changes one setting of the
+default). The modes' steps are interleaved in one process, so every
 mode sees the same background load on shared cores, and the fastest round is reported. Peak memory is
 measured for each mode alone in its own process: ``ru_maxrss`` above the footprint after imports (CPU) or
 ``torch.cuda.max_memory_allocated`` (GPU, where steps run under bf16 autocast). The results replace the
@@ -41,13 +42,14 @@ def _rss_mib() -> float:
         return int(f.read().split()[1]) * resource.getpagesize() / 2 ** 20
 
 
-def _step_fn(arch: str, mode: str, device: str, channels_last: bool, foreach: bool):
+def _step_fn(arch: str, mode: str, device: str, channels_last: bool, optimizer: str, side_by_side: bool):
     """A closure running one training step of ``mode`` (or ``frozen_full``: frozen without early stop)."""
     import timm
     import torch
     import torch.nn.functional as F
 
     from sentizoo.amalgamation import TEACHER_TAGS, Amalgamator
+    from sentizoo.engine import sgd
 
     torch.manual_seed(0)
     model = timm.create_model(arch, num_classes=NUM_CLASSES)
@@ -55,12 +57,14 @@ def _step_fn(arch: str, mode: str, device: str, channels_last: bool, foreach: bo
         frozen = mode.startswith('frozen')
         # frozen teachers stand in for ones with trained heads (so the logits term stays); exact ones get fresh heads
         teachers = {t: timm.create_model(arch, num_classes=NUM_CLASSES if frozen else 0) for t in TEACHER_TAGS}
-        model = Amalgamator(model, teachers, freeze_teachers=frozen)
+        model = Amalgamator(model, teachers, freeze_teachers=frozen, side_by_side=None if side_by_side else False)  # None: the default
         if mode == 'frozen_full':  # the lever switched off: every teacher runs to its head
             model._teacher_needs_logits = lambda tag: True
     model.train().to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=1e-3, momentum=0.9, weight_decay=1e-4, foreach=foreach)
+    hyper = dict(lr=1e-3, momentum=0.9, weight_decay=1e-4)
+    opt = (sgd(params, **hyper) if optimizer == 'fused'  # the engine's optimizer
+           else torch.optim.SGD(params, **hyper, foreach=optimizer == 'foreach'))
 
     def step(x, y):
         opt.zero_grad(set_to_none=True)
@@ -72,7 +76,7 @@ def _step_fn(arch: str, mode: str, device: str, channels_last: bool, foreach: bo
 
 
 def measure(arch: str, modes: list, batch_size: int, img_size: int, rounds: int, device: str,
-            channels_last: bool, foreach: bool, threads: int) -> dict:
+            channels_last: bool, optimizer: str, threads: int, side_by_side: bool, malloc: str) -> dict:
     """Fastest wall and process-CPU ms/step of each mode over ``rounds`` interleaved rounds (after a warm-up
     round), and the peak memory of the process (meaningful when it ran one mode)."""
     import timm  # noqa: F401  (imported before the baseline footprint is taken)
@@ -83,7 +87,7 @@ def measure(arch: str, modes: list, batch_size: int, img_size: int, rounds: int,
     torch.set_num_threads(threads)
     cuda = device.startswith('cuda')
     base_mib = _rss_mib()
-    steps = {mode: _step_fn(arch, mode, device, channels_last, foreach) for mode in modes}
+    steps = {mode: _step_fn(arch, mode, device, channels_last, optimizer, side_by_side) for mode in modes}
     x = torch.randn(batch_size, 3, img_size, img_size, device=device)
     x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
     y = torch.randint(0, NUM_CLASSES, (batch_size,), device=device)
@@ -102,10 +106,17 @@ def measure(arch: str, modes: list, batch_size: int, img_size: int, rounds: int,
     return dict(ms=fastest(wall), cpu_ms=fastest(cpu), peak_mib=peak)
 
 
+# glibc malloc keeping the memory it frees (as jemalloc and tcmalloc do), so that no mode pays the page faults
+# of re-growing a heap that the other mode's frees returned to the OS.
+KEEP_FREED_MEMORY = {'MALLOC_TRIM_THRESHOLD_': str(2 ** 34), 'MALLOC_TOP_PAD_': str(2 ** 29),
+                     'MALLOC_MMAP_THRESHOLD_': str(2 ** 25)}
+
+
 def run_one(**kwargs) -> dict:
     """``measure`` in a fresh interpreter, so its peak memory is its own."""
+    env = dict(os.environ, **(KEEP_FREED_MEMORY if kwargs['malloc'] == 'keep' else {}))
     out = subprocess.run([sys.executable, __file__, '--worker', json.dumps(kwargs)], check=True,
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -148,10 +159,13 @@ def lever_table(arch: str, common: dict, default: dict, rounds: int) -> list:
                      f'| {cpu[mode] / cpu["plain"]:.2f}x |')
         print(lines[-1], flush=True)
 
-    for name, setting in [('exact, for-loop SGD', dict(default, foreach=False)),
-                          ('exact, foreach SGD (default)', default),
-                          ('exact, channels_last + foreach SGD', dict(default, channels_last=True)),
-                          ('exact, 1 thread + foreach SGD', dict(default, threads=1))]:
+    for name, setting in [('exact, models side by side + fused SGD (default)', default),
+                          ('exact, models one after another', dict(default, side_by_side=False)),
+                          ('exact, foreach SGD', dict(default, optimizer='foreach')),
+                          ('exact, for-loop SGD', dict(default, optimizer='loop')),
+                          ('exact, channels_last', dict(default, channels_last=True)),
+                          ('exact, 1 thread (so one model at a time)', dict(default, threads=1)),
+                          ('exact, glibc malloc defaults', dict(default, malloc='default'))]:
         add(name, run_one(arch=arch, modes=['plain', 'exact'], rounds=rounds, **common, **setting), 'exact')
     run = run_one(arch=arch, modes=['plain', 'frozen', 'frozen_full'], rounds=rounds, **common, **default)
     add('frozen, teachers stop at their last tap (default)', run, 'frozen')
@@ -189,18 +203,21 @@ def main() -> None:
         args.archs, args.batch_size, args.img_size, args.rounds = ['resnet18'], 2, 64, 1
 
     common = dict(batch_size=args.batch_size, img_size=args.img_size, device=args.device)
-    default = dict(channels_last=False, foreach=True, threads=args.threads)  # the best row of the lever table
+    default = dict(channels_last=False, optimizer='fused', threads=args.threads, side_by_side=True, malloc='keep')  # the best row of the lever table
     load_start = os.getloadavg()[0]
     lines = [f'Machine: {machine(args.device)}. Date: {time.strftime("%Y-%m-%d")}.', '',
              f'Command: `python benchmarks/amalgamation.py{" --quick" if args.quick else ""}`: batch '
-             f'{args.batch_size}, {args.img_size} px, {args.device}, SGD (momentum 0.9, weight decay, foreach). The '
+             f'{args.batch_size}, {args.img_size} px, {args.device}, SGD (momentum 0.9, weight decay, fused: the engine\'s); the '
+             'Amalgamator\'s default `side_by_side` (on CPU the four models run in two worker threads of one torch '
+             'thread each); glibc malloc told to keep freed memory (`MALLOC_TRIM_THRESHOLD_`, `MALLOC_TOP_PAD_`, '
+             '`MALLOC_MMAP_THRESHOLD_`, as jemalloc and tcmalloc do) unless a lever row says otherwise. The '
              f'modes\' steps run interleaved in one process; fastest of {args.rounds} rounds after a warm-up round. '
              'CPU ms: process CPU time (all threads). Peak memory: each mode alone in its own process, above the '
              'footprint after imports.', '']
     lines += main_table(args.archs, common, default, args.rounds)
     if not args.quick:
-        lines += ['', f'Levers ({args.archs[0]}; each row is one interleaved run):', '']
-        lines += lever_table(args.archs[0], common, default, args.rounds)
+        lines += ['', f'Levers ({args.archs[-1]}; each row is one interleaved run):', '']
+        lines += lever_table(args.archs[-1], common, default, args.rounds)
     lines += ['', f'1-minute load average of the machine: {load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at '
               'the end (other processes share the cores; the ratios come from interleaved steps).']
     section = '\n'.join([SECTION, ''] + lines) + '\n'

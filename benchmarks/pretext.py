@@ -1,6 +1,6 @@
 """Pretext training steps (ST, HO, HP) vs a plain classification step, and the Places-style loader rate.
 
-    python benchmarks/pretext.py [--archs resnet18 resnet50] [--size 112] [--batch 8] [--rounds 5]
+    python benchmarks/pretext.py [--archs resnet18 resnet50] [--size 224] [--batch 4] [--rounds 3]
 
 1. For each backbone: the time of one training step (forward, backward, SGD update) of a
    plain classifier (backbone + GAP + Linear, cross-entropy) and of the ST, HO and HP perception
@@ -33,6 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # training/ and tests/ of the checkout
 sys.path.insert(0, str(ROOT / 'tests'))
 
+from sentizoo.engine import sgd  # noqa: E402  (the optimizer of pretrain and the engine)
+
 
 def fastest_steps(steps: Dict[str, Callable[[], None]], rounds: int) -> Dict[str, float]:
     """Seconds per step of each function: one warm-up each, then ``rounds`` rounds in which every
@@ -51,7 +53,7 @@ def fastest_steps(steps: Dict[str, Callable[[], None]], rounds: int) -> Dict[str
 def _plain_step(arch: str, batch: int, size: int, device: torch.device) -> Callable[[], None]:
     import timm
     model = timm.create_model(arch, num_classes=365).to(device).train()
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+    opt = sgd(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
     x, y = torch.randn(batch, 3, size, size, device=device), torch.randint(0, 365, (batch,), device=device)
 
     def step() -> None:
@@ -72,7 +74,7 @@ def _pretext_steps(kind: str, arch: str, batch: int, size: int, device: torch.de
     model.to(device).train()
     batches = [_to_device(TaskStream(name, data, batch, seed=0, workers=0, collate_fn=collate).next(), device, False)
                for name, data, collate in tasks]
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+    opt = sgd(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
 
     def step() -> None:
         loss, _ = model.training_step(*batches)
@@ -121,9 +123,10 @@ def loader_rate(root: Path, batch: int, workers: int, passes: int = 2) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--archs', nargs='+', default=['resnet18', 'resnet50'])
-    p.add_argument('--size', type=int, default=112, help='input (crop) size of every step')
-    p.add_argument('--batch', type=int, default=8, help='batch per task')
-    p.add_argument('--rounds', type=int, default=5, help='timed rounds (each step once per round) after 1 warm-up')
+    p.add_argument('--size', type=int, default=224,
+                   help="input (crop) size of every step; the paper's 224 (jigsaw: 64 px tiles of 192 px)")
+    p.add_argument('--batch', type=int, default=4, help='batch per task')
+    p.add_argument('--rounds', type=int, default=3, help='timed rounds (each step once per round) after 1 warm-up')
     p.add_argument('--threads', type=int, default=1, help='torch threads (1: steadiest on shared cores)')
     p.add_argument('--images', type=int, default=204, help='JPEGs for the loader measurement')
     p.add_argument('--workers', type=int, default=2)

@@ -25,8 +25,9 @@ share everything else:
   (missing weights, an architecture without senti teachers) are checked before the first step; a loss
   term that becomes NaN/inf stops training with :class:`NonFiniteLossError` before the optimizer step,
   so the weights in memory and the last checkpoint stay good.
-* **Speed**: bf16 autocast on CUDA, channels_last, fused SGD on CUDA, one host sync per step (the
-  finiteness check, which also feeds the progress bar).
+* **Speed**: bf16 autocast on CUDA, channels_last, fused SGD (:func:`sgd`), on CPU the four models side by
+  side in worker threads (:mod:`sentizoo.branches`), one host sync per step (the finiteness check, which
+  also feeds the progress bar).
 * **Distributed**: under ``torchrun`` one DistributedDataParallel wraps the whole Amalgamator (all four
   models); the loader's ``batch_size`` is per process; rank 0 alone writes files and draws the progress bar.
 """
@@ -60,7 +61,7 @@ from .weights import atomic_write
 
 __all__ = ['TrainOptions', 'NonFiniteLossError', 'amalgamate', 'finetune', 'evaluate', 'CHECKPOINT_NAME',
            'BEST_NAME', 'HISTORY_NAME', 'EpochSampler', 'SeededSamples', 'resolve_device', 'process_group', 'rank_world',
-           'is_int', 'is_number']
+           'is_int', 'is_number', 'sgd']
 
 CHECKPOINT_NAME = 'last.pt'
 BEST_NAME = 'best.safetensors'
@@ -147,6 +148,20 @@ def is_int(value: Any, minimum: int) -> bool:
 def is_number(value: Any) -> bool:
     """``value`` is a finite int or float (not a bool)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def sgd(params: Any, *, lr: float, momentum: float, weight_decay: float) -> torch.optim.SGD:
+    """SGD with the fused kernel where the parameters' device has one (CPU and CUDA), else the default.
+
+    The fused kernel updates each parameter in one pass without temporaries. On a 2-core CPU it updates
+    94M parameters (momentum + weight decay) in 47 ms against 802 ms for ``foreach`` and 177 ms for the
+    for-loop, whose temporaries of hundreds of MB are fresh pages every step (BENCHMARKS.md).
+    """
+    params = list(params)
+    try:
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, fused=True)
+    except RuntimeError:  # a device or dtype without a fused kernel
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
 # --- front doors ---------------------------------------------------------------------------------------
@@ -493,8 +508,7 @@ class _Loop:
                 self.module, device_ids=[self.device] if self.device.type == 'cuda' else None,
                 find_unused_parameters=getattr(self.module, 'has_unused_parameters', False))
         params = [p for p in self.module.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.SGD(params, lr=opts.lr, momentum=opts.momentum, weight_decay=opts.weight_decay,
-                                         **({'fused': True} if self.device.type == 'cuda' else {}))
+        self.optimizer = sgd(params, lr=opts.lr, momentum=opts.momentum, weight_decay=opts.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, opts.step_size, opts.gamma)
         self.sampler = EpochSampler(len(loader.dataset), loader.batch_size, shuffle, opts.seed, self.rank,
                                      self.world)

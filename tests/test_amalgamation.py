@@ -54,7 +54,8 @@ def _grads(model):
 
 def test_loss_is_the_papers_and_gradients_reach_every_model(batch):
     x, y = batch
-    model = Amalgamator(_resnet(0), _teachers())
+    # one model after the other, like the hand computation (side by side: float rounding aside, test_branches)
+    model = Amalgamator(_resnet(0), _teachers(), side_by_side=False)
     assert model.term_names == ['task/target', 'task/st', 'task/ho', 'task/hp', 'feat/st', 'feat/ho', 'feat/hp',
                                 'logits/hp']
     assert all(t.num_classes == NUM_CLASSES for t in model.teachers.values())  # fresh heads of the target's size

@@ -15,7 +15,7 @@ from training.pretext.colorization import Colorization, UpCatHead, lab_to_rgb, r
 from training.pretext.jigsaw import (PERMUTATIONS_FILE, SEED, Jigsaw, assemble_tiles, cut_tiles,
                                      generate_permutations, load_permutations, main as jigsaw_main, shuffle_tiles)
 from training.pretext.scene import SceneRecognition
-from training.pretext.super_resolution import SuperResolution
+from training.pretext.super_resolution import GemmConvTranspose2d, SuperResolution
 
 CAPTIONS = ['a jagged red star above a dark field.', 'A smooth blue circle, warm sky!']
 
@@ -110,6 +110,26 @@ def test_super_resolution_sizes(backbone):
     assert out.shape == targets.shape and 0 <= out.min() and out.max() <= 1
     with pytest.raises(ValueError, match='smaller than scale=4'):
         task.prepare(_images(1, 3))
+
+
+@pytest.mark.parametrize('args, size', [
+    (dict(stride=2, padding=1, output_padding=1), (1, 1)),  # the SR head's deconvolution, on a 1x1 map
+    (dict(stride=2, padding=1, output_padding=1), (3, 2)),
+    (dict(stride=3, padding=2, output_padding=2, dilation=2), (4, 5)),
+    (dict(stride=1, padding=0, bias=False), (2, 3)),
+])
+def test_gemm_conv_transpose_equals_the_stock_module(args, size):
+    torch.manual_seed(0)
+    stock = torch.nn.ConvTranspose2d(6, 5, 3, **args)
+    gemm = GemmConvTranspose2d(6, 5, 3, **args)
+    gemm.load_state_dict(stock.state_dict())
+    x = torch.randn(2, 6, *size, requires_grad=True)
+    outs = [m(x) for m in (stock, gemm)]
+    torch.testing.assert_close(outs[1], outs[0], atol=1e-5, rtol=1e-5)
+    grads = [torch.autograd.grad((o * torch.linspace(-1, 1, o.numel()).view_as(o)).sum(), [x, *m.parameters()])
+             for o, m in zip(outs, (stock, gemm))]
+    for want, got in zip(*grads):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------------- jigsaw

@@ -44,7 +44,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from sentizoo.engine import (EpochSampler, NonFiniteLossError, SeededSamples, process_group,
-                             rank_world, resolve_device)
+                             rank_world, resolve_device, sgd)
 from sentizoo.models import ARCHS
 
 from .checkpoint import load_checkpoint, read_state_dict, rng_state, save_checkpoint, set_rng_state
@@ -467,8 +467,7 @@ def _train(config: PretrainConfig, device: torch.device) -> Path:
     amp = config.amp == 'bf16' or (config.amp == 'auto' and device.type == 'cuda')
     precision = 'bf16 autocast' if amp else 'fp32'
     model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay)
+    optimizer = sgd(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step, gamma=config.lr_gamma)
     streams = [TaskStream(name, dataset, config.batch_size, seed=config.seed + 7919 * k, workers=config.workers,
                           collate_fn=collate, pin_memory=device.type == 'cuda')
