@@ -87,7 +87,8 @@ class Amalgamator(nn.Module):
             intra-op thread each (:mod:`sentizoo.branches`): the same loss and gradients, 4-8% faster on 2
             CPU cores (resnet18, resnet50). ``None``: on CPU with 2+ torch threads, outside
             ``torch.distributed``, with trainable teachers (frozen ones leave one backward, the target's,
-            which runs faster with every thread).
+            which runs faster with every thread). ``True`` is not for DistributedDataParallel, whose
+            gradient hooks expect the backward on one thread.
     """
 
     def __init__(self, target: nn.Module, teachers: Optional[Mapping[str, nn.Module]] = None,
