@@ -132,6 +132,8 @@ def main() -> None:
     p.add_argument('--workers', type=int, default=2)
     p.add_argument('--device', default='cpu')
     args = p.parse_args()
+    if args.images < 32:
+        p.error('--images must be at least 32: the loader is timed in batches of 32')
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
