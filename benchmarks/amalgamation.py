@@ -57,7 +57,8 @@ def _step_fn(arch: str, mode: str, device: str, channels_last: bool, optimizer: 
         frozen = mode.startswith('frozen')
         # frozen teachers stand in for ones with trained heads (so the logits term stays); exact ones get fresh heads
         teachers = {t: timm.create_model(arch, num_classes=NUM_CLASSES if frozen else 0) for t in TEACHER_TAGS}
-        model = Amalgamator(model, teachers, freeze_teachers=frozen, side_by_side=None if side_by_side else False)  # None: the default
+        model = Amalgamator(model, teachers, freeze_teachers=frozen,
+                            side_by_side=None if side_by_side else False)  # None: the library's choice
         if mode == 'frozen_full':  # the lever switched off: every teacher runs to its head
             model._teacher_needs_logits = lambda tag: True
     model.train().to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
@@ -203,13 +204,14 @@ def main() -> None:
         args.archs, args.batch_size, args.img_size, args.rounds = ['resnet18'], 2, 64, 1
 
     common = dict(batch_size=args.batch_size, img_size=args.img_size, device=args.device)
-    default = dict(channels_last=False, optimizer='fused', threads=args.threads, side_by_side=True, malloc='keep')  # the best row of the lever table
+    # what the engine does on CPU (the lever table varies one setting at a time)
+    default = dict(channels_last=False, optimizer='fused', threads=args.threads, side_by_side=True, malloc='keep')
     load_start = os.getloadavg()[0]
     lines = [f'Machine: {machine(args.device)}. Date: {time.strftime("%Y-%m-%d")}.', '',
              f'Command: `python benchmarks/amalgamation.py{" --quick" if args.quick else ""}`: batch '
-             f'{args.batch_size}, {args.img_size} px, {args.device}, SGD (momentum 0.9, weight decay, fused: the engine\'s); the '
-             'Amalgamator\'s default `side_by_side` (on CPU the four models run in two worker threads of one torch '
-             'thread each); glibc malloc told to keep freed memory (`MALLOC_TRIM_THRESHOLD_`, `MALLOC_TOP_PAD_`, '
+             f'{args.batch_size}, {args.img_size} px, {args.device}, SGD (momentum 0.9, weight decay, fused: the '
+             'engine\'s); the Amalgamator\'s default `side_by_side` (on CPU the four models run in two worker '
+             'threads of one torch thread each); glibc malloc told to keep freed memory (`MALLOC_TRIM_THRESHOLD_`, `MALLOC_TOP_PAD_`, '
              '`MALLOC_MMAP_THRESHOLD_`, as jemalloc and tcmalloc do) unless a lever row says otherwise. The '
              f'modes\' steps run interleaved in one process; fastest of {args.rounds} rounds after a warm-up round. '
              'CPU ms: process CPU time (all threads). Peak memory: each mode alone in its own process, above the '

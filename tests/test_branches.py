@@ -1,4 +1,5 @@
 import threading
+from contextlib import contextmanager
 
 import pytest
 import timm
@@ -8,12 +9,20 @@ from sentizoo.amalgamation import Amalgamator
 from sentizoo.branches import run_branches, side_by_side_default
 
 
+@contextmanager
+def torch_threads(n):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.fixture
 def two_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(2):
+        yield
 
 
 def _amalgamator(side_by_side, tags=('st', 'ho', 'hp'), **kwargs):
@@ -29,15 +38,12 @@ def _amalgamator(side_by_side, tags=('st', 'ho', 'hp'), **kwargs):
 def test_side_by_side_gives_the_same_loss_and_gradients(kwargs):
     """Side by side (each model on one thread) equals one model after the other on one thread, bit for bit."""
     x, y = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1)), torch.tensor([0, 2])
-    results, before = [], torch.get_num_threads()
+    results = []
     for side_by_side, threads in ((False, 1), (True, 2)):
-        torch.set_num_threads(threads)
-        try:
+        with torch_threads(threads):
             model = _amalgamator(side_by_side, **kwargs)
             out = model(x, y)
             out.loss.backward()
-        finally:
-            torch.set_num_threads(before)
         results.append((out, {n: p.grad for n, p in model.named_parameters()}))
     (seq, seq_grads), (par, par_grads) = results
     torch.testing.assert_close(par.loss, seq.loss, rtol=0, atol=0)
@@ -96,14 +102,10 @@ def test_an_error_in_a_branch_reaches_the_caller(two_threads):
 
 
 def test_side_by_side_default():
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)
+    with torch_threads(2):
         assert side_by_side_default(torch.device('cpu'))
         assert not side_by_side_default(torch.device('cuda'))
         with torch.autocast('cpu', dtype=torch.bfloat16):
             assert not side_by_side_default(torch.device('cpu'))
-        torch.set_num_threads(1)
+    with torch_threads(1):
         assert not side_by_side_default(torch.device('cpu'))
-    finally:
-        torch.set_num_threads(before)
