@@ -26,9 +26,12 @@ def test_quick_demo_end_to_end(tmp_path, capsys, monkeypatch, isolated_zoo):
     terms = set(summary['results'][2]['history']['epochs'][0]['train'])
     assert {'feat/st', 'feat/ho', 'feat/hp', 'logits/hp', 'task/st'} <= terms  # the full method ran
 
-    # each model's pretext losses, with chance (ln of the class count) for the classification tasks
-    assert 'HO pretext losses (mean of the last epoch): scene ' in printed
-    assert '(chance 2.48), jigsaw ' in printed and '(chance 6.91)' in printed and '(chance 3.58), captioning ' in printed
+    # each pretext task measured on held-out images, beside its reference
+    assert "ST on held-out images: colorization " in printed and "(training-set mean ab " in printed
+    assert "super_resolution " in printed and "(the input's mean colour " in printed
+    assert 'HO on held-out images: scene ' in printed and '(chance (ln 12) 2.485; accuracy ' in printed
+    assert '(chance (ln 1000) 6.908; accuracy ' in printed and '(chance (ln 36) 3.584; accuracy ' in printed
+    assert 'captioning ' in printed and '(unigram model of the captions ' in printed
 
     # the zoo: exported files that load through SENTIZOO_HOME, weights unchanged
     zoo = out / 'zoo'

@@ -9,9 +9,11 @@ Six phases, each timed:
 1. **data**: the synthetic affect world (:mod:`training.datasets.synthetic`): procedural images whose emotion
    label depends on colour (low level), layout (mid level) and object + state (high level); a sample sheet
    is written to ``<out>/synthetic_samples.png``;
-2. **pretrain**: tiny ST, HO and HP ResNet18 models (:func:`training.pretrain.pretrain`, random
-   initialisation, the pretext tasks on synthetic images); the mean pretext losses of the last epoch are
-   printed, with chance (``ln(classes)``) for the classification tasks;
+2. **pretrain**: small ST, HO and HP ResNet18 models (:func:`training.pretrain.pretrain`, random
+   initialisation, the pretext tasks on synthetic images, the settings of the synthetic study
+   (:mod:`training.study`) with fewer steps); each task is then measured on held-out images and printed
+   beside its reference (:mod:`training.pretext_eval`: chance for the classification tasks, the trivial
+   predictor for colorization and super-resolution, a unigram model for captioning);
 3. **export**: their backbones into a local zoo (:func:`training.export.export`; default ``<out>/zoo``);
 4. **load**: ``timm.create_model('senti_resnet18.<tag>', pretrained=True)`` with ``SENTIZOO_HOME`` set to
    that zoo, as a user would load the published weights;
@@ -28,12 +30,12 @@ Phase times go to ``<out>/timings.json``. Whatever the numbers are, they come fr
 nothing about real visual sentiment.
 
 Demo-scale deviations from the paper's recipe (so that it fits ~5 minutes on 2 CPU cores): random
-initialisation instead of ImageNet; 32 px crops; pre-training of 80 steps of batch 32 per model at lr 0.05
-(the paper: 0.01 for 12-30 epochs), the last 20 at lr 0.005 (one lr step, no warm-up), each synthetic image
-seen once (so the training loss estimates the held-out loss); downstream 2,048 training images, 4 epochs at
-lr 0.05 (the paper: 1e-3 for 30 epochs from ImageNet weights) with the lr divided by 10 for the last one.
-With the paper's lr 0.01 at demo sizes (60 steps of 16, 6 epochs of 512 images) nothing learned: the
-pretext losses stayed at chance and the downstream accuracy near it (BENCHMARKS.md, "Demo").
+initialisation instead of ImageNet; 64 px crops; the study's pre-training settings (SGD lr 0.05, batch
+32, lr /10 for the last of 4 epochs; every synthetic image seen once) for 40 (ST), 200 (HO) and 300 (HP)
+steps instead of the study's 1,800 / 800 / 1,200 and the paper's 12-30 epochs; downstream 768
+training images, 4 epochs at lr 0.05 (the paper: 1e-3 for 30 epochs from ImageNet weights) with the lr
+divided by 10 for the last one. ``python -m training.study`` runs the same method at the size where its
+pretext tasks reach competence, over seeds (BENCHMARKS.md, "Synthetic study").
 """
 from __future__ import annotations
 
@@ -41,63 +43,39 @@ import argparse
 import contextlib
 import io
 import json
-import math
-import os
 import sys
-import time
-import warnings
 from pathlib import Path
-from typing import Any, Dict, Iterator, Mapping, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import torch
 
 from sentizoo.amalgamation import TEACHER_TAGS
 
-__all__ = ['PRETRAIN', 'QUICK', 'run_demo', 'main']
+__all__ = ['PRETRAIN_STEPS', 'QUICK', 'pretrain_settings', 'run_demo', 'main']
 
 ARCH = 'resnet18'
 TAGS = TEACHER_TAGS  # the three pre-trained models, ST, HO, HP
-_CLASSIFICATION_TASKS = ('scene', 'jigsaw', 'anp')
-PRETRAIN: Dict[str, Any] = {'image_size': 32, 'batch_size': 32, 'epochs': 4, 'steps_per_epoch': 20,
-                            'lr': 0.05, 'lr_step': 3, 'max_samples': 2560}
-"""Pre-training of each of the ST, HO and HP models (any :class:`~training.pretrain.PretrainConfig` field):
-4 x 20 steps, lr 0.05 for 60 then 0.005, 2,560 images per task (80 batches of 32: each image once); the rest is the
-paper's recipe (SGD momentum 0.9, weight decay 1e-4)."""
+PRETRAIN_STEPS = {'st': 10, 'ho': 50, 'hp': 75}
+"""Pre-training steps per epoch of each model (4 epochs); every other setting is the synthetic study's."""
 QUICK: Dict[str, Any] = {
-    'pretrain': {'batch_size': 4, 'epochs': 1, 'steps_per_epoch': 2, 'max_samples': 8},
-    'downstream': {'data': {'n_train': 16, 'n_val': 8, 'n_test': 8}, 'batch_size': 8, 'eval_batch_size': 8,
-                   'train': {'epochs': 2, 'step_size': 1}},
+    'pretrain': {'image_size': 32, 'batch_size': 4, 'epochs': 1, 'steps_per_epoch': 2, 'max_samples': 8},
+    'pretext_samples': 8,
+    'downstream': {'image_size': 32, 'data': {'n_train': 16, 'n_val': 8, 'n_test': 8}, 'batch_size': 8,
+                   'eval_batch_size': 8, 'train': {'epochs': 2, 'step_size': 1}},
 }
-"""``--quick``: overrides of :data:`PRETRAIN` and of ``configs/demo.json`` (seconds, for the tests)."""
+"""``--quick``: overrides of :func:`pretrain_settings` and of ``configs/demo.json`` (seconds, for the tests)."""
+PRETEXT_SAMPLES = 300
+"""Held-out images per pretext task for the measurement printed after pre-training."""
 
 
-@contextlib.contextmanager
-def _zoo_home(folder: Path) -> Iterator[None]:
-    """``SENTIZOO_HOME=folder`` inside the block, restored afterwards."""
-    previous = os.environ.get('SENTIZOO_HOME')
-    os.environ['SENTIZOO_HOME'] = str(folder)
-    try:
-        yield
-    finally:
-        if previous is None:
-            del os.environ['SENTIZOO_HOME']
-        else:
-            os.environ['SENTIZOO_HOME'] = previous
-
-
-class _Phases:
-    """Prints ``[k/6] title`` as each phase starts and records its wall time."""
-
-    def __init__(self, total: int):
-        self.total, self.seconds = total, {}
-
-    @contextlib.contextmanager
-    def __call__(self, name: str, title: str) -> Iterator[None]:
-        print(f'[{len(self.seconds) + 1}/{self.total}] {title}', flush=True)
-        started = time.perf_counter()
-        yield
-        self.seconds[name] = round(time.perf_counter() - started, 2)
-        print(f'      done in {self.seconds[name]:.1f} s', flush=True)
+def pretrain_settings(tag: str, quick: bool = False) -> Dict[str, Any]:
+    """The :class:`~training.pretrain.PretrainConfig` fields of the demo's ``tag`` model: the synthetic
+    study's (``configs/study/default.json``) with :data:`PRETRAIN_STEPS` steps per epoch."""
+    from .study import load_study_config
+    study = load_study_config()
+    settings = dict(study['pretrain']['common'], image_size=study['image_size'], steps_per_epoch=PRETRAIN_STEPS[tag])
+    settings['max_samples'] = settings['epochs'] * settings['steps_per_epoch'] * settings['batch_size']
+    return dict(settings, **QUICK['pretrain']) if quick else settings
 
 
 def _sample_sheet(path: Path, n: int = 16, seed: int = 0, size: int = 64) -> None:
@@ -120,30 +98,6 @@ def _sample_sheet(path: Path, n: int = 16, seed: int = 0, size: int = 64) -> Non
     plt.close(fig)
 
 
-def _pretrain(tag: str, out: Path, sizes: Mapping[str, Any], seed: int) -> Path:
-    from .pretrain import PretrainConfig, pretrain
-    config = PretrainConfig(model=tag, arch=ARCH, dataset='synthetic', init='random', workers=0, seed=seed,
-                            out_dir=str(out / 'pretrain' / tag), **sizes)
-    with warnings.catch_warnings():  # a random start is the point here: no ImageNet weights on a fresh machine
-        warnings.filterwarnings('ignore', message='pre-training .* from a random initialisation')
-        return pretrain(config)
-
-
-def _pretext_summary(checkpoint: Path) -> str:
-    """The last epoch's mean loss of each pretext task; classification tasks also show chance, ``ln(classes)``."""
-    from .checkpoint import load_checkpoint
-    ckpt = load_checkpoint(checkpoint)
-    last, state = ckpt['history'][-1], ckpt['model']
-    parts = []
-    for task in ckpt['tasks']:
-        text = f'{task} {last[task]:.4g}'
-        if task in _CLASSIFICATION_TASKS:  # the bias of the task's classifier has one entry per class
-            classes = [v for k, v in state.items() if k.startswith(f'tasks.{task}.') and k.endswith('.bias')][-1]
-            text += f' (chance {math.log(classes.numel()):.2f})'
-        parts.append(text)
-    return ', '.join(parts)
-
-
 def run_demo(out: Path = Path('runs/demo'), zoo: Optional[Path] = None, quick: bool = False, seed: int = 0,
              progress: bool = True) -> Dict[str, Any]:
     """Run the six phases; returns ``{'results': [result dicts], 'table': markdown, 'seconds': {phase: s}}``."""
@@ -154,36 +108,40 @@ def run_demo(out: Path = Path('runs/demo'), zoo: Optional[Path] = None, quick: b
 
     from .downstream import load_config, merge_config, run_experiment, validate_config
     from .export import export
+    from .pretext_eval import format_scores
     from .report import SYNTHETIC_NOTE, load_results, render, runs_table
+    from .study import Phases, measure_pretext, pretrain_model, zoo_home
 
     out = Path(out)
     zoo = Path(zoo) if zoo is not None else out / 'zoo'
-    pretrain_sizes = merge_config(PRETRAIN, QUICK['pretrain'] if quick else {})
+    pretrain = {tag: pretrain_settings(tag, quick) for tag in TAGS}
     config = load_config('demo')
     config = validate_config(merge_config(config, QUICK['downstream']) if quick else config, config['source'])
     config['train']['seed'] = seed
     config['data']['seed'] = seed
     out.mkdir(parents=True, exist_ok=True)
-    phase = _Phases(6)
+    phase = Phases(6)
 
     with phase('data', 'Generating the synthetic affect world (colour, layout, object + state -> emotion)'):
         d = config['data']
         print(f'      {d["n_train"]}/{d["n_val"]}/{d["n_test"]} train/val/test images for the emotion task and '
-              f'{pretrain_sizes["max_samples"]} per pretext task, rendered on the fly (seed {seed}); sample sheet: '
+              f'{"/".join(str(pretrain[t]["max_samples"]) for t in TAGS)} per ST/HO/HP pretext task, rendered on the fly '
+              f'(seed {seed}); sample sheet: '
               f'{out / "synthetic_samples.png"}')
         _sample_sheet(out / 'synthetic_samples.png', seed=seed)
     checkpoints: Dict[str, Path] = {}
-    with phase('pretrain', f'Pre-training tiny ST, HO and HP {ARCH} models on synthetic pretext tasks'):
+    with phase('pretrain', f'Pre-training small ST, HO and HP {ARCH} models on synthetic pretext tasks'):
         for tag in TAGS:
-            checkpoints[tag] = _pretrain(tag, out, dict(pretrain_sizes, progress=progress), seed)
-            print(f'      {tag.upper()} pretext losses (mean of the last epoch): {_pretext_summary(checkpoints[tag])}',
-                  flush=True)
+            checkpoints[tag] = pretrain_model(tag, ARCH, out / 'pretrain' / tag, pretrain[tag], seed=seed,
+                                              progress=progress)
+            scores = measure_pretext(checkpoints[tag], QUICK['pretext_samples'] if quick else PRETEXT_SAMPLES, 100)
+            print(f'      {tag.upper()} on held-out images: {format_scores(scores)}', flush=True)
     with phase('export', f'Exporting the backbones into the zoo {zoo}'):
         for tag in TAGS:
             with contextlib.redirect_stdout(io.StringIO()):  # export prints the registry line for maintainers
                 exported = export(checkpoints[tag], tag, out=zoo / f'senti_{ARCH}.{tag}')
             print(f'      {exported.name}: {exported.folder} (sha256 {exported.sha256[:12]}…)')
-    with _zoo_home(zoo.resolve()):
+    with zoo_home(zoo):
         with phase('load', f"Loading them back: timm.create_model('senti_{ARCH}.<tag>', pretrained=True), "
                            f'SENTIZOO_HOME={zoo}'):
             for tag in TAGS:

@@ -56,6 +56,8 @@ _logger = logging.getLogger('training.pretrain')
 CHECKPOINT_FORMAT = 'sentizoo.pretrain/1'
 MODELS = ('st', 'ho', 'hp')
 DATASETS = {'st': ('places365', 'synthetic'), 'ho': ('places365', 'synthetic'), 'hp': ('vso+artemis', 'synthetic')}
+HELDOUT_SPLITS = {'synthetic': 'test', 'places365': 'val', 'vso': 'test', 'artemis': 'val'}
+"""The split of each pre-training dataset that pre-training never reads: where the pretext tasks are measured."""
 # The paper's schedule per model: (epochs, lr step size in epochs, batch size per process).
 SCHEDULES = {'st': (12, 4, 8), 'ho': (30, 10, 32), 'hp': (30, 10, 32)}
 _DATA_LAYOUT = {
@@ -216,20 +218,23 @@ def _subset(dataset: Dataset, max_samples: Optional[int], seed: int) -> Dataset:
     return Subset(dataset, keep.tolist())
 
 
-def build_datasets(config: PretrainConfig) -> List[Tuple[str, Dataset]]:
+def build_datasets(config: PretrainConfig, heldout: bool = False) -> List[Tuple[str, Dataset]]:
     """The two ``(task, dataset)`` of the model, in ``training_step`` order, with the paper's augmentation.
 
     Resize to ``image_size * 256 / 224``, random crop ``image_size``, horizontal flip; images stay RGB in
     [0, 1]: the tasks normalise them, and make their Lab / low-resolution / tile inputs, on the device.
-    A missing or malformed dataset file raises here, before anything trains.
+    ``heldout=True`` gives images never trained on (:data:`HELDOUT_SPLITS`), centre-cropped, for
+    measuring the pretext tasks (:mod:`training.pretext_eval`). A missing or malformed dataset file
+    raises here, before anything trains.
     """
     from .datasets.common import pretrain_transform
     c = config
     resize = round(c.image_size * 256 / 224)
-    transform = pretrain_transform(resize, c.image_size, normalize=False)
+    transform = pretrain_transform(resize, c.image_size, normalize=False, train=not heldout)
+    split = {name: HELDOUT_SPLITS[name] if heldout else 'train' for name in HELDOUT_SPLITS}
     if c.dataset == 'synthetic':
         from .datasets import synthetic as syn
-        kw = dict(n=c.max_samples or 1024, split='train', transform=transform, seed=c.seed, size=resize)
+        kw = dict(n=c.max_samples or 1024, split=split['synthetic'], transform=transform, seed=c.seed, size=resize)
         pairs = {'st': (('colorization', syn.SyntheticImages(**kw)), ('super_resolution', syn.SyntheticImages(**kw))),
                  'ho': (('scene', syn.SyntheticScenes(**kw)), ('jigsaw', syn.SyntheticImages(**kw))),
                  'hp': (('anp', syn.SyntheticANP(**kw)), ('captioning', syn.SyntheticCaptions(**kw)))}
@@ -237,13 +242,14 @@ def build_datasets(config: PretrainConfig) -> List[Tuple[str, Dataset]]:
     root = Path(c.data_root)
     if c.dataset == 'places365':
         from .datasets.places365 import Places365
-        places = _subset(Places365(root, 'train', transform=transform), c.max_samples, c.seed)
+        places = _subset(Places365(root, split['places365'], transform=transform), c.max_samples, c.seed)
         names = ('colorization', 'super_resolution') if c.model == 'st' else ('scene', 'jigsaw')
         return [(name, places) for name in names]
     from .datasets.artemis import ArtEmis
     from .datasets.vso import VSO
-    return [('anp', _subset(VSO(root / 'vso', 'train', transform=transform), c.max_samples, c.seed)),
-            ('captioning', _subset(ArtEmis(root / 'artemis', 'train', transform=transform), c.max_samples, c.seed))]
+    return [('anp', _subset(VSO(root / 'vso', split['vso'], transform=transform), c.max_samples, c.seed)),
+            ('captioning', _subset(ArtEmis(root / 'artemis', split['artemis'], transform=transform), c.max_samples,
+                                   c.seed))]
 
 
 def _unwrap(dataset: Dataset) -> Dataset:

@@ -168,16 +168,17 @@ class ImageDataset(Dataset):
                            f'(first: {self.path(index % n)}); check the data root')
 
 
-def pretrain_transform(resize: int = 256, crop: int = 224, hflip: float = 0.5, normalize: bool = True
-                       ) -> Callable[[Any], torch.Tensor]:
+def pretrain_transform(resize: int = 256, crop: int = 224, hflip: float = 0.5, normalize: bool = True,
+                       train: bool = True) -> Callable[[Any], torch.Tensor]:
     """The paper's pre-training augmentation: resize to ``resize``x``resize``, random crop ``crop``, flip.
 
     Returns a float tensor (3, crop, crop), ImageNet-normalised when ``normalize`` (scene / ANP /
     captioning / jigsaw); ``normalize=False`` keeps [0, 1] for the ST tasks, whose Lab and
-    super-resolution targets are computed from the RGB image on the device.
+    super-resolution targets are computed from the RGB image on the device. ``train=False`` gives the
+    held-out view of the same images: the centre crop, no flip.
     """
-    steps: List[Callable] = [T.Resize((resize, resize)), T.RandomCrop(crop)]
-    if hflip > 0:
+    steps: List[Callable] = [T.Resize((resize, resize)), T.RandomCrop(crop) if train else T.CenterCrop(crop)]
+    if train and hflip > 0:
         steps.append(T.RandomHorizontalFlip(hflip))
     steps.append(T.ToTensor())
     if normalize:

@@ -1,0 +1,116 @@
+"""training.study --quick end to end (files written, tables parsed back), its settings file, and the held-out
+pre-training data it measures on."""
+import json
+import re
+
+import pytest
+import timm
+import torch
+
+from training import study
+from training.pretrain import PretrainConfig, build_datasets
+
+
+def test_settings_merge_quick_and_full_over_the_defaults():
+    default = study.load_study_config()
+    assert default['arch'] == 'resnet18' and len(default['downstream']['seeds']) >= 3
+    assert set(default['downstream']['experiments']) == {'sll_512'}
+    runs = default['downstream']['experiments']['sll_512']['runs']
+    assert {k: (v['mode'], v['init']) for k, v in runs.items()} == {
+        'random_init': ('finetune', 'random'), 'hp_finetune': ('finetune', 'hp'),
+        'amalgamation': ('amalgamate', 'hp'), 'frozen_teachers': ('amalgamate', 'hp')}
+    full = study.load_study_config(full=True)
+    assert {'sll_512', 'sll_2048', 'ablations_512', 'ldl_512'} == set(full['downstream']['experiments'])
+    quick = study.load_study_config(quick=True)
+    assert quick['image_size'] == 32 and quick['pretrain']['common']['lr'] == default['pretrain']['common']['lr']
+    assert quick['downstream']['experiments']['sll_512']['runs'] == runs  # runs merge whole, sizes shrink
+    assert 'quick' not in quick and 'full' not in quick
+
+
+def test_heldout_pretraining_data_is_another_split_centre_cropped():
+    config = PretrainConfig(model='ho', arch='resnet18', dataset='synthetic', image_size=32, max_samples=4).resolved()
+    train, heldout = dict(build_datasets(config)), dict(build_datasets(config, heldout=True))
+    assert (train['scene'].split, heldout['scene'].split) == ('train', 'test')
+    first, second = heldout['scene'][0], heldout['scene'][0]
+    assert torch.equal(first[0], second[0])  # no random crop or flip
+    assert not torch.equal(train['scene'][0][0], first[0])
+
+
+def _table_rows(markdown: str, header_start: str):
+    lines = markdown.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(header_start))
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith('|'):
+            break
+        rows.append([cell.strip() for cell in line.strip('|').split('|')])
+    return rows
+
+
+@pytest.mark.slow
+def test_quick_study_end_to_end(tmp_path, capsys, monkeypatch, isolated_zoo):
+    out = tmp_path / 'study'
+    record = study.run_study(out, quick=True, progress=False)
+    printed = capsys.readouterr().out
+    assert printed.startswith('SYNTHETIC: ') and 'Settings (' in printed and '[6/6] Drawing the figures' in printed
+
+    files = {p.name for p in out.iterdir()}
+    assert {'study.md', 'study.json', 'probes.png', 'downstream.png', 'downstream_curves.png', 'zoo'} <= files
+    for png in ('probes.png', 'downstream.png', 'downstream_curves.png'):
+        assert (out / png).read_bytes()[:4] == b'\x89PNG'
+    saved = json.loads((out / 'study.json').read_text())
+    assert saved['synthetic'] is True and list(saved['seconds']) == ['pretrain', 'pretext', 'export', 'probes',
+                                                                    'downstream', 'report']
+
+    # pretext: one row per task with its reference, parsed back from study.md
+    md = (out / 'study.md').read_text()
+    assert md.startswith('# Synthetic affect study (SYNTHETIC)')
+    pretext = _table_rows(md, '| model | task |')
+    assert [(r[0], r[1]) for r in pretext] == [('ST', 'colorization'), ('ST', 'super_resolution'), ('HO', 'scene'),
+                                               ('HO', 'jigsaw'), ('HP', 'anp'), ('HP', 'captioning')]
+    for row, score in zip(pretext, [s for tag in ('st', 'ho', 'hp') for s in saved['pretext'][tag]]):
+        assert float(row[3]) == pytest.approx(score['value'], rel=1e-3)
+    assert saved['pretext']['ho'][0]['reference'] == pytest.approx(2.4849, abs=1e-4)  # ln 12 scenes
+
+    # probes: the four backbones, the true cues, ST+HO+HP (emotion only) and chance
+    probes = _table_rows(md, '| features |')
+    assert [r[0] for r in probes] == ['random', 'ST', 'HO', 'HP', 'true cues', 'ST+HO+HP', 'chance']
+    assert probes[5][1:6] == ['—'] * 5 and float(probes[5][6]) == pytest.approx(record['probes']['ST+HO+HP']['emotion'],
+                                                                                 abs=5e-4)
+    assert float(probes[4][4]) > 0.9  # the true scene probes to ~1
+
+    # downstream: mean ± std over the two quick seeds, equal to the result files
+    rows = _table_rows(md, '| method |')
+    assert [r[0] for r in rows] == ['random_init', 'hp_finetune', 'amalgamation', 'frozen_teachers']
+    for row in rows:
+        values = [json.loads((out / 'results' / f'study_sll_512_seed{s}' / f'{row[0]}.json').read_text())['test']
+                  ['accuracy'] for s in (0, 1)]
+        mean, std = (float(x) for x in re.match(r'([\d.]+) ± ([\d.]+)', row[1]).groups())
+        assert mean == pytest.approx(sum(values) / 2, abs=1e-4)  # printed with 4 decimals
+        assert std == pytest.approx(abs(values[0] - values[1]) / 2 ** 0.5, abs=1e-4)
+
+    # the zoo loads like published weights
+    monkeypatch.setenv('SENTIZOO_HOME', str(out / 'zoo'))
+    assert timm.create_model('senti_resnet18.ho', pretrained=True).num_classes == 0
+
+
+def test_cli_help_and_bad_settings_file(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        study.main(['--help'])
+    assert e.value.code == 0 and '--quick' in capsys.readouterr().out
+    bad = tmp_path / 'bad.json'
+    bad.write_text('{not json')
+    assert study.main(['--config', str(bad), '--out', str(tmp_path / 'out')]) == 2
+    assert f'{bad}' in capsys.readouterr().err and not (tmp_path / 'out').exists()
+
+
+def test_a_stopped_study_reuses_a_finished_model_only_with_the_same_settings(tmp_path):
+    settings = {'init': 'random', 'image_size': 32, 'batch_size': 2, 'epochs': 1, 'steps_per_epoch': 1,
+                'max_samples': 4}
+    final = study.pretrain_model('st', 'resnet18', tmp_path, settings, seed=0, progress=False, resume='auto')
+    log = (tmp_path / 'log.csv').read_text()
+    again = study.pretrain_model('st', 'resnet18', tmp_path, settings, seed=0, progress=False, resume='auto')
+    assert again == final and (tmp_path / 'log.csv').read_text() == log  # nothing trained again (times differ)
+    with pytest.raises(ValueError, match=r'other settings \(lr, steps_per_epoch\)'):
+        study.pretrain_model('st', 'resnet18', tmp_path, dict(settings, lr=0.1, steps_per_epoch=2), seed=0,
+                             progress=False, resume='auto')

@@ -1,0 +1,430 @@
+"""The synthetic affect study: does this implementation of the method transfer knowledge? (results are SYNTHETIC)
+
+    python -m training.study                    # the default study: about 40 minutes on 2 CPU cores
+    python -m training.study --quick            # seconds: the smallest sizes (what the tests run)
+    python -m training.study --full --device cuda   # + a second label budget, the ablations, an LDL run
+
+No real dataset or weight can be fetched where sentizoo is built, so the procedural affect world of
+:mod:`training.datasets.synthetic` is where the paper's claim is put to the test. Its emotion label
+mixes colour (what ST should learn), layout (HO) and the object with its state (HP), so each
+pre-trained model can hold part of the answer. Six phases, each timed, all output under ``--out``:
+
+1. **pretrain** ST, HO and HP (:func:`training.pretrain.pretrain`, the paper's tasks and heads, from a
+   random start) on the world's training images;
+2. **pretext**: each task measured on held-out images beside its reference
+   (:mod:`training.pretext_eval`: chance, the trivial predictor, a unigram caption model) and checked
+   against the competence goals;
+3. **export** the three backbones into ``<out>/zoo`` (loads with ``timm.create_model('senti_resnet18.<tag>',
+   pretrained=True)`` and ``SENTIZOO_HOME=<out>/zoo``);
+4. **probes**: linear probes of the hidden cues (colour, scene, ANP, emotion) on the frozen features of
+   ST, HO, HP and a random network, and of emotion on ST+HO+HP together (:mod:`training.probes`);
+5. **downstream**: low-label emotion classification over seeds (:mod:`training.downstream`): random
+   init, HP fine-tuning, the amalgamation (the paper's loss, all four models trained) and frozen
+   teachers (feature terms only); epoch chosen on validation, accuracy on test;
+6. **report**: ``study.md`` (every table, the deviations from the paper, the settings), ``study.json``
+   (every number), ``probes.png``, ``downstream.png`` and ``downstream_curves.png``.
+
+The settings live in ``training/configs/study/default.json`` (printed at the start); ``--quick`` and
+``--full`` merge its ``quick`` / ``full`` sections over the defaults. The world's rules are fixed: the
+study reports what it measures, including where the amalgamation does not help.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
+
+import torch
+
+from sentizoo.amalgamation import TEACHER_TAGS
+
+__all__ = ['STUDY_CONFIG', 'Phases', 'zoo_home', 'load_study_config', 'pretrain_model', 'measure_pretext',
+           'run_probes', 'run_downstream', 'summarise_downstream', 'run_study', 'main']
+
+STUDY_CONFIG = Path(__file__).parent / 'configs' / 'study' / 'default.json'
+TAGS = TEACHER_TAGS  # ST, HO, HP
+SYNTHETIC_BANNER = ('SYNTHETIC: every number here comes from the procedural affect world of '
+                    'training.datasets.synthetic; it tests this implementation, says nothing about real visual '
+                    "sentiment and is not comparable with the paper's results.")
+
+
+class Phases:
+    """Prints ``[k/n] title`` as each phase starts and records its wall time in :attr:`seconds`."""
+
+    def __init__(self, total: int):
+        self.total, self.seconds = total, {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str, title: str) -> Iterator[None]:
+        print(f'[{len(self.seconds) + 1}/{self.total}] {title}', flush=True)
+        started = time.perf_counter()
+        yield
+        self.seconds[name] = round(time.perf_counter() - started, 2)
+        print(f'      done in {self.seconds[name]:.1f} s', flush=True)
+
+
+@contextlib.contextmanager
+def zoo_home(folder: Path) -> Iterator[None]:
+    """``SENTIZOO_HOME=folder`` inside the block, restored afterwards."""
+    previous = os.environ.get('SENTIZOO_HOME')
+    os.environ['SENTIZOO_HOME'] = str(Path(folder).resolve())
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ['SENTIZOO_HOME']
+        else:
+            os.environ['SENTIZOO_HOME'] = previous
+
+
+def load_study_config(path: Path = STUDY_CONFIG, quick: bool = False, full: bool = False) -> Dict[str, Any]:
+    """The study's settings: ``path`` with its ``quick`` and/or ``full`` section merged over the defaults."""
+    from .downstream import merge_config
+    config = json.loads(Path(path).read_text())
+    sections = {'full': config.pop('full', {}), 'quick': config.pop('quick', {})}
+    for name, wanted in (('full', full), ('quick', quick)):
+        if wanted:
+            config = merge_config(config, sections[name])
+    config.update(source=str(path), size='quick' if quick else 'full' if full else 'default')
+    return config
+
+
+def pretrain_model(tag: str, arch: str, out: Path, settings: Mapping[str, Any], *, seed: int,
+                   device: Optional[str] = None, progress: bool = True, resume: Optional[str] = None) -> Path:
+    """Pre-train the ``tag`` model on the synthetic world from a random start; returns ``final.pt``.
+
+    ``resume='auto'`` continues from ``<out>/last.pt`` when there is one (a finished model: at once).
+    """
+    from .pretrain import PretrainConfig, pretrain
+    config = PretrainConfig(model=tag, arch=arch, dataset='synthetic', workers=0, seed=seed, device=device,
+                            progress=progress, out_dir=str(out), resume=resume, **settings)
+    if resume == 'auto' and (Path(out) / 'last.pt').is_file():
+        _check_same_run(Path(out) / 'last.pt', config)
+    with warnings.catch_warnings():  # a random start is the point here: no ImageNet weights on a fresh machine
+        warnings.filterwarnings('ignore', message='pre-training .* from a random initialisation')
+        return pretrain(config)
+
+
+def _check_same_run(checkpoint: Path, config: Any) -> None:
+    """Refuse to continue a checkpoint made with other settings (a finished one would be reused as it is)."""
+    import dataclasses
+
+    from .checkpoint import load_checkpoint
+    saved = load_checkpoint(checkpoint)['config']
+    wanted = dataclasses.asdict(config.resolved())
+    changed = sorted(k for k in wanted if k not in ('resume', 'progress', 'device') and saved.get(k) != wanted[k])
+    if changed:
+        raise ValueError(f'{checkpoint} was pre-trained with other settings ({", ".join(changed)}); delete '
+                         f'{checkpoint.parent} or pass another --out to pre-train with these')
+
+
+def measure_pretext(checkpoint: Path, samples: int, batch_size: int, device: Optional[str] = None) -> list:
+    """The held-out :class:`~training.pretext_eval.PretextScore` of each task of a pre-trained model."""
+    from .pretext_eval import evaluate_pretext, load_perception_model
+    model, heldout, train = load_perception_model(checkpoint, samples)
+    return evaluate_pretext(model, heldout, train, batch_size=batch_size, device=device or 'cpu')
+
+
+# ------------------------------------------------------------------------------------------------- probes
+
+def run_probes(arch: str, image_size: int, settings: Mapping[str, Any], device: Optional[str] = None
+               ) -> Dict[str, Dict[str, float]]:
+    """Probe every cue on the features of a random backbone, ST, HO and HP (from the zoo in
+    ``SENTIZOO_HOME``), emotion on ST+HO+HP together; plus the true cues and chance as references."""
+    import numpy as np
+    import timm
+
+    from .datasets.common import pretrain_transform
+    from .datasets.synthetic import SyntheticImages
+    from .probes import chance_row, cue_features, cue_targets, extract_features, probe_all
+
+    resize = round(image_size * 256 / 224)
+    transform = pretrain_transform(resize, image_size, train=False)
+    data = {split: SyntheticImages(settings[f'n_{split}'], split, transform, seed=settings['seed'], size=resize)
+            for split in ('train', 'test')}
+    cues = {split: [d.cues(i) for i in range(len(d))] for split, d in data.items()}
+    targets = {split: cue_targets(c) for split, c in cues.items()}
+    torch.manual_seed(settings['seed'])
+    backbones = {'random': timm.create_model(arch, num_classes=0)}
+    backbones.update({tag: timm.create_model(f'senti_{arch}.{tag}', pretrained=True) for tag in TAGS})
+    features = {name: tuple(extract_features(model, data[split], device=device or 'cpu') for split in ('train', 'test'))
+                for name, model in backbones.items()}
+    features['true cues'] = tuple(cue_features(cues[split]) for split in ('train', 'test'))
+    report = lambda name: print(f'      probing {name} features', flush=True)  # noqa: E731
+    table = probe_all(features, targets['train'], targets['test'], progress=report)
+    joint = {'+'.join(t.upper() for t in TAGS): tuple(np.concatenate([features[t][i] for t in TAGS], 1)
+                                                      for i in range(2))}
+    table.update(probe_all(joint, targets['train'], targets['test'], cues=('emotion',), progress=report))
+    table['chance'] = chance_row(targets['train'], targets['test'])
+    return table
+
+
+def probes_markdown(table: Mapping[str, Mapping[str, float]]) -> str:
+    from .probes import PROBES
+    header = '| features | ' + ' | '.join(f'{cue} ({"R²" if kind == "r2" else "acc."})' for cue, kind in PROBES.items())
+    lines = [header + ' |', '|---' * (len(PROBES) + 1) + '|']
+    for name, row in table.items():
+        label = name.upper() if name in TAGS else name
+        lines.append(f'| {label} | ' + ' | '.join(f'{row[c]:.3f}' if c in row else '—' for c in PROBES) + ' |')
+    return '\n'.join(lines)
+
+
+def plot_probes(table: Mapping[str, Mapping[str, float]], path: Path) -> None:
+    """A heat map of the probe table (rows: feature sets, columns: cues), labelled SYNTHETIC."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from .probes import PROBES
+    rows = list(table)
+    values = np.array([[table[r].get(c, np.nan) for c in PROBES] for r in rows])
+    fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(rows) + 1.6))
+    image = ax.imshow(values, cmap='viridis', vmin=0, vmax=1, aspect='auto')
+    ax.set_xticks(range(len(PROBES)), [f'{c}\n({"R²" if k == "r2" else "acc."})' for c, k in PROBES.items()],
+                  fontsize=8)
+    ax.set_yticks(range(len(rows)), [r.upper() if r in TAGS else r for r in rows], fontsize=8)
+    for (i, j), v in np.ndenumerate(values):
+        if not np.isnan(v):
+            ax.text(j, i, f'{v:.2f}', ha='center', va='center', fontsize=7, color='white' if v < 0.6 else 'black')
+    fig.colorbar(image, ax=ax, fraction=0.03)
+    ax.set_title('Linear probes of frozen features (SYNTHETIC affect world, held-out images)', fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------------------------- downstream
+
+def run_downstream(arch: str, settings: Mapping[str, Any], out: Path, device: Optional[str] = None,
+                   progress: bool = True) -> List[Dict[str, Any]]:
+    """Every experiment of ``settings['experiments']`` once per seed (:func:`training.downstream.run_experiment`,
+    teachers from ``SENTIZOO_HOME``); returns the result dicts."""
+    from .downstream import merge_config, run_experiment
+    written = []
+    for experiment, spec in settings['experiments'].items():
+        for seed in settings['seeds']:
+            config = merge_config(settings['common'], {k: v for k, v in spec.items() if k != 'data'})
+            config.update(name=f'study_{experiment}_seed{seed}', source=f'study:{experiment}', arch=arch,
+                          dataset='synthetic', data=dict(spec['data'], seed=seed),
+                          train=dict(config['train'], seed=seed))
+            print(f'      {experiment}, seed {seed}: {", ".join(spec["runs"])}', flush=True)
+            written += run_experiment(config, out=out, device=device, progress=progress)
+    return [json.loads(path.read_text()) for path in written]
+
+
+def summarise_downstream(results: Sequence[Mapping[str, Any]]) -> Dict[str, Dict[str, Dict[str, Any]]]:
+    """``{experiment: {run: {'mean', 'std', 'values', 'metric', 'best_epochs', 'epochs'}}}`` over seeds.
+
+    ``std`` is the sample standard deviation (0 with one seed).
+    """
+    summary: Dict[str, Dict[str, Dict[str, Any]]] = {}
+    for r in results:
+        experiment = r['config']['source'].split(':', 1)[1]
+        cell = summary.setdefault(experiment, {}).setdefault(r['run'], {
+            'metric': r['primary_metric'], 'values': [], 'best_epochs': [],
+            'epochs': len(r['history']['epochs']), 'higher_is_better': r['higher_is_better']})
+        cell['values'].append(r['test'][r['primary_metric']])
+        cell['best_epochs'].append(r['best_epoch'])
+    for runs in summary.values():
+        for cell in runs.values():
+            cell['mean'] = statistics.fmean(cell['values'])
+            cell['std'] = statistics.stdev(cell['values']) if len(cell['values']) > 1 else 0.0
+    return summary
+
+
+def downstream_markdown(summary: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> str:
+    blocks = []
+    for experiment, runs in summary.items():
+        metric = next(iter(runs.values()))['metric']
+        lines = [f'**{experiment}** (test {metric}, mean ± std over seeds; SYNTHETIC)', '',
+                 f'| method | {metric} | per seed | selected epochs (of {next(iter(runs.values()))["epochs"]}) |',
+                 '|---|---|---|---|']
+        for run, cell in runs.items():
+            lines.append(f'| {run} | {cell["mean"]:.4f} ± {cell["std"]:.4f} | '
+                         f'{", ".join(f"{v:.4f}" for v in cell["values"])} | '
+                         f'{", ".join(str(e) for e in cell["best_epochs"])} |')
+        blocks.append('\n'.join(lines))
+    return '\n\n'.join(blocks)
+
+
+def plot_downstream(summary: Mapping[str, Mapping[str, Mapping[str, Any]]], results: Sequence[Mapping[str, Any]],
+                    out: Path) -> List[Path]:
+    """``downstream.png`` (the test metric per method: one dot per seed, the mean as a bar with ± std) and
+    ``downstream_curves.png`` (the validation metric per epoch, mean over seeds, per method)."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    n = len(summary)
+    fig, axes = plt.subplots(1, n, figsize=(4.5 * n, 3.6), squeeze=False)
+    for ax, (experiment, runs) in zip(axes[0], summary.items()):
+        names = list(runs)
+        means = [runs[r]['mean'] for r in names]
+        ax.bar(range(len(names)), means, yerr=[runs[r]['std'] for r in names], color='#9ecae1', capsize=4)
+        for i, r in enumerate(names):
+            ax.scatter([i] * len(runs[r]['values']), runs[r]['values'], color='#08519c', s=14, zorder=3)
+        low = min(min(runs[r]['values']) for r in names)
+        ax.set_ylim(max(0.0, low - 0.05), max(max(runs[r]['values']) for r in names) + 0.03)
+        ax.set_xticks(range(len(names)), names, rotation=20, fontsize=8)
+        ax.set(title=f'{experiment} (SYNTHETIC)', ylabel=f'test {next(iter(runs.values()))["metric"]}')
+    fig.tight_layout()
+    bars = out / 'downstream.png'
+    fig.savefig(bars, dpi=110)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, n, figsize=(4.5 * n, 3.4), squeeze=False)
+    for ax, experiment in zip(axes[0], summary):
+        curves: Dict[str, List[List[float]]] = {}
+        for r in results:
+            if r['config']['source'] == f'study:{experiment}':
+                metric = r['primary_metric']
+                curves.setdefault(r['run'], []).append([e['val'][metric] for e in r['history']['epochs']])
+        for run, rows in curves.items():
+            ax.plot(range(1, len(rows[0]) + 1), np.mean(rows, 0), label=run)
+        ax.set(title=f'{experiment}: validation (SYNTHETIC)', xlabel='epoch', ylabel=f'val {metric}')
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    curves_path = out / 'downstream_curves.png'
+    fig.savefig(curves_path, dpi=110)
+    plt.close(fig)
+    return [bars, curves_path]
+
+
+# ------------------------------------------------------------------------------------------------- the study
+
+def run_study(out: Path = Path('runs/study'), config: Optional[Mapping[str, Any]] = None, *, quick: bool = False,
+              full: bool = False, device: Optional[str] = None, progress: bool = True) -> Dict[str, Any]:
+    """Run the six phases; returns what ``<out>/study.json`` holds."""
+    import sentizoo
+
+    from .export import export
+    from .pretext_eval import scores_table
+
+    config = dict(config) if config is not None else load_study_config(quick=quick, full=full)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    zoo, arch, size = out / 'zoo', config['arch'], config['image_size']
+    settings = '\n'.join(f'  {k}: {json.dumps(v)}' for k, v in config.items() if k not in ('deviations', 'description'))
+    print(f'{SYNTHETIC_BANNER}\n\nSettings ({config["source"]}):\n{settings}\n', flush=True)
+    phase = Phases(6)
+    checkpoints: Dict[str, Path] = {}
+    p = config['pretrain']
+    with phase('pretrain', f'Pre-training ST, HO and HP {arch} on the synthetic pretext tasks ({size} px)'):
+        for tag in TAGS:
+            settings = dict(p['common'], **p[tag], image_size=size)
+            # a study stopped mid-way picks each model up from its last checkpoint
+            checkpoints[tag] = pretrain_model(tag, arch, out / 'pretrain' / tag, settings, seed=p['seed'],
+                                              device=device, progress=progress, resume='auto')
+    pretext: Dict[str, list] = {}
+    with phase('pretext', 'Measuring each pretext task on held-out images, beside its reference'):
+        e = config['pretext_eval']
+        for tag in TAGS:
+            pretext[tag] = measure_pretext(checkpoints[tag], e['samples'], e['batch_size'], device)
+        print(scores_table(pretext), flush=True)
+    with phase('export', f'Exporting the backbones into the zoo {zoo}'):
+        for tag in TAGS:
+            with contextlib.redirect_stdout(io.StringIO()):  # export prints the registry line for maintainers
+                export(checkpoints[tag], tag, out=zoo / f'senti_{arch}.{tag}')
+    with zoo_home(zoo):
+        with phase('probes', 'Linear probes of the hidden cues on frozen features'):
+            probes = run_probes(arch, size, config['probes'], device)
+            print(probes_markdown(probes), flush=True)
+        with phase('downstream', 'Emotion classification with few labels, over seeds'):
+            results = run_downstream(arch, config['downstream'], out / 'results', device, progress)
+            summary = summarise_downstream(results)
+            print(downstream_markdown(summary), flush=True)
+    with phase('report', 'Drawing the figures'):
+        figures = [out / 'probes.png']
+        plot_probes(probes, figures[0])
+        figures += plot_downstream(summary, results, out)
+    record = {'synthetic': True, 'note': SYNTHETIC_BANNER, 'config': config,
+              'pretext': {tag: [dict(vars(s), ratio=s.ratio) for s in scores] for tag, scores in pretext.items()},
+              'pretext_goals_met': all(s.passed for scores in pretext.values() for s in scores),
+              'probes': probes, 'downstream': summary, 'seconds': phase.seconds,
+              'total_seconds': round(sum(phase.seconds.values()), 2), 'threads': torch.get_num_threads(),
+              'device': device or 'cpu', 'versions': {'sentizoo': sentizoo.__version__, 'torch': torch.__version__}}
+    (out / 'study.md').write_text(render_markdown(record, scores_table(pretext), figures))
+    (out / 'study.json').write_text(json.dumps(record, indent=1) + '\n')
+    print('Phase times: ' + ', '.join(f'{k} {v:.0f} s' for k, v in phase.seconds.items())
+          + f'; total {record["total_seconds"] / 60:.1f} min. Report: {out / "study.md"}', flush=True)
+    return record
+
+
+def render_markdown(record: Mapping[str, Any], pretext_table: str, figures: Sequence[Path]) -> str:
+    """``study.md``: the banner, every table, the phase times, the deviations and the settings."""
+    config = record['config']
+    deviations = '\n'.join(f'- {d}' for d in config.get('deviations', []))
+    times = ', '.join(f'{k} {v:.0f} s' for k, v in record['seconds'].items())
+    return f"""# Synthetic affect study (SYNTHETIC)
+
+{SYNTHETIC_BANNER}
+
+## Pretext tasks on held-out images
+
+{pretext_table}
+
+All goals met: {'yes' if record['pretext_goals_met'] else '**no**'}.
+
+## Linear probes of the hidden cues (held-out images; R² for colour, accuracy for classes)
+
+{probes_markdown(record['probes'])}
+
+## Downstream, over seeds
+
+{downstream_markdown(record['downstream'])}
+
+Figures: {', '.join(f.name for f in figures)}.
+
+## Run
+
+Phase times ({record['threads']} torch threads, device {record['device']}): {times}.
+
+## Deviations from the paper
+
+{deviations}
+
+## Settings
+
+```json
+{json.dumps({k: v for k, v in config.items() if k != 'deviations'}, indent=1)}
+```
+"""
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog='python -m training.study', description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--out', type=Path, default=Path('runs/study'), help='output folder (default: runs/study)')
+    p.add_argument('--config', type=Path, default=STUDY_CONFIG, help=f'settings file (default: {STUDY_CONFIG.name} '
+                                                                     'in training/configs/study/)')
+    size = p.add_mutually_exclusive_group()
+    size.add_argument('--quick', action='store_true', help='the smallest sizes: seconds instead of minutes')
+    size.add_argument('--full', action='store_true', help='also a second label budget, the ablations of Tables 3 '
+                                                          'and 4 and an LDL run (hours on a CPU; a GPU recommended)')
+    p.add_argument('--device', help="cpu, cuda, cuda:1, ... (default: this process's GPU if any, else CPU)")
+    p.add_argument('--threads', type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument('--no-progress', dest='progress', action='store_false', help='no progress bars')
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        config = load_study_config(args.config, args.quick, args.full)
+    except (OSError, ValueError) as e:
+        print(f'python -m training.study: error: {args.config}: {e}', file=sys.stderr)
+        return 2
+    run_study(args.out, config, quick=args.quick, full=args.full, device=args.device, progress=args.progress)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
