@@ -108,6 +108,8 @@ def load_image(path: PathLike) -> Image.Image:
         # Besides OSError ("image file is truncated"), Pillow reports corrupt data as SyntaxError (broken
         # headers) or ValueError/EOFError (bad sizes, early end); all mean "bad file".
         raise ImageLoadError(path, f'corrupt or truncated image data ({type(e).__name__}: {e})') from e
+    except Exception as e:  # any other decoder failure (e.g. NotImplementedError for DDS variants) is this file's
+        raise ImageLoadError(path, f'cannot decode ({type(e).__name__}: {e})') from e
 
 
 def _is_hidden(path: Path, root: Path) -> bool:
