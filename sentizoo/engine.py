@@ -57,7 +57,7 @@ from torch.utils.data import SequentialSampler
 
 from .amalgamation import AmalgamationOutput, Amalgamator, init_target_from, num_outputs
 from .tasks import Task, get_task
-from .weights import atomic_write
+from .weights import atomic_write, remove_stale_temps
 
 __all__ = ['TrainOptions', 'NonFiniteLossError', 'amalgamate', 'finetune', 'evaluate', 'CHECKPOINT_NAME',
            'BEST_NAME', 'HISTORY_NAME', 'EpochSampler', 'SeededSamples', 'resolve_device', 'process_group', 'rank_world',
@@ -686,6 +686,9 @@ class _Loop:
     def run(self) -> nn.Module:
         if self.dir is not None:
             self.dir.mkdir(parents=True, exist_ok=True)
+            if self.rank == 0:  # partial files of a run killed mid-write: they can be GBs each
+                for name in (CHECKPOINT_NAME, BEST_NAME, HISTORY_NAME):
+                    remove_stale_temps(self._path(name))
             self._resume()
         while self.epoch < self.opts.epochs:
             start = time.perf_counter()

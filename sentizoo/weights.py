@@ -11,17 +11,21 @@ Only safetensors files are read, so loading a weight file can never execute code
 """
 from __future__ import annotations
 
+import contextlib
+import glob
 import hashlib
 import json
 import os
-import tempfile
+import secrets
+import stat
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import torch.nn as nn
 
 __all__ = ['WEIGHTS_NAME', 'CONFIG_NAME', 'WeightsNotFoundError', 'ChecksumMismatchError', 'zoo_home',
-           'sha256_file', 'find_local', 'resolve_weights', 'save_pretrained', 'atomic_write', 'hf_offline']
+           'sha256_file', 'find_local', 'resolve_weights', 'save_pretrained', 'atomic_write',
+           'remove_stale_temps', 'hf_offline']
 
 WEIGHTS_NAME = 'model.safetensors'
 CONFIG_NAME = 'config.json'
@@ -224,20 +228,56 @@ def _config_for(model: nn.Module, label_names: Optional[Sequence[str]], extra: O
     return {k: v for k, v in config.items() if v is not None}
 
 
+def _temp_name(path: Path) -> str:
+    return f'.{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp'
+
+
+def remove_stale_temps(path: Path) -> List[Path]:
+    """Delete the temporary files that :func:`atomic_write` left beside ``path`` in processes that no longer
+    run (killed mid-write). Returns the files deleted."""
+    removed = []
+    for tmp in path.parent.glob(f'.{glob.escape(path.name)}.*.tmp'):
+        pid = tmp.name[len(path.name) + 2:].split('.')[0]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+                removed.append(tmp)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        pass
+    return True
+
+
 def atomic_write(path: Path, write: Callable[[str], None]) -> None:
     """Call ``write(tmp)`` on a temporary file beside ``path``, fsync it, then rename it over ``path``.
 
-    A reader (or a process killed mid-write) sees the old file or the new one, never half of one.
+    A reader (or a process killed mid-write) sees the old file or the new one, never half of one. The file
+    gets the permissions of any new file (0666 less the umask); temporary files of killed writers are
+    removed first (:func:`remove_stale_temps`).
     """
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.')
+    remove_stale_temps(path)
+    tmp = path.parent / _temp_name(path)
+    # Created 0666 less the umask (mkstemp's is 0600); restored after `write`, as writers such as safetensors'
+    # save_file replace the file with a 0600 one. A second user of a shared zoo could not read 0600 files.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    mode = stat.S_IMODE(os.fstat(fd).st_mode)
     os.close(fd)
     try:
-        write(tmp)
+        write(str(tmp))
+        os.chmod(tmp, mode)
         with open(tmp, 'rb') as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        os.unlink(tmp)
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
         raise
 
 

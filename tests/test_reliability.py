@@ -4,16 +4,24 @@ Each case was a defect once (or is a hostile case that must keep passing). The i
 here, seeded; nothing is downloaded.
 """
 import io
+import os
 import random
+import signal
+import stat
 import struct
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Dict
 
 import pytest
+import timm
 from PIL import Image
 
+import sentizoo.engine as engine
 from sentizoo.data import ImageLoadError, load_image
+from sentizoo.weights import atomic_write, save_pretrained
 
 # --- images: any decoder failure is the file's error, never the run's ----------------------------------
 
@@ -101,3 +109,52 @@ def test_unimplemented_dds_format_is_an_error_row(tmp_path):
     path.write_bytes(_dds(b'XXXX'))
     with pytest.raises(ImageLoadError, match='bad.jpg'):
         load_image(path)
+
+
+# --- files on disk: atomic, no orphans, the umask's permissions -----------------------------------------
+
+# Writes one atomic file whose writer then hangs, to be killed: python -c KILLED_WRITER <target>.
+KILLED_WRITER = ('import sys, time; from pathlib import Path; from sentizoo.weights import atomic_write; '
+                 'atomic_write(Path(sys.argv[1]), lambda tmp: (Path(tmp).write_bytes(bytes(1000)), '
+                 'print("written", flush=True), time.sleep(600)))')
+
+
+def _kill_mid_write(target: Path) -> None:
+    writer = subprocess.Popen([sys.executable, '-c', KILLED_WRITER, str(target)], stdout=subprocess.PIPE, text=True,
+                              env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    assert writer.stdout.readline() == 'written\n'
+    os.kill(writer.pid, signal.SIGKILL)
+    writer.wait()
+
+
+def test_checkpoints_killed_mid_write_leave_no_files_after_the_next_run(tmp_path):
+    from test_engine import train_tiny
+    for name in (engine.CHECKPOINT_NAME, engine.BEST_NAME, engine.HISTORY_NAME):
+        _kill_mid_write(tmp_path / name)
+    assert len(list(tmp_path.iterdir())) == 3  # the orphans a kill -9 leaves
+    train_tiny(tmp_path, epochs=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([engine.CHECKPOINT_NAME, engine.HISTORY_NAME])
+
+
+def test_atomic_write_keeps_the_temporary_files_of_live_writers(tmp_path):
+    target = tmp_path / 'model.safetensors'
+    live = tmp_path / f'.{target.name}.{os.getpid()}.0000.tmp'  # this process: alive
+    live.touch()
+    _kill_mid_write(target)
+    atomic_write(target, lambda tmp: Path(tmp).write_text('new'))
+    assert sorted(tmp_path.iterdir()) == [live, target] and target.read_text() == 'new'
+
+
+@pytest.fixture
+def umask_022():
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def test_saved_weights_and_checkpoints_obey_the_umask(tmp_path, umask_022):
+    from test_engine import TINY, train_tiny
+    save_pretrained(timm.create_model('resnet18', num_classes=2, **TINY), tmp_path / 'zoo', verbose=False)
+    train_tiny(tmp_path / 'ckpt', epochs=1)
+    files = [*(tmp_path / 'zoo').iterdir(), *(tmp_path / 'ckpt').iterdir()]
+    assert len(files) == 4 and {stat.S_IMODE(p.stat().st_mode) for p in files} == {0o644}
