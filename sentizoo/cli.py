@@ -173,6 +173,11 @@ def _forward_function(model, device) -> Iterator[Callable]:
         torch.set_num_threads(threads)
 
 
+def _path_text(path: Path) -> str:
+    """``path`` as text that any output encoding holds: bytes of a file name that are not UTF-8 become ``\\xNN``."""
+    return os.fsencode(path).decode('utf-8', 'backslashreplace')
+
+
 def _predict_rows(model, dataset, args: argparse.Namespace) -> List[dict]:
     """One row per file of ``dataset``, in order: ``{'path', 'predictions': [(label, probability)], 'error'}``."""
     import torch
@@ -192,12 +197,12 @@ def _predict_rows(model, dataset, args: argparse.Namespace) -> List[dict]:
         for batch in loader:
             for index, error in batch.failures:
                 bar.write(f'{PROG} predict: error: {error}', file=sys.stderr)
-                rows[index] = dict(path=str(dataset.files[index]), predictions=[], error=error.reason)
+                rows[index] = dict(path=_path_text(dataset.files[index]), predictions=[], error=error.reason)
             if batch.images is not None:
                 images = batch.images.to(device, non_blocking=True, memory_format=torch.channels_last)
                 top = forward(images).float().softmax(dim=-1).topk(k, dim=-1)
                 for index, probs, classes in zip(batch.indices, top.values.tolist(), top.indices.tolist()):
-                    rows[index] = dict(path=str(dataset.files[index]), error=None,
+                    rows[index] = dict(path=_path_text(dataset.files[index]), error=None,
                                        predictions=[(labels[c], p) for c, p in zip(classes, probs)])
             bar.update(len(batch.indices) + len(batch.failures))
     return rows
@@ -232,6 +237,41 @@ def _write_table(rows: List[dict], k: int, out: TextIO) -> None:
 _WRITERS = {'table': _write_table, 'json': _write_json, 'csv': _write_csv}
 
 
+def _check_output(path: Path) -> None:
+    """A UsageError now, before any work, if ``--output`` could not be written at the end."""
+    if path.is_dir():
+        raise UsageError(f'--output {path} is a directory; give a file name.')
+    if path.exists() and not path.is_file():  # a device or pipe: written in place
+        if not os.access(path, os.W_OK):
+            raise UsageError(f'--output {path}: permission denied.')
+    elif not path.parent.is_dir() or not os.access(path.parent, os.W_OK | os.X_OK):
+        raise UsageError(f'--output {path}: cannot create files in {path.parent} (missing or not writable).')
+
+
+def _write_output(rows: List[dict], k: int, args: argparse.Namespace) -> bool:
+    """Write the rows to ``--output`` (atomically, so an old file is replaced only by a complete one) or
+    stdout. If ``--output`` fails (e.g. a full disk), the rows go to stdout instead; returns False then."""
+    from .weights import atomic_write
+    write = _WRITERS[args.format]
+
+    def write_file(path: str) -> None:
+        with open(path, 'w', newline='', encoding='utf-8') as out:
+            write(rows, k, out)
+
+    if args.output is not None:
+        try:
+            if args.output.exists() and not args.output.is_file():
+                write_file(args.output)
+            else:
+                atomic_write(args.output, write_file)
+            return True
+        except OSError as e:
+            print(f'{PROG} predict: error: cannot write --output {args.output} ({e.strerror or e}); the results '
+                  f'follow on stdout instead.', file=sys.stderr)
+    write(rows, k, sys.stdout)
+    return args.output is None  # False: --output failed
+
+
 def _run_predict(args: argparse.Namespace) -> int:
     from .data import ImageFiles
     from .datasets import eval_transform
@@ -245,25 +285,19 @@ def _run_predict(args: argparse.Namespace) -> int:
         raise UsageError(str(e)) from e
     if not len(dataset):
         raise UsageError(f'no image files in {", ".join(map(str, args.paths))}.')
+    if args.output is not None:
+        _check_output(args.output)
     try:
-        out = open(args.output, 'w', newline='', encoding='utf-8') if args.output else None
-    except OSError as e:
-        raise UsageError(f'--output {args.output}: {e.strerror}.') from e
-    try:
-        try:
-            model = _create_classifier(args)
-        except (WeightsNotFoundError, ChecksumMismatchError) as e:
-            print(f'{PROG} predict: error: {e}', file=sys.stderr)
-            return 1
-        dataset.transform = eval_transform(_data_config(model, None))
-        rows = _predict_rows(model, dataset, args)
-        _WRITERS[args.format](rows, min(args.top_k, model.num_classes), out or sys.stdout)
-    finally:
-        if out is not None:
-            out.close()
+        model = _create_classifier(args)
+    except (WeightsNotFoundError, ChecksumMismatchError) as e:
+        print(f'{PROG} predict: error: {e}', file=sys.stderr)
+        return 1
+    dataset.transform = eval_transform(_data_config(model, None))
+    rows = _predict_rows(model, dataset, args)
+    written = _write_output(rows, min(args.top_k, model.num_classes), args)
     failed = sum(row['error'] is not None for row in rows)
     print(f'{PROG} predict: {len(rows) - failed} images predicted, {failed} failed', file=sys.stderr)
-    return 1 if failed else 0
+    return 1 if failed or not written else 0
 
 
 def _cpu_count() -> int:

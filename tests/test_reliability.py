@@ -3,7 +3,9 @@
 Each case was a defect once (or is a hostile case that must keep passing). The image corpus is generated
 here, seeded; nothing is downloaded.
 """
+import csv
 import io
+import json
 import os
 import random
 import signal
@@ -18,8 +20,10 @@ from typing import Dict
 import pytest
 import timm
 from PIL import Image
+from test_cli import MODEL, weights_dir, zoo  # noqa: F401 -- fixtures
 
 import sentizoo.engine as engine
+from sentizoo.cli import main
 from sentizoo.data import ImageLoadError, load_image
 from sentizoo.weights import atomic_write, save_pretrained
 
@@ -158,3 +162,53 @@ def test_saved_weights_and_checkpoints_obey_the_umask(tmp_path, umask_022):
     train_tiny(tmp_path / 'ckpt', epochs=1)
     files = [*(tmp_path / 'zoo').iterdir(), *(tmp_path / 'ckpt').iterdir()]
     assert len(files) == 4 and {stat.S_IMODE(p.stat().st_mode) for p in files} == {0o644}
+
+
+# --- predict: every prediction reaches the output, or stdout -------------------------------------------
+
+def _run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope='module')
+def odd_names(tmp_path_factory) -> Path:
+    """A good image under a file name that is not UTF-8 (Latin-1 'é'), and one under a plain name."""
+    root = tmp_path_factory.mktemp('odd')
+    Image.new('RGB', (32, 32), (90, 30, 200)).save(root / os.fsdecode(b'caf\xe9.jpg'))
+    Image.new('RGB', (32, 32), (10, 130, 20)).save(root / 'plain.jpg')
+    return root
+
+
+@pytest.mark.parametrize('fmt', ['csv', 'table', 'json'])
+def test_file_names_that_are_not_utf8_are_written_escaped(capsys, zoo, odd_names, tmp_path, fmt):
+    out = tmp_path / f'out.{fmt}'
+    code, _, err = _run(capsys, 'predict', MODEL, odd_names, '--format', fmt, '--output', out, '--workers', 0)
+    assert code == 0 and '2 images predicted, 0 failed' in err
+    text = out.read_text(encoding='utf-8')
+    assert text.count(str(odd_names)) == 2 if fmt != 'json' else len(json.loads(text)) == 2
+    assert 'caf\\xe9.jpg' in text.replace('\\\\', '\\')  # JSON escapes the backslash once more
+
+
+def test_an_existing_output_survives_a_model_that_fails_to_load(capsys, odd_names, tmp_path):
+    out = tmp_path / 'predictions.csv'
+    out.write_text('yesterday\'s results\n')
+    code, _, err = _run(capsys, 'predict', 'senti_resnet50.fi', odd_names, '--output', out)  # no weights
+    assert code == 1 and 'No weights found' in err
+    assert out.read_text() == 'yesterday\'s results\n' and os.listdir(tmp_path) == [out.name]
+
+
+def test_an_unwritable_output_fails_before_the_model_loads(capsys, odd_names, tmp_path):
+    code, _, err = _run(capsys, 'predict', 'senti_resnet50.fi', odd_names, '--output', tmp_path / 'no' / 'out.csv')
+    assert code == 2 and 'cannot create files in' in err and str(tmp_path / 'no') in err
+    code, _, err = _run(capsys, 'predict', 'senti_resnet50.fi', odd_names, '--output', tmp_path)
+    assert code == 2 and 'is a directory' in err
+
+
+@pytest.mark.skipif(not os.path.exists('/dev/full'), reason='needs /dev/full')
+def test_a_full_disk_at_the_end_sends_the_predictions_to_stdout(capsys, zoo, odd_names):
+    code, out, err = _run(capsys, 'predict', MODEL, odd_names, '--format', 'csv', '--output', '/dev/full',
+                          '--workers', 0)
+    assert code == 1 and 'cannot write --output /dev/full (No space left on device)' in err
+    assert len(list(csv.reader(io.StringIO(out)))) == 3  # the header and both images
