@@ -19,12 +19,17 @@ from typing import Dict
 
 import pytest
 import timm
+import torch
 from PIL import Image
 from test_cli import MODEL, weights_dir, zoo  # noqa: F401 -- fixtures
+from test_engine import tiny_resnet18, write_images  # noqa: F401 -- a fixture
+from torch.utils.data import DataLoader
+from torchvision.transforms import ToTensor
 
 import sentizoo.engine as engine
 from sentizoo.cli import main
 from sentizoo.data import ImageLoadError, load_image
+from sentizoo.datasets import image_folder
 from sentizoo.weights import atomic_write, save_pretrained
 
 # --- images: any decoder failure is the file's error, never the run's ----------------------------------
@@ -212,3 +217,64 @@ def test_a_full_disk_at_the_end_sends_the_predictions_to_stdout(capsys, zoo, odd
                           '--workers', 0)
     assert code == 1 and 'cannot write --output /dev/full (No space left on device)' in err
     assert len(list(csv.reader(io.StringIO(out)))) == 3  # the header and both images
+
+
+# --- training data: every label row and file checked before the first step -------------------------------
+
+COMMON = ['--batch-size', '4', '--workers', '0', '--img-size', '32', '--no-progress', '--epochs', '1',
+          '--baseline', '--init', 'random']
+
+
+def _labels_csv(root: Path, rows) -> Path:
+    write_images(root / 'images')
+    with open(root / 'labels.csv', 'w', newline='') as f:
+        writer = csv.writer(f)
+        writer.writerow(['path', 'calm', 'joy', 'rage'])
+        writer.writerows(rows)
+    return root / 'labels.csv'
+
+
+def test_every_bad_label_row_and_missing_file_is_reported_before_training(tmp_path, capsys, tiny_resnet18,
+                                                                        monkeypatch):
+    good = [[f'images/calm/{i}.jpg', 0.5, 0.25, 0.25] for i in range(4)]
+    data = _labels_csv(tmp_path, [*good, ['images/joy/0.jpg', 1.0, 0.9, 0.8], ['images/joy/1.jpg', 'nan', 0, 1],
+                                  ['images/gone.jpg', 0.2, 0.3, 0.5]])
+    monkeypatch.setattr(engine._Loop, '_train_step', None)  # a step would crash
+    code, _, err = _run(capsys, 'amalgamate', 'resnet18', data, '--task', 'ldl', '--output', tmp_path / 'out',
+                        *COMMON)
+    assert code == 2 and '3 problem(s)' in err and len(err.splitlines()) == 1
+    assert f'{data}:6: ldl task' in err and 'row sums in [2.7, 2.7]' in err and f'{data}:7: ldl task' in err
+    assert f'{data}:8: image file {tmp_path / "images" / "gone.jpg"} does not exist' in err
+
+
+def test_a_model_with_too_few_outputs_is_refused_before_training(tmp_path):
+    from test_engine import tiny
+    write_images(tmp_path)
+    loader = DataLoader(image_folder(tmp_path, ToTensor()), batch_size=4)
+    with pytest.raises(ValueError, match=r'3 labels but the model has 2 outputs; .*rage/0.jpg: sll task'):
+        engine.finetune(tiny(2), loader, epochs=1, progress=False)
+
+
+def test_a_one_class_folder_is_refused_for_single_label_training(tmp_path, capsys, tiny_resnet18):
+    write_images(tmp_path / 'data', classes=('joy',))
+    code, _, err = _run(capsys, 'amalgamate', 'resnet18', tmp_path / 'data', '--output', tmp_path / 'out', *COMMON)
+    assert code == 2 and "needs at least two classes; found ['joy']" in err
+
+
+def test_evaluate_reports_a_missing_file_before_reading_images(tmp_path, capsys, tiny_resnet18):
+    save_pretrained(timm.create_model('resnet18', num_classes=3), tmp_path / 'model', verbose=False)
+    data = _labels_csv(tmp_path, [['images/calm/0.jpg', 1, 0, 0], ['images/gone.jpg', 0, 1, 0]])
+    code, _, err = _run(capsys, 'evaluate', tmp_path / 'model', data, '--task', 'mll', *COMMON[:7])
+    assert code == 2 and f'{data}:3: image file' in err
+
+
+def test_the_nan_stop_advice_works_lower_lr_and_rerun_with_the_same_checkpoint_dir(tmp_path):
+    from test_engine import Noisy, tiny
+    torch.manual_seed(0)
+    broken = DataLoader(Noisy(nan_index=9), batch_size=4)
+    with pytest.raises(engine.NonFiniteLossError, match='lower lr.*rerun with the same checkpoint_dir'):
+        engine.finetune(tiny(), broken, epochs=2, lr=0.1, step_size=1, gamma=0.5, checkpoint_dir=tmp_path,
+                        checkpoint_every=1, progress=False)
+    model = engine.finetune(tiny(), DataLoader(Noisy(), batch_size=4), epochs=2, lr=0.01, step_size=1,
+                            gamma=0.5, checkpoint_dir=tmp_path, progress=False)  # resumes at batch 3
+    assert [epoch['lr'] for epoch in model.sentizoo_history['epochs']] == [0.01, 0.005]
