@@ -80,8 +80,8 @@ def add_list_parser(subparsers) -> None:
 # ---------------------------------------------------------------------------------------------- info
 
 def _run_info(args: argparse.Namespace) -> int:
-    from .models import stock_name
-    from .weights import ChecksumMismatchError, WeightsNotFoundError, resolve_weights
+    from .models import SHA256, stock_name
+    from .weights import ChecksumMismatchError, InvalidWeightsError, WeightsNotFoundError, resolve_weights
 
     cfg = _pretrained_cfg(args.model)
     name = _full_name(args.model, cfg)
@@ -98,9 +98,10 @@ def _run_info(args: argparse.Namespace) -> int:
         try:  # report, never download
             print(f'weights: {resolve_weights(name, cfg, download=False)}')
         except WeightsNotFoundError as e:
-            print(f'weights: not available locally; online, they download from '
-                  f'https://huggingface.co/{cfg.hf_hub_id}\n{e}')
-        except ChecksumMismatchError as e:
+            where = (f'online, they download from https://huggingface.co/{cfg.hf_hub_id}' if SHA256.get(name)
+                     else 'they are not published yet: produce them as below')
+            print(f'weights: not available locally; {where}.\n{e}')
+        except (ChecksumMismatchError, InvalidWeightsError) as e:
             print(f'weights: {e}')
             code = 1
     print('pretrained config:')
@@ -134,7 +135,8 @@ def _create_classifier(args: argparse.Namespace):
         if args.checkpoint.suffix != '.safetensors' or not args.checkpoint.is_file():
             raise UsageError(f'--checkpoint {args.checkpoint}: expected an existing .safetensors file '
                              f'(e.g. written by sentizoo.save_pretrained).')
-        return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(args.checkpoint)))
+        from .weights import load_weights
+        return load_weights(timm.create_model(name), args.checkpoint)
     return timm.create_model(name, pretrained=not args.no_pretrained)
 
 
@@ -275,7 +277,7 @@ def _write_output(rows: List[dict], k: int, args: argparse.Namespace) -> bool:
 def _run_predict(args: argparse.Namespace) -> int:
     from .data import ImageFiles
     from .datasets import eval_transform
-    from .weights import ChecksumMismatchError, WeightsNotFoundError
+    from .weights import WEIGHTS_ERRORS
 
     if args.top_k < 1 or args.batch_size < 1 or args.workers < 0:
         raise UsageError('--top-k and --batch-size must be >= 1 and --workers >= 0.')
@@ -289,7 +291,7 @@ def _run_predict(args: argparse.Namespace) -> int:
         _check_output(args.output)
     try:
         model = _create_classifier(args)
-    except (WeightsNotFoundError, ChecksumMismatchError) as e:
+    except WEIGHTS_ERRORS as e:
         print(f'{PROG} predict: error: {e}', file=sys.stderr)
         return 1
     dataset.transform = eval_transform(_data_config(model, None))
@@ -382,7 +384,7 @@ def _create_target(args: argparse.Namespace, num_classes: int):
 def _run_amalgamate(args: argparse.Namespace) -> int:
     from .datasets import eval_transform, train_transform
     from .engine import NonFiniteLossError, amalgamate, finetune
-    from .weights import ChecksumMismatchError, WeightsNotFoundError, save_pretrained
+    from .weights import WEIGHTS_ERRORS, save_pretrained
 
     train_set = _open_labelled(args.train)
     task = _task_for(args.train, args.task)
@@ -410,7 +412,7 @@ def _run_amalgamate(args: argparse.Namespace) -> int:
             val_loader = _loader(val_set, args, shuffle=False)
         model = (finetune if args.baseline else amalgamate)(model, _loader(train_set, args, shuffle=True),
                                                             val_loader=val_loader, **options)
-    except (WeightsNotFoundError, ChecksumMismatchError, NonFiniteLossError) as e:
+    except (*WEIGHTS_ERRORS, NonFiniteLossError) as e:
         print(f'{PROG} amalgamate: error: {e}', file=sys.stderr)
         return 1
     except (ValueError, FileExistsError) as e:  # data or options that do not fit, found before training
@@ -486,28 +488,24 @@ def add_amalgamate_parser(subparsers) -> None:
 
 
 def _evaluation_model(args: argparse.Namespace):
-    """MODEL as a folder written by `sentizoo amalgamate` (with its task) or a classifier name."""
-    import timm
-
-    from .weights import CONFIG_NAME
+    """MODEL as a folder written by `sentizoo amalgamate` (with its task; verified like the zoo: a valid
+    config.json, only model.safetensors, its sha256) or a classifier name."""
+    from .weights import load_folder
 
     folder = Path(args.model)
     if folder.is_dir():
-        config = folder / CONFIG_NAME
-        if not config.is_file():
-            raise UsageError(f'{folder} has no config.json; expected a folder written by `{PROG} amalgamate`.')
-        task = json.loads(config.read_text()).get('task')
-        return timm.create_model(f'local-dir:{folder.resolve()}', pretrained=True), task
+        model, config = load_folder(folder)
+        return model, config.get('task')
     return _create_classifier(args), None
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
     from .engine import evaluate
-    from .weights import ChecksumMismatchError, WeightsNotFoundError
+    from .weights import WEIGHTS_ERRORS
 
     try:
         model, saved_task = _evaluation_model(args)
-    except (WeightsNotFoundError, ChecksumMismatchError) as e:
+    except WEIGHTS_ERRORS as e:
         print(f'{PROG} evaluate: error: {e}', file=sys.stderr)
         return 1
     task = _task_for(args.data, args.task or saved_task)

@@ -8,6 +8,7 @@ import io
 import json
 import os
 import random
+import shutil
 import signal
 import stat
 import struct
@@ -21,6 +22,7 @@ import pytest
 import timm
 import torch
 from PIL import Image
+from safetensors.torch import load_file, save_file
 from test_cli import MODEL, weights_dir, zoo  # noqa: F401 -- fixtures
 from test_engine import tiny_resnet18, write_images  # noqa: F401 -- a fixture
 from torch.utils.data import DataLoader
@@ -278,3 +280,102 @@ def test_the_nan_stop_advice_works_lower_lr_and_rerun_with_the_same_checkpoint_d
     model = engine.finetune(tiny(), DataLoader(Noisy(), batch_size=4), epochs=2, lr=0.01, step_size=1,
                             gamma=0.5, checkpoint_dir=tmp_path, progress=False)  # resumes at batch 3
     assert [epoch['lr'] for epoch in model.sentizoo_history['epochs']] == [0.01, 0.005]
+
+
+# --- weights: one verification on every path; every bad file one line naming it ------------------------
+
+def _tamper(folder: Path) -> None:
+    """+100 on fc.bias, as in the bug report; config.json (and its sha256) untouched."""
+    state = load_file(folder / 'model.safetensors')
+    state['fc.bias'] += 100
+    save_file(state, folder / 'model.safetensors')
+
+
+@pytest.fixture
+def own_zoo(isolated_zoo, weights_dir) -> Path:
+    """A copy of the senti_resnet18.fi folder in the zoo, free to break."""
+    shutil.copytree(weights_dir, isolated_zoo / MODEL)
+    return isolated_zoo / MODEL
+
+
+@pytest.mark.parametrize('config, why', [('{"sha256": "0', 'is not valid JSON'), ('[1, 2]', 'holds a JSON list'),
+                                         ('{"sha256": 5}', '"sha256" must be 64 lower-case hex digits')])
+def test_a_malformed_config_is_an_error_not_a_skipped_checksum(capsys, own_zoo, odd_names, config, why):
+    _tamper(own_zoo)
+    (own_zoo / 'config.json').write_text(config)
+    code, out, err = _run(capsys, 'predict', MODEL, odd_names / 'plain.jpg')
+    assert code == 1 and out == '' and err.startswith(f'sentizoo predict: error: {own_zoo / "config.json"}')
+    assert why in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason='root reads any file')
+def test_an_unreadable_config_says_permission_denied(capsys, own_zoo, odd_names):
+    (own_zoo / 'config.json').chmod(0)
+    code, _, err = _run(capsys, 'predict', MODEL, odd_names / 'plain.jpg')
+    assert code == 1 and 'permission denied' in err
+
+
+def _saved_folder(root: Path, classes: int = 3) -> Path:
+    torch.manual_seed(0)
+    save_pretrained(timm.create_model('resnet18', num_classes=classes), root / 'model', verbose=False)
+    return root / 'model'
+
+
+def test_evaluate_checks_the_recorded_sha256(capsys, tmp_path):
+    folder = _saved_folder(tmp_path)
+    write_images(tmp_path / 'data')
+    args = ['evaluate', folder, tmp_path / 'data', '--img-size', 32, '--workers', 0, '--no-progress']
+    assert _run(capsys, *args)[0] == 0
+    _tamper(folder)
+    code, out, err = _run(capsys, *args)
+    assert code == 1 and out == '' and 'fail the sha256 check' in err
+
+
+def test_evaluate_loads_no_pickle(capsys, tmp_path):
+    folder = _saved_folder(tmp_path)
+    torch.save(load_file(folder / 'model.safetensors'), folder / 'pytorch_model.bin')
+    (folder / 'model.safetensors').unlink()
+    write_images(tmp_path / 'data')
+    code, _, err = _run(capsys, 'evaluate', folder, tmp_path / 'data', '--img-size', 32)
+    assert code == 1 and 'only pytorch_model.bin: pickle files' in err and len(err.splitlines()) == 1
+
+
+def _bad_weights(kind: str, path: Path) -> str:
+    """Write a bad weight file of ``kind`` to ``path``; returns what the error must say."""
+    state = timm.create_model(MODEL).state_dict()
+    if kind == 'shapes':
+        state = timm.create_model('resnet18', num_classes=3).state_dict()
+    elif kind == 'missing':
+        del state['fc.weight']
+    elif kind == 'extra':
+        state['head.extra'] = torch.zeros(1)
+    save_file(state, path)
+    data = path.read_bytes()
+    if kind == 'truncated':
+        path.write_bytes(data[:len(data) // 2])
+    elif kind == 'header':
+        path.write_bytes(b'\xff' * 8 + data[8:])
+    elif kind == 'pickle':
+        torch.save(state, path)
+    return {'shapes': 'size mismatch for fc.weight', 'missing': 'Missing key(s) in state_dict: "fc.weight"',
+            'extra': 'Unexpected key(s) in state_dict: "head.extra"', 'truncated': 'not a valid safetensors file',
+            'header': 'not a valid safetensors file', 'pickle': 'not a valid safetensors file'}[kind]
+
+
+@pytest.mark.parametrize('kind', ['shapes', 'missing', 'extra', 'truncated', 'header', 'pickle'])
+def test_bad_weight_files_are_one_line_errors_naming_the_file(capsys, isolated_zoo, odd_names, tmp_path, kind):
+    file = tmp_path / 'weights.safetensors'
+    why = _bad_weights(kind, file)
+    code, out, err = _run(capsys, 'predict', MODEL, odd_names / 'plain.jpg', '--checkpoint', file)
+    assert code == 1 and out == '' and str(file) in err and why in err and len(err.splitlines()) == 1
+    (isolated_zoo / MODEL).mkdir(parents=True)  # the same file in the zoo, found by name
+    shutil.copyfile(file, isolated_zoo / MODEL / 'model.safetensors')
+    code, _, err = _run(capsys, 'predict', MODEL, odd_names / 'plain.jpg')
+    assert code == 1 and str(isolated_zoo / MODEL / 'model.safetensors') in err and why in err
+    assert len(err.splitlines()) == 1
+
+
+def test_info_says_the_weights_are_not_published_and_how_to_make_them(capsys):
+    code, out, _ = _run(capsys, 'info', 'senti_resnet50.fi')
+    assert code == 0 and 'not published yet' in out and 'python -m training.export' in out
+    assert 'download from' not in out
