@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ['IMAGE_EXTENSIONS', 'ImageLoadError', 'load_image', 'list_images', 'ImageFiles', 'ImageBatch',
-           'collate_images']
+__all__ = ['IMAGE_EXTENSIONS', 'MAX_ASPECT_RATIO', 'DRAFT_SIZE', 'ImageLoadError', 'load_image', 'list_images',
+           'ImageFiles', 'ImageBatch', 'collate_images']
 
 PathLike = Union[str, 'os.PathLike[str]']
 
@@ -30,6 +30,14 @@ BACKGROUND = (255, 255, 255)
 instead would expose whatever colour the fully transparent pixels happen to store (often black)."""
 
 _MAX_16BIT = 65535
+
+MAX_ASPECT_RATIO = 16
+"""Longer side / shorter side, at most: the evaluation transform scales the short side to 256, so a
+116-byte 1x8000 PNG would become a 256x2,048,000 image (1.5 GB). Such files are refused."""
+
+DRAFT_SIZE = 1024
+"""JPEGs larger than this on both sides are decoded at 1/2, 1/4 or 1/8 scale (``Image.draft``), never
+below it: models see 224-448 px, and a 50 MP photo then takes a sixteenth of the memory and time."""
 
 
 class ImageLoadError(OSError):
@@ -70,6 +78,14 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert('RGB')
 
 
+def _check_shape(path: str, image: Image.Image) -> None:
+    """Refuse, from the header and before decoding, images whose aspect ratio exceeds MAX_ASPECT_RATIO."""
+    width, height = image.size
+    if max(width, height) > MAX_ASPECT_RATIO * max(min(width, height), 1):
+        raise ImageLoadError(path, f'{width}x{height} pixels: an aspect ratio beyond {MAX_ASPECT_RATIO}:1 would '
+                                   f'take too much memory once resized; crop the image first')
+
+
 def load_image(path: PathLike) -> Image.Image:
     """Read ``path`` as an upright 8-bit RGB image.
 
@@ -77,10 +93,12 @@ def load_image(path: PathLike) -> Image.Image:
     * Palette, greyscale, 1-bit, CMYK, 16-bit integer (scaled by 255/65535, not clipped) and 32-bit float
       images are converted to RGB; transparency (alpha or palette/colour-key) is composited onto white.
     * Multi-frame files (GIF, TIFF) give their first frame.
+    * JPEGs larger than :data:`DRAFT_SIZE` on both sides are decoded at a reduced scale, not below it.
 
     Raises:
-        ImageLoadError: the file is empty, missing, not an image, truncated or corrupt, or larger than
-            ``PIL.Image.MAX_IMAGE_PIXELS`` (a possible decompression bomb; raise the limit for trusted files).
+        ImageLoadError: the file is empty, missing, not an image, truncated or corrupt, larger than
+            ``PIL.Image.MAX_IMAGE_PIXELS`` (a possible decompression bomb; raise the limit for trusted files),
+            or with an aspect ratio beyond :data:`MAX_ASPECT_RATIO`.
     """
     path = os.fspath(path)
     try:
@@ -90,6 +108,9 @@ def load_image(path: PathLike) -> Image.Image:
             # Pillow only warns between MAX_IMAGE_PIXELS and twice that; refuse the whole range.
             warnings.simplefilter('error', Image.DecompressionBombWarning)
             with Image.open(path) as image:
+                _check_shape(path, image)
+                if image.format == 'JPEG':
+                    image.draft(None, (DRAFT_SIZE, DRAFT_SIZE))
                 image.load()  # decode now: truncated or corrupt data fails here, not later in a transform
                 image = ImageOps.exif_transpose(image)
                 return _to_rgb(image)

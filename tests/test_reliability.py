@@ -379,3 +379,40 @@ def test_info_says_the_weights_are_not_published_and_how_to_make_them(capsys):
     code, out, _ = _run(capsys, 'info', 'senti_resnet50.fi')
     assert code == 0 and 'not published yet' in out and 'python -m training.export' in out
     assert 'download from' not in out
+
+
+# --- memory per image: bounded by aspect ratio, pixels and JPEG draft decoding ---------------------------
+
+@pytest.mark.parametrize('size', [(1, 8000), (8000, 1), (2000, 1), (17, 1)])
+def test_extreme_aspect_ratios_are_refused_before_decoding(tmp_path, size):
+    path = tmp_path / 'strip.png'
+    Image.new('L', size).save(path)  # ~100 bytes; resized to 256 on the short side: GBs
+    with pytest.raises(ImageLoadError, match=rf'{size[0]}x{size[1]} pixels: an aspect ratio beyond 16:1'):
+        load_image(path)
+
+
+def test_the_widest_accepted_aspect_ratio_loads(tmp_path):
+    Image.new('RGB', (16 * 20, 20)).save(tmp_path / 'panorama.png')
+    assert load_image(tmp_path / 'panorama.png').size == (320, 20)
+
+
+def test_large_jpegs_are_decoded_at_a_reduced_scale_not_below_the_draft_size(tmp_path):
+    Image.new('RGB', (4200, 2100), (200, 30, 30)).save(tmp_path / 'big.jpg')
+    image = load_image(tmp_path / 'big.jpg')
+    assert image.size == (2100, 1050) and image.getpixel((5, 5))[0] > 150
+
+
+MEASURE = ('import resource, sys; from sentizoo.data import load_image; from sentizoo.datasets import eval_transform; '
+           'before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; '
+           't = eval_transform(dict(input_size=(3, 224, 224), interpolation="bilinear", mean=(0.5,) * 3, '
+           'std=(0.5,) * 3, crop_pct=0.875))\n'
+           'try:\n    t(load_image(sys.argv[1]))\nexcept OSError as e:\n    print(e)\n'
+           'print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)')
+
+
+def test_a_1x8000_png_is_refused_within_little_memory(tmp_path):
+    Image.new('L', (1, 8000)).save(tmp_path / 'bomb.png')  # 116 bytes; it peaked at 2.9 GB
+    result = subprocess.run([sys.executable, '-c', MEASURE, str(tmp_path / 'bomb.png')], capture_output=True,
+                            text=True, env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)), timeout=120)
+    message, peak_mb = result.stdout.splitlines()
+    assert 'aspect ratio' in message and int(peak_mb) < 200  # wide slack: the old path needed 2900
