@@ -7,6 +7,7 @@ or an :class:`ImageLoadError` that names the file and the reason. :class:`ImageF
 """
 from __future__ import annotations
 
+import errno
 import os
 import warnings
 from pathlib import Path
@@ -122,7 +123,9 @@ def load_image(path: PathLike) -> Image.Image:
     except UnidentifiedImageError as e:
         raise ImageLoadError(path, 'not an image file, or a format Pillow cannot read') from e
     except OSError as e:
-        if e.errno is not None:  # missing, a directory, permission denied ...
+        if e.errno == errno.ENOENT and os.path.islink(path):
+            raise ImageLoadError(path, f'broken symbolic link (to {os.readlink(path)})') from e
+        if e.errno is not None:  # missing, a directory, permission denied, a symbolic link loop ...
             raise ImageLoadError(path, e.strerror or str(e)) from e
         raise ImageLoadError(path, f'corrupt or truncated image data ({e})') from e
     except (SyntaxError, ValueError, EOFError) as e:
@@ -137,12 +140,19 @@ def _is_hidden(path: Path, root: Path) -> bool:
     return any(part.startswith('.') for part in path.relative_to(root).parts)
 
 
+def _is_broken_link(path: Path) -> bool:
+    """A symbolic link to nothing, or in a loop."""
+    return path.is_symlink() and not path.exists()
+
+
 def list_images(paths: Union[PathLike, Iterable[PathLike]]) -> List[Path]:
     """Expand files and directories into a list of image files.
 
     Directories are searched recursively for files with an :data:`IMAGE_EXTENSIONS` suffix (any case),
-    skipping hidden files and folders (``.git``, macOS ``._*`` files), in sorted order. Files named
-    explicitly are kept whatever their suffix, so a mistaken one is reported by :func:`load_image`.
+    skipping hidden files and folders (``.git``, macOS ``._*`` files), in sorted order. Symbolic links to
+    files are followed; links to folders inside a searched folder are not (no cycles, no escaping the
+    tree), a folder named in ``paths`` is. Files named explicitly are kept whatever their suffix, and
+    broken links and link loops are kept too, so that :func:`load_image` reports each as a bad file.
     The order of ``paths`` is kept and duplicates are dropped.
 
     Raises:
@@ -155,8 +165,9 @@ def list_images(paths: Union[PathLike, Iterable[PathLike]]) -> List[Path]:
         if given.is_dir():
             found.update(dict.fromkeys(
                 p for p in sorted(given.rglob('*'))
-                if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() and not _is_hidden(p, given)))
-        elif given.exists():
+                if p.suffix.lower() in IMAGE_EXTENSIONS and (p.is_file() or _is_broken_link(p))
+                and not _is_hidden(p, given)))
+        elif given.exists() or given.is_symlink():
             found[given] = None
         else:
             raise FileNotFoundError(f'No such file or directory: {given}')

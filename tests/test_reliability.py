@@ -416,3 +416,31 @@ def test_a_1x8000_png_is_refused_within_little_memory(tmp_path):
                             text=True, env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)), timeout=120)
     message, peak_mb = result.stdout.splitlines()
     assert 'aspect ratio' in message and int(peak_mb) < 200  # wide slack: the old path needed 2900
+
+
+# --- symbolic links: broken ones and loops are error rows, wherever they are -----------------------------
+
+@pytest.fixture
+def links(tmp_path) -> Path:
+    root = tmp_path / 'photos'
+    (root / 'sub').mkdir(parents=True)
+    Image.new('RGB', (32, 32), (10, 130, 20)).save(root / 'good.jpg')
+    (root / 'broken.jpg').symlink_to(tmp_path / 'gone.jpg')
+    (root / 'loop.jpg').symlink_to(root / 'loop.jpg')
+    (root / 'alias.jpg').symlink_to(root / 'good.jpg')
+    (root / 'sub' / 'up').symlink_to(root)  # a folder link back up: not followed
+    return root
+
+
+def test_broken_links_and_loops_in_a_folder_are_error_rows(capsys, zoo, links):
+    code, out, err = _run(capsys, 'predict', MODEL, links, '--format', 'json', '--workers', 0)
+    rows = {Path(row['path']).name: row['error'] for row in json.loads(out)}
+    assert code == 1 and rows.keys() == {'good.jpg', 'alias.jpg', 'broken.jpg', 'loop.jpg'}
+    assert rows['good.jpg'] is None and rows['alias.jpg'] is None
+    assert rows['broken.jpg'].startswith('broken symbolic link') and 'symbolic links' in rows['loop.jpg']
+
+
+def test_broken_links_and_loops_named_on_the_command_line_are_error_rows(capsys, zoo, links):
+    code, out, err = _run(capsys, 'predict', MODEL, links / 'broken.jpg', links / 'loop.jpg', links / 'good.jpg',
+                          '--format', 'csv', '--workers', 0)
+    assert code == 1 and '1 images predicted, 2 failed' in err and len(out.splitlines()) == 4
