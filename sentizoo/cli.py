@@ -331,6 +331,16 @@ def add_predict_parser(subparsers) -> None:
 
 # ------------------------------------------------------------------------------- amalgamate / evaluate
 
+def _check_writable_dir(path: Path, flag: str) -> None:
+    """Create the folder ``path`` now, so that a training run cannot fail at its end for want of it."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f'{flag} {path}: cannot create the folder ({e.strerror or e}).') from e
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UsageError(f'{flag} {path}: the folder is not writable.')
+
+
 def _open_labelled(path: Path, transform=None):
     from .datasets import open_dataset
     try:
@@ -386,6 +396,9 @@ def _run_amalgamate(args: argparse.Namespace) -> int:
     from .engine import NonFiniteLossError, amalgamate, finetune
     from .weights import WEIGHTS_ERRORS, save_pretrained
 
+    for folder, flag in ((args.output, '--output'), (args.checkpoint_dir, '--checkpoint-dir')):
+        if folder is not None:
+            _check_writable_dir(folder, flag)
     train_set = _open_labelled(args.train)
     task = _task_for(args.train, args.task)
     val_set = _open_labelled(args.val) if args.val else None
@@ -419,8 +432,14 @@ def _run_amalgamate(args: argparse.Namespace) -> int:
         raise UsageError(str(e)) from e
     if int(os.environ.get('RANK', '0')) == 0:
         model.pretrained_cfg = dict(model.pretrained_cfg, input_size=config['input_size'])
-        save_pretrained(model, args.output, label_names=labels, extra_config={'task': task})
-        (args.output / 'history.json').write_text(json.dumps(model.sentizoo_history, indent=2) + '\n')
+        try:
+            save_pretrained(model, args.output, label_names=labels, extra_config={'task': task})
+            (args.output / 'history.json').write_text(json.dumps(model.sentizoo_history, indent=2) + '\n')
+        except OSError as e:
+            print(f'{PROG} amalgamate: error: cannot write {args.output} ({e.strerror or e}); the trained model '
+                  f'is safe in {options["checkpoint_dir"]}: fix the cause and rerun the same command to write '
+                  f'it (nothing is trained again).', file=sys.stderr)
+            return 1
         best = model.sentizoo_history['best_epoch']
         print(f'{PROG} amalgamate: wrote {args.output}' + (f' (best epoch {best} on --val)' if best else ''),
               file=sys.stderr)
@@ -503,6 +522,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     from .engine import evaluate
     from .weights import WEIGHTS_ERRORS
 
+    if args.output is not None:
+        _check_output(args.output)
     try:
         model, saved_task = _evaluation_model(args)
     except WEIGHTS_ERRORS as e:
@@ -561,11 +582,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_device(device: str) -> None:
+    """A UsageError for a ``--device`` that torch cannot use on this machine."""
+    import torch
+    try:
+        kind = torch.device(device)
+    except RuntimeError as e:
+        raise UsageError(f'--device {device!r} is not a torch device ({str(e).splitlines()[0]}); e.g. cpu, cuda, '
+                         f'cuda:1.') from None
+    if kind.type == 'cuda' and not torch.cuda.is_available():
+        raise UsageError(f'--device {device}: CUDA is not available here (no GPU, driver or CUDA build of torch); '
+                         f'use --device cpu.')
+    if kind.type == 'cuda' and kind.index is not None and kind.index >= torch.cuda.device_count():
+        raise UsageError(f'--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s).')
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command line; returns the exit code (argparse exits with 2 on malformed arguments)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if getattr(args, 'device', None) is not None:
+            _check_device(args.device)
         return args.func(args)
     except UsageError as e:
         print(f'{PROG} {args.command}: error: {e}', file=sys.stderr)

@@ -4,6 +4,7 @@ Each case was a defect once (or is a hostile case that must keep passing). The i
 here, seeded; nothing is downloaded.
 """
 import csv
+import errno
 import io
 import json
 import os
@@ -444,3 +445,55 @@ def test_broken_links_and_loops_named_on_the_command_line_are_error_rows(capsys,
     code, out, err = _run(capsys, 'predict', MODEL, links / 'broken.jpg', links / 'loop.jpg', links / 'good.jpg',
                           '--format', 'csv', '--workers', 0)
     assert code == 1 and '1 images predicted, 2 failed' in err and len(out.splitlines()) == 4
+
+
+# --- usage errors: one line, exit code 2 ------------------------------------------------------------------
+
+@pytest.mark.parametrize('device, why', [('nonsense', "--device 'nonsense' is not a torch device"),
+                                         ('cuda:99', '--device cuda:99:')])
+@pytest.mark.parametrize('command', ['predict', 'evaluate', 'amalgamate'])
+def test_a_device_torch_cannot_use_is_a_usage_error(capsys, tmp_path, command, device, why):
+    argv = {'predict': ['predict', MODEL, tmp_path], 'evaluate': ['evaluate', MODEL, tmp_path],
+            'amalgamate': ['amalgamate', 'resnet18', tmp_path, '--output', tmp_path / 'out']}[command]
+    code, out, err = _run(capsys, *argv, '--device', device)
+    assert code == 2 and out == '' and err.startswith(f'sentizoo {command}: error: {why}')
+    assert len(err.splitlines()) == 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='needs a machine without CUDA')
+def test_cuda_without_a_driver_is_a_usage_error(capsys, tmp_path):
+    code, _, err = _run(capsys, 'predict', MODEL, tmp_path, '--device', 'cuda')
+    assert code == 2 and 'CUDA is not available here' in err and len(err.splitlines()) == 1
+
+
+def test_an_amalgamate_output_that_cannot_be_created_fails_before_training(capsys, tmp_path, monkeypatch):
+    write_images(tmp_path / 'data')
+    (tmp_path / 'file').touch()
+    monkeypatch.setattr(engine._Loop, 'run', None)  # training would crash
+    code, _, err = _run(capsys, 'amalgamate', 'resnet18', tmp_path / 'data', '--output', tmp_path / 'file' / 'out')
+    assert code == 2 and f'--output {tmp_path / "file" / "out"}: cannot create the folder' in err
+    code, _, err = _run(capsys, 'amalgamate', 'resnet18', tmp_path / 'data', '--output', tmp_path / 'out',
+                        '--checkpoint-dir', tmp_path / 'file')
+    assert code == 2 and '--checkpoint-dir' in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason='root writes anywhere')
+def test_a_read_only_working_directory_is_a_usage_error(capsys, tmp_path, monkeypatch):
+    write_images(tmp_path / 'data')
+    (tmp_path / 'ro').mkdir()
+    (tmp_path / 'ro').chmod(0o555)
+    monkeypatch.chdir(tmp_path / 'ro')
+    code, _, err = _run(capsys, 'amalgamate', 'resnet18', tmp_path / 'data', '--output', 'out')
+    assert code == 2 and 'cannot create the folder (Permission denied)' in err
+
+
+def test_a_failed_save_after_training_points_to_the_checkpoints(capsys, tmp_path, tiny_resnet18, monkeypatch):
+    write_images(tmp_path / 'data')
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr('sentizoo.weights.save_pretrained', disk_full)
+    code, _, err = _run(capsys, 'amalgamate', 'resnet18', tmp_path / 'data', '--output', tmp_path / 'out', *COMMON)
+    assert code == 1 and 'No space left on device' in err and f'safe in {tmp_path / "out" / "checkpoints"}' in err
+    assert (tmp_path / 'out' / 'checkpoints' / engine.CHECKPOINT_NAME).is_file()
