@@ -123,6 +123,29 @@ def test_unimplemented_dds_format_is_an_error_row(tmp_path):
         load_image(path)
 
 
+def test_predict_over_a_hostile_corpus_keeps_every_row(capsys, zoo, tmp_path):
+    """The bug report's case (a DDS file named bad.jpg emptied --output) and a sample of the fuzz corpus,
+    decoded in worker processes, beside good images."""
+    for name, data in list(_corpus(60, seed=1).items())[::3]:
+        (tmp_path / f'{name}.jpg').write_bytes(data)
+    (tmp_path / 'bad.jpg').write_bytes(_dds(b'XXXX'))
+    Image.new('RGB', (32, 32), (10, 130, 20)).save(tmp_path / 'good.jpg')
+    out = tmp_path / 'out' / 'predictions.csv'
+    out.parent.mkdir()
+    code, _, err = _run(capsys, 'predict', MODEL, tmp_path, '--format', 'csv', '--output', out, '--workers', 2)
+    rows = {Path(row['path']).name: row for row in csv.DictReader(out.open())}
+    assert code == 1 and len(rows) == len(list(tmp_path.glob('*.jpg'))) and 'images predicted' in err
+    assert rows['good.jpg']['error'] == '' and rows['bad.jpg']['error'].startswith('cannot decode')
+
+
+@pytest.mark.parametrize('name', ['a,b "c".jpg', 'line\nbreak.jpg', '-rf.jpg', 'dots...jpg', ' lead space.jpg'])
+def test_hostile_file_names_round_trip_through_csv(capsys, zoo, tmp_path, name):
+    Image.new('RGB', (32, 32), (10, 130, 20)).save(tmp_path / name)
+    code, out, _ = _run(capsys, 'predict', MODEL, tmp_path, '--format', 'csv', '--workers', 0)
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert code == 0 and [row['path'] for row in rows] == [str(tmp_path / name)]
+
+
 # --- files on disk: atomic, no orphans, the umask's permissions -----------------------------------------
 
 # Writes one atomic file whose writer then hangs, to be killed: python -c KILLED_WRITER <target>.
