@@ -241,6 +241,7 @@ _WRITERS = {'table': _write_table, 'json': _write_json, 'csv': _write_csv}
 
 def _check_output(path: Path) -> None:
     """A UsageError now, before any work, if ``--output`` could not be written at the end."""
+    path = path.resolve()
     if path.is_dir():
         raise UsageError(f'--output {path} is a directory; give a file name.')
     if path.exists() and not path.is_file():  # a device or pipe: written in place
@@ -262,10 +263,11 @@ def _write_output(rows: List[dict], k: int, args: argparse.Namespace) -> bool:
 
     if args.output is not None:
         try:
-            if args.output.exists() and not args.output.is_file():
-                write_file(args.output)
+            target = args.output.resolve()  # through a symbolic link, which stays
+            if target.exists() and not target.is_file():
+                write_file(target)
             else:
-                atomic_write(args.output, write_file)
+                atomic_write(target, write_file)
             return True
         except OSError as e:
             print(f'{PROG} predict: error: cannot write --output {args.output} ({e.strerror or e}); the results '

@@ -520,3 +520,11 @@ def test_a_failed_save_after_training_points_to_the_checkpoints(capsys, tmp_path
     code, _, err = _run(capsys, 'amalgamate', 'resnet18', tmp_path / 'data', '--output', tmp_path / 'out', *COMMON)
     assert code == 1 and 'No space left on device' in err and f'safe in {tmp_path / "out" / "checkpoints"}' in err
     assert (tmp_path / 'out' / 'checkpoints' / engine.CHECKPOINT_NAME).is_file()
+
+
+def test_an_output_behind_a_symbolic_link_is_written_through_it(capsys, zoo, odd_names, tmp_path):
+    (tmp_path / 'real.csv').write_text('old\n')
+    (tmp_path / 'link.csv').symlink_to(tmp_path / 'real.csv')
+    code, _, _ = _run(capsys, 'predict', MODEL, odd_names / 'plain.jpg', '--format', 'csv', '--output',
+                      tmp_path / 'link.csv', '--workers', 0)
+    assert code == 0 and (tmp_path / 'link.csv').is_symlink() and 'plain.jpg' in (tmp_path / 'real.csv').read_text()
