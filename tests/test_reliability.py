@@ -7,14 +7,14 @@ import csv
 import errno
 import io
 import json
+import multiprocessing
 import os
 import random
+import resource
 import shutil
 import signal
 import stat
 import struct
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Dict
@@ -32,7 +32,7 @@ from torchvision.transforms import ToTensor
 import sentizoo.engine as engine
 from sentizoo.cli import main
 from sentizoo.data import ImageLoadError, load_image
-from sentizoo.datasets import image_folder
+from sentizoo.datasets import eval_transform, image_folder
 from sentizoo.weights import atomic_write, save_pretrained
 
 # --- images: any decoder failure is the file's error, never the run's ----------------------------------
@@ -148,18 +148,21 @@ def test_hostile_file_names_round_trip_through_csv(capsys, zoo, tmp_path, name):
 
 # --- files on disk: atomic, no orphans, the umask's permissions -----------------------------------------
 
-# Writes one atomic file whose writer then hangs, to be killed: python -c KILLED_WRITER <target>.
-KILLED_WRITER = ('import sys, time; from pathlib import Path; from sentizoo.weights import atomic_write; '
-                 'atomic_write(Path(sys.argv[1]), lambda tmp: (Path(tmp).write_bytes(bytes(1000)), '
-                 'print("written", flush=True), time.sleep(600)))')
+# Child processes are forked, not started afresh: importing torch again takes long on a busy machine.
+FORK = multiprocessing.get_context('fork')
+
+
+def _hang_mid_write(target: Path, written) -> None:
+    atomic_write(target, lambda tmp: (Path(tmp).write_bytes(bytes(1000)), written.set(), time.sleep(600)))
 
 
 def _kill_mid_write(target: Path) -> None:
-    writer = subprocess.Popen([sys.executable, '-c', KILLED_WRITER, str(target)], stdout=subprocess.PIPE, text=True,
-                              env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
-    assert writer.stdout.readline() == 'written\n'
+    written = FORK.Event()
+    writer = FORK.Process(target=_hang_mid_write, args=(target, written))
+    writer.start()
+    assert written.wait(60)
     os.kill(writer.pid, signal.SIGKILL)
-    writer.wait()
+    writer.join()
 
 
 def test_checkpoints_killed_mid_write_leave_no_files_after_the_next_run(tmp_path):
@@ -419,20 +422,27 @@ def test_large_jpegs_are_decoded_at_a_reduced_scale_not_below_the_draft_size(tmp
     assert image.size == (2100, 1050) and image.getpixel((5, 5))[0] > 150
 
 
-MEASURE = ('import resource, sys; from sentizoo.data import load_image; from sentizoo.datasets import eval_transform; '
-           'before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; '
-           't = eval_transform(dict(input_size=(3, 224, 224), interpolation="bilinear", mean=(0.5,) * 3, '
-           'std=(0.5,) * 3, crop_pct=0.875))\n'
-           'try:\n    t(load_image(sys.argv[1]))\nexcept OSError as e:\n    print(e)\n'
-           'print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)')
+def _load_and_resize(path: Path, result) -> None:
+    """In a forked child: load_image + the evaluation transform; sends (error or '', peak RSS growth in MB)."""
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    transform = eval_transform(dict(input_size=(3, 224, 224), interpolation='bilinear', mean=(0.5,) * 3,
+                                    std=(0.5,) * 3, crop_pct=0.875))
+    try:
+        transform(load_image(path))
+        error = ''
+    except ImageLoadError as e:
+        error = str(e)
+    result.send((error, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024))
 
 
 def test_a_1x8000_png_is_refused_within_little_memory(tmp_path):
     Image.new('L', (1, 8000)).save(tmp_path / 'bomb.png')  # 116 bytes; it peaked at 2.9 GB
-    result = subprocess.run([sys.executable, '-c', MEASURE, str(tmp_path / 'bomb.png')], capture_output=True,
-                            text=True, env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)), timeout=120)
-    message, peak_mb = result.stdout.splitlines()
-    assert 'aspect ratio' in message and int(peak_mb) < 200  # wide slack: the old path needed 2900
+    receive, send = FORK.Pipe(duplex=False)
+    child = FORK.Process(target=_load_and_resize, args=(tmp_path / 'bomb.png', send))
+    child.start()
+    error, peak_mb = receive.recv()
+    child.join()
+    assert 'aspect ratio' in error and peak_mb < 200  # wide slack: the old path needed 2900
 
 
 # --- symbolic links: broken ones and loops are error rows, wherever they are -----------------------------
