@@ -9,7 +9,8 @@ from typing import Any
 from . import models as _models  # registers senti_* in timm
 from .models import ARCHS, FI_LABELS, TAGS, senti_name
 from .version import __version__
-from .weights import ChecksumMismatchError, WeightsNotFoundError, resolve_weights, save_pretrained, zoo_home
+from .weights import (ChecksumMismatchError, InvalidWeightsError, WeightsNotFoundError, resolve_weights,
+                      save_pretrained, zoo_home)
 
 _LAZY = {
     'amalgamate': 'sentizoo.engine',
@@ -33,7 +34,8 @@ _LAZY = {
 }
 
 __all__ = ['__version__', 'ARCHS', 'TAGS', 'FI_LABELS', 'list_models', 'senti_name', 'resolve_weights',
-           'save_pretrained', 'zoo_home', 'WeightsNotFoundError', 'ChecksumMismatchError', *_LAZY]
+           'save_pretrained', 'zoo_home', 'WeightsNotFoundError', 'ChecksumMismatchError', 'InvalidWeightsError',
+           *_LAZY]
 
 
 def list_models(pretrained: bool = False) -> list:

@@ -80,8 +80,8 @@ def add_list_parser(subparsers) -> None:
 # ---------------------------------------------------------------------------------------------- info
 
 def _run_info(args: argparse.Namespace) -> int:
-    from .models import stock_name
-    from .weights import ChecksumMismatchError, WeightsNotFoundError, resolve_weights
+    from .models import SHA256, stock_name
+    from .weights import ChecksumMismatchError, InvalidWeightsError, WeightsNotFoundError, resolve_weights
 
     cfg = _pretrained_cfg(args.model)
     name = _full_name(args.model, cfg)
@@ -98,9 +98,10 @@ def _run_info(args: argparse.Namespace) -> int:
         try:  # report, never download
             print(f'weights: {resolve_weights(name, cfg, download=False)}')
         except WeightsNotFoundError as e:
-            print(f'weights: not available locally; online, they download from '
-                  f'https://huggingface.co/{cfg.hf_hub_id}\n{e}')
-        except ChecksumMismatchError as e:
+            where = (f'online, they download from https://huggingface.co/{cfg.hf_hub_id}' if SHA256.get(name)
+                     else 'they are not published yet: produce them as below')
+            print(f'weights: not available locally; {where}.\n{e}')
+        except (ChecksumMismatchError, InvalidWeightsError) as e:
             print(f'weights: {e}')
             code = 1
     print('pretrained config:')
@@ -134,7 +135,8 @@ def _create_classifier(args: argparse.Namespace):
         if args.checkpoint.suffix != '.safetensors' or not args.checkpoint.is_file():
             raise UsageError(f'--checkpoint {args.checkpoint}: expected an existing .safetensors file '
                              f'(e.g. written by sentizoo.save_pretrained).')
-        return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(args.checkpoint)))
+        from .weights import load_weights
+        return load_weights(timm.create_model(name), args.checkpoint)
     return timm.create_model(name, pretrained=not args.no_pretrained)
 
 
@@ -173,6 +175,11 @@ def _forward_function(model, device) -> Iterator[Callable]:
         torch.set_num_threads(threads)
 
 
+def _path_text(path: Path) -> str:
+    """``path`` as text that any output encoding holds: bytes of a file name that are not UTF-8 become ``\\xNN``."""
+    return os.fsencode(path).decode('utf-8', 'backslashreplace')
+
+
 def _predict_rows(model, dataset, args: argparse.Namespace) -> List[dict]:
     """One row per file of ``dataset``, in order: ``{'path', 'predictions': [(label, probability)], 'error'}``."""
     import torch
@@ -192,12 +199,12 @@ def _predict_rows(model, dataset, args: argparse.Namespace) -> List[dict]:
         for batch in loader:
             for index, error in batch.failures:
                 bar.write(f'{PROG} predict: error: {error}', file=sys.stderr)
-                rows[index] = dict(path=str(dataset.files[index]), predictions=[], error=error.reason)
+                rows[index] = dict(path=_path_text(dataset.files[index]), predictions=[], error=error.reason)
             if batch.images is not None:
                 images = batch.images.to(device, non_blocking=True, memory_format=torch.channels_last)
                 top = forward(images).float().softmax(dim=-1).topk(k, dim=-1)
                 for index, probs, classes in zip(batch.indices, top.values.tolist(), top.indices.tolist()):
-                    rows[index] = dict(path=str(dataset.files[index]), error=None,
+                    rows[index] = dict(path=_path_text(dataset.files[index]), error=None,
                                        predictions=[(labels[c], p) for c, p in zip(classes, probs)])
             bar.update(len(batch.indices) + len(batch.failures))
     return rows
@@ -232,10 +239,47 @@ def _write_table(rows: List[dict], k: int, out: TextIO) -> None:
 _WRITERS = {'table': _write_table, 'json': _write_json, 'csv': _write_csv}
 
 
+def _check_output(path: Path) -> None:
+    """A UsageError now, before any work, if ``--output`` could not be written at the end."""
+    path = path.resolve()
+    if path.is_dir():
+        raise UsageError(f'--output {path} is a directory; give a file name.')
+    if path.exists() and not path.is_file():  # a device or pipe: written in place
+        if not os.access(path, os.W_OK):
+            raise UsageError(f'--output {path}: permission denied.')
+    elif not path.parent.is_dir() or not os.access(path.parent, os.W_OK | os.X_OK):
+        raise UsageError(f'--output {path}: cannot create files in {path.parent} (missing or not writable).')
+
+
+def _write_output(rows: List[dict], k: int, args: argparse.Namespace) -> bool:
+    """Write the rows to ``--output`` (atomically, so an old file is replaced only by a complete one) or
+    stdout. If ``--output`` fails (e.g. a full disk), the rows go to stdout instead; returns False then."""
+    from .weights import atomic_write
+    write = _WRITERS[args.format]
+
+    def write_file(path: str) -> None:
+        with open(path, 'w', newline='', encoding='utf-8') as out:
+            write(rows, k, out)
+
+    if args.output is not None:
+        try:
+            target = args.output.resolve()  # through a symbolic link, which stays
+            if target.exists() and not target.is_file():
+                write_file(target)
+            else:
+                atomic_write(target, write_file)
+            return True
+        except OSError as e:
+            print(f'{PROG} predict: error: cannot write --output {args.output} ({e.strerror or e}); the results '
+                  f'follow on stdout instead.', file=sys.stderr)
+    write(rows, k, sys.stdout)
+    return args.output is None  # False: --output failed
+
+
 def _run_predict(args: argparse.Namespace) -> int:
     from .data import ImageFiles
     from .datasets import eval_transform
-    from .weights import ChecksumMismatchError, WeightsNotFoundError
+    from .weights import WEIGHTS_ERRORS
 
     if args.top_k < 1 or args.batch_size < 1 or args.workers < 0:
         raise UsageError('--top-k and --batch-size must be >= 1 and --workers >= 0.')
@@ -245,25 +289,19 @@ def _run_predict(args: argparse.Namespace) -> int:
         raise UsageError(str(e)) from e
     if not len(dataset):
         raise UsageError(f'no image files in {", ".join(map(str, args.paths))}.')
+    if args.output is not None:
+        _check_output(args.output)
     try:
-        out = open(args.output, 'w', newline='', encoding='utf-8') if args.output else None
-    except OSError as e:
-        raise UsageError(f'--output {args.output}: {e.strerror}.') from e
-    try:
-        try:
-            model = _create_classifier(args)
-        except (WeightsNotFoundError, ChecksumMismatchError) as e:
-            print(f'{PROG} predict: error: {e}', file=sys.stderr)
-            return 1
-        dataset.transform = eval_transform(_data_config(model, None))
-        rows = _predict_rows(model, dataset, args)
-        _WRITERS[args.format](rows, min(args.top_k, model.num_classes), out or sys.stdout)
-    finally:
-        if out is not None:
-            out.close()
+        model = _create_classifier(args)
+    except WEIGHTS_ERRORS as e:
+        print(f'{PROG} predict: error: {e}', file=sys.stderr)
+        return 1
+    dataset.transform = eval_transform(_data_config(model, None))
+    rows = _predict_rows(model, dataset, args)
+    written = _write_output(rows, min(args.top_k, model.num_classes), args)
     failed = sum(row['error'] is not None for row in rows)
     print(f'{PROG} predict: {len(rows) - failed} images predicted, {failed} failed', file=sys.stderr)
-    return 1 if failed else 0
+    return 1 if failed or not written else 0
 
 
 def _cpu_count() -> int:
@@ -294,6 +332,16 @@ def add_predict_parser(subparsers) -> None:
 
 
 # ------------------------------------------------------------------------------- amalgamate / evaluate
+
+def _check_writable_dir(path: Path, flag: str) -> None:
+    """Create the folder ``path`` now, so that a training run cannot fail at its end for want of it."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f'{flag} {path}: cannot create the folder ({e.strerror or e}).') from e
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UsageError(f'{flag} {path}: the folder is not writable.')
+
 
 def _open_labelled(path: Path, transform=None):
     from .datasets import open_dataset
@@ -348,8 +396,11 @@ def _create_target(args: argparse.Namespace, num_classes: int):
 def _run_amalgamate(args: argparse.Namespace) -> int:
     from .datasets import eval_transform, train_transform
     from .engine import NonFiniteLossError, amalgamate, finetune
-    from .weights import ChecksumMismatchError, WeightsNotFoundError, save_pretrained
+    from .weights import WEIGHTS_ERRORS, save_pretrained
 
+    for folder, flag in ((args.output, '--output'), (args.checkpoint_dir, '--checkpoint-dir')):
+        if folder is not None:
+            _check_writable_dir(folder, flag)
     train_set = _open_labelled(args.train)
     task = _task_for(args.train, args.task)
     val_set = _open_labelled(args.val) if args.val else None
@@ -376,15 +427,21 @@ def _run_amalgamate(args: argparse.Namespace) -> int:
             val_loader = _loader(val_set, args, shuffle=False)
         model = (finetune if args.baseline else amalgamate)(model, _loader(train_set, args, shuffle=True),
                                                             val_loader=val_loader, **options)
-    except (WeightsNotFoundError, ChecksumMismatchError, NonFiniteLossError) as e:
+    except (*WEIGHTS_ERRORS, NonFiniteLossError) as e:
         print(f'{PROG} amalgamate: error: {e}', file=sys.stderr)
         return 1
     except (ValueError, FileExistsError) as e:  # data or options that do not fit, found before training
         raise UsageError(str(e)) from e
     if int(os.environ.get('RANK', '0')) == 0:
         model.pretrained_cfg = dict(model.pretrained_cfg, input_size=config['input_size'])
-        save_pretrained(model, args.output, label_names=labels, extra_config={'task': task})
-        (args.output / 'history.json').write_text(json.dumps(model.sentizoo_history, indent=2) + '\n')
+        try:
+            save_pretrained(model, args.output, label_names=labels, extra_config={'task': task})
+            (args.output / 'history.json').write_text(json.dumps(model.sentizoo_history, indent=2) + '\n')
+        except OSError as e:
+            print(f'{PROG} amalgamate: error: cannot write {args.output} ({e.strerror or e}); the trained model '
+                  f'is safe in {options["checkpoint_dir"]}: fix the cause and rerun the same command to write '
+                  f'it (nothing is trained again).', file=sys.stderr)
+            return 1
         best = model.sentizoo_history['best_epoch']
         print(f'{PROG} amalgamate: wrote {args.output}' + (f' (best epoch {best} on --val)' if best else ''),
               file=sys.stderr)
@@ -452,28 +509,26 @@ def add_amalgamate_parser(subparsers) -> None:
 
 
 def _evaluation_model(args: argparse.Namespace):
-    """MODEL as a folder written by `sentizoo amalgamate` (with its task) or a classifier name."""
-    import timm
-
-    from .weights import CONFIG_NAME
+    """MODEL as a folder written by `sentizoo amalgamate` (with its task; verified like the zoo: a valid
+    config.json, only model.safetensors, its sha256) or a classifier name."""
+    from .weights import load_folder
 
     folder = Path(args.model)
     if folder.is_dir():
-        config = folder / CONFIG_NAME
-        if not config.is_file():
-            raise UsageError(f'{folder} has no config.json; expected a folder written by `{PROG} amalgamate`.')
-        task = json.loads(config.read_text()).get('task')
-        return timm.create_model(f'local-dir:{folder.resolve()}', pretrained=True), task
+        model, config = load_folder(folder)
+        return model, config.get('task')
     return _create_classifier(args), None
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
     from .engine import evaluate
-    from .weights import ChecksumMismatchError, WeightsNotFoundError
+    from .weights import WEIGHTS_ERRORS
 
+    if args.output is not None:
+        _check_output(args.output)
     try:
         model, saved_task = _evaluation_model(args)
-    except (WeightsNotFoundError, ChecksumMismatchError) as e:
+    except WEIGHTS_ERRORS as e:
         print(f'{PROG} evaluate: error: {e}', file=sys.stderr)
         return 1
     task = _task_for(args.data, args.task or saved_task)
@@ -529,11 +584,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_device(device: str) -> None:
+    """A UsageError for a ``--device`` that torch cannot use on this machine."""
+    import torch
+    try:
+        kind = torch.device(device)
+    except RuntimeError as e:
+        raise UsageError(f'--device {device!r} is not a torch device ({str(e).splitlines()[0]}); e.g. cpu, cuda, '
+                         f'cuda:1.') from None
+    if kind.type == 'cuda' and not torch.cuda.is_available():
+        raise UsageError(f'--device {device}: CUDA is not available here (no GPU, driver or CUDA build of torch); '
+                         f'use --device cpu.')
+    if kind.type == 'cuda' and kind.index is not None and kind.index >= torch.cuda.device_count():
+        raise UsageError(f'--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s).')
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command line; returns the exit code (argparse exits with 2 on malformed arguments)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if getattr(args, 'device', None) is not None:
+            _check_device(args.device)
         return args.func(args)
     except UsageError as e:
         print(f'{PROG} {args.command}: error: {e}', file=sys.stderr)

@@ -7,6 +7,7 @@ or an :class:`ImageLoadError` that names the file and the reason. :class:`ImageF
 """
 from __future__ import annotations
 
+import errno
 import os
 import warnings
 from pathlib import Path
@@ -16,8 +17,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ['IMAGE_EXTENSIONS', 'ImageLoadError', 'load_image', 'list_images', 'ImageFiles', 'ImageBatch',
-           'collate_images']
+__all__ = ['IMAGE_EXTENSIONS', 'MAX_ASPECT_RATIO', 'DRAFT_SIZE', 'ImageLoadError', 'load_image', 'list_images',
+           'ImageFiles', 'ImageBatch', 'collate_images']
 
 PathLike = Union[str, 'os.PathLike[str]']
 
@@ -30,6 +31,14 @@ BACKGROUND = (255, 255, 255)
 instead would expose whatever colour the fully transparent pixels happen to store (often black)."""
 
 _MAX_16BIT = 65535
+
+MAX_ASPECT_RATIO = 16
+"""Longer side / shorter side, at most: the evaluation transform scales the short side to 256, so a
+116-byte 1x8000 PNG would become a 256x2,048,000 image (1.5 GB). Such files are refused."""
+
+DRAFT_SIZE = 1024
+"""JPEGs larger than this on both sides are decoded at 1/2, 1/4 or 1/8 scale (``Image.draft``), never
+below it: models see 224-448 px, and a 50 MP photo then takes a sixteenth of the memory and time."""
 
 
 class ImageLoadError(OSError):
@@ -70,6 +79,14 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert('RGB')
 
 
+def _check_shape(path: str, image: Image.Image) -> None:
+    """Refuse, from the header and before decoding, images whose aspect ratio exceeds MAX_ASPECT_RATIO."""
+    width, height = image.size
+    if max(width, height) > MAX_ASPECT_RATIO * max(min(width, height), 1):
+        raise ImageLoadError(path, f'{width}x{height} pixels: an aspect ratio beyond {MAX_ASPECT_RATIO}:1 would '
+                                   f'take too much memory once resized; crop the image first')
+
+
 def load_image(path: PathLike) -> Image.Image:
     """Read ``path`` as an upright 8-bit RGB image.
 
@@ -77,10 +94,12 @@ def load_image(path: PathLike) -> Image.Image:
     * Palette, greyscale, 1-bit, CMYK, 16-bit integer (scaled by 255/65535, not clipped) and 32-bit float
       images are converted to RGB; transparency (alpha or palette/colour-key) is composited onto white.
     * Multi-frame files (GIF, TIFF) give their first frame.
+    * JPEGs larger than :data:`DRAFT_SIZE` on both sides are decoded at a reduced scale, not below it.
 
     Raises:
-        ImageLoadError: the file is empty, missing, not an image, truncated or corrupt, or larger than
-            ``PIL.Image.MAX_IMAGE_PIXELS`` (a possible decompression bomb; raise the limit for trusted files).
+        ImageLoadError: the file is empty, missing, not an image, truncated or corrupt, larger than
+            ``PIL.Image.MAX_IMAGE_PIXELS`` (a possible decompression bomb; raise the limit for trusted files),
+            or with an aspect ratio beyond :data:`MAX_ASPECT_RATIO`.
     """
     path = os.fspath(path)
     try:
@@ -90,6 +109,9 @@ def load_image(path: PathLike) -> Image.Image:
             # Pillow only warns between MAX_IMAGE_PIXELS and twice that; refuse the whole range.
             warnings.simplefilter('error', Image.DecompressionBombWarning)
             with Image.open(path) as image:
+                _check_shape(path, image)
+                if image.format == 'JPEG':
+                    image.draft(None, (DRAFT_SIZE, DRAFT_SIZE))
                 image.load()  # decode now: truncated or corrupt data fails here, not later in a transform
                 image = ImageOps.exif_transpose(image)
                 return _to_rgb(image)
@@ -101,25 +123,36 @@ def load_image(path: PathLike) -> Image.Image:
     except UnidentifiedImageError as e:
         raise ImageLoadError(path, 'not an image file, or a format Pillow cannot read') from e
     except OSError as e:
-        if e.errno is not None:  # missing, a directory, permission denied ...
+        if e.errno == errno.ENOENT and os.path.islink(path):
+            raise ImageLoadError(path, f'broken symbolic link (to {os.readlink(path)})') from e
+        if e.errno is not None:  # missing, a directory, permission denied, a symbolic link loop ...
             raise ImageLoadError(path, e.strerror or str(e)) from e
         raise ImageLoadError(path, f'corrupt or truncated image data ({e})') from e
     except (SyntaxError, ValueError, EOFError) as e:
         # Besides OSError ("image file is truncated"), Pillow reports corrupt data as SyntaxError (broken
         # headers) or ValueError/EOFError (bad sizes, early end); all mean "bad file".
         raise ImageLoadError(path, f'corrupt or truncated image data ({type(e).__name__}: {e})') from e
+    except Exception as e:  # any other decoder failure (e.g. NotImplementedError for DDS variants) is this file's
+        raise ImageLoadError(path, f'cannot decode ({type(e).__name__}: {e})') from e
 
 
 def _is_hidden(path: Path, root: Path) -> bool:
     return any(part.startswith('.') for part in path.relative_to(root).parts)
 
 
+def _is_broken_link(path: Path) -> bool:
+    """A symbolic link to nothing, or in a loop."""
+    return path.is_symlink() and not path.exists()
+
+
 def list_images(paths: Union[PathLike, Iterable[PathLike]]) -> List[Path]:
     """Expand files and directories into a list of image files.
 
     Directories are searched recursively for files with an :data:`IMAGE_EXTENSIONS` suffix (any case),
-    skipping hidden files and folders (``.git``, macOS ``._*`` files), in sorted order. Files named
-    explicitly are kept whatever their suffix, so a mistaken one is reported by :func:`load_image`.
+    skipping hidden files and folders (``.git``, macOS ``._*`` files), in sorted order. Symbolic links to
+    files are followed; links to folders inside a searched folder are not (no cycles, no escaping the
+    tree), a folder named in ``paths`` is. Files named explicitly are kept whatever their suffix, and
+    broken links and link loops are kept too, so that :func:`load_image` reports each as a bad file.
     The order of ``paths`` is kept and duplicates are dropped.
 
     Raises:
@@ -132,8 +165,9 @@ def list_images(paths: Union[PathLike, Iterable[PathLike]]) -> List[Path]:
         if given.is_dir():
             found.update(dict.fromkeys(
                 p for p in sorted(given.rglob('*'))
-                if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() and not _is_hidden(p, given)))
-        elif given.exists():
+                if p.suffix.lower() in IMAGE_EXTENSIONS and (p.is_file() or _is_broken_link(p))
+                and not _is_hidden(p, given)))
+        elif given.exists() or given.is_symlink():
             found[given] = None
         else:
             raise FileNotFoundError(f'No such file or directory: {given}')

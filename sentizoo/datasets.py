@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .data import list_images, load_image
+from .tasks import Task
 
 __all__ = ['LabelledImages', 'image_folder', 'image_csv', 'open_dataset', 'train_transform', 'eval_transform']
 
@@ -35,16 +36,39 @@ class LabelledImages(Dataset):
         targets: one row per image: class indices (N,) int64, or label vectors (N, C) float32.
         label_names: name of each class / label column.
         transform: applied to the RGB PIL image.
+        sources: where each row comes from, for error messages (e.g. ``labels.csv:7``); default the path.
     """
 
     def __init__(self, paths: Sequence[PathLike], targets: torch.Tensor, label_names: Sequence[str],
-                 transform: Optional[Callable] = None):
+                 transform: Optional[Callable] = None, sources: Optional[Sequence[str]] = None):
         if len(paths) != len(targets):
             raise ValueError(f'{len(paths)} images but {len(targets)} targets.')
         self.paths = [Path(p) for p in paths]
         self.targets = targets
         self.label_names = list(label_names)
         self.transform = transform
+        self.sources = list(sources) if sources is not None else [str(p) for p in self.paths]
+
+    def check_labels(self, task: Task, num_outputs: int, max_listed: int = 20) -> None:
+        """Raise one ValueError listing every row whose target does not fit ``task`` and a model with
+        ``num_outputs`` outputs, and every image file that does not exist. Reads labels, not pixels: cheap
+        enough to run over the whole dataset before training (a bad row found mid-epoch wastes the epoch)."""
+        problems = []
+        if task.name == 'sll' and len(self.label_names) < 2:
+            problems.append(f'single-label data needs at least two classes; found {self.label_names}')
+        if len(self.label_names) != num_outputs:
+            problems.append(f'{len(self.label_names)} labels but the model has {num_outputs} outputs')
+        if _why_not(task, self.targets, num_outputs):  # the whole tensor at once; row by row only to name them
+            for i, source in enumerate(self.sources):
+                why = _why_not(task, self.targets[i:i + 1], num_outputs)
+                if why:
+                    problems.append(f'{source}: {why}')
+        problems += [f'{source}: image file {path} does not exist' for source, path in zip(self.sources, self.paths)
+                     if not path.is_file()]
+        if problems:
+            more = len(problems) - max_listed
+            raise ValueError(f'{len(problems)} problem(s) in the data: ' + '; '.join(problems[:max_listed])
+                             + (f'; and {more} more' if more > 0 else '') + '.')
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -52,6 +76,14 @@ class LabelledImages(Dataset):
     def __getitem__(self, index: int) -> Tuple[Any, torch.Tensor]:
         image = load_image(self.paths[index])
         return (self.transform(image) if self.transform is not None else image), self.targets[index]
+
+
+def _why_not(task: Task, targets: torch.Tensor, num_outputs: int) -> Optional[str]:
+    try:
+        task.check_target(targets, num_outputs)
+    except ValueError as e:
+        return str(e)
+    return None
 
 
 def image_folder(root: PathLike, transform: Optional[Callable] = None) -> LabelledImages:
@@ -76,11 +108,12 @@ def image_csv(path: PathLike, transform: Optional[Callable] = None) -> LabelledI
     path = Path(path)
     expected = 'a header "path,<label 1>,...,<label C>" and rows "<image path>,<C numbers>"'
     with open(path, newline='', encoding='utf-8') as f:
-        rows = [row for row in csv.reader(f) if any(cell.strip() for cell in row)]
-    if len(rows) < 2 or len(rows[0]) < 2:
+        reader = csv.reader(f)
+        rows = [(reader.line_num, row) for row in reader if any(cell.strip() for cell in row)]
+    if len(rows) < 2 or len(rows[0][1]) < 2:
         raise ValueError(f'{path}: expected {expected}; got {len(rows)} non-empty line(s).')
-    header, paths, targets = rows[0], [], []
-    for line_no, row in enumerate(rows[1:], 2):
+    header, paths, targets = rows[0][1], [], []
+    for line_no, row in rows[1:]:
         try:
             if len(row) != len(header):
                 raise ValueError(f'{len(row)} fields for {len(header)} columns')
@@ -89,7 +122,7 @@ def image_csv(path: PathLike, transform: Optional[Callable] = None) -> LabelledI
             raise ValueError(f'{path}:{line_no}: expected {expected}; got {row!r} ({e}).') from None
         paths.append(path.parent / row[0].strip())
     return LabelledImages(paths, torch.tensor(targets, dtype=torch.float32), [h.strip() for h in header[1:]],
-                          transform)
+                          transform, sources=[f'{path}:{line_no}' for line_no, _ in rows[1:]])
 
 
 def open_dataset(path: PathLike, transform: Optional[Callable] = None) -> LabelledImages:

@@ -57,7 +57,7 @@ from torch.utils.data import SequentialSampler
 
 from .amalgamation import AmalgamationOutput, Amalgamator, init_target_from, num_outputs
 from .tasks import Task, get_task
-from .weights import atomic_write
+from .weights import atomic_write, remove_stale_temps
 
 __all__ = ['TrainOptions', 'NonFiniteLossError', 'amalgamate', 'finetune', 'evaluate', 'CHECKPOINT_NAME',
            'BEST_NAME', 'HISTORY_NAME', 'EpochSampler', 'SeededSamples', 'resolve_device', 'process_group', 'rank_world',
@@ -88,6 +88,8 @@ class TrainOptions:
             holds a checkpoint.
         checkpoint_every: also checkpoint every N optimizer steps (needs ``checkpoint_dir``).
         resume: continue from ``checkpoint_dir/last.pt`` when it exists; False refuses to overwrite one.
+            The resumed run must have the same options except ``epochs`` and ``lr`` (e.g. lowered after a
+            :class:`NonFiniteLossError`; the schedule continues from the new base lr).
         history_path: also write the history JSON here.
         device: e.g. ``'cuda:1'``; default this process's GPU (``LOCAL_RANK``) if any, else the CPU.
         amp: bf16 autocast on CUDA (no effect on the CPU).
@@ -115,8 +117,8 @@ class TrainOptions:
     sync_batchnorm: bool = False
     progress: bool = True
 
-    # options that shape the trajectory: a resumed run must use the same values
-    _TRAJECTORY = ('lr', 'momentum', 'weight_decay', 'step_size', 'gamma', 'seed', 'amp', 'channels_last',
+    # options that shape the trajectory: a resumed run must use the same values (lr and epochs may change)
+    _TRAJECTORY = ('momentum', 'weight_decay', 'step_size', 'gamma', 'seed', 'amp', 'channels_last',
                    'sync_batchnorm')
 
     def __post_init__(self) -> None:
@@ -349,6 +351,7 @@ def _check_loader(name: str, loader: Any, task: Task, outputs: int) -> None:
                          'them over torchrun processes itself.')
     if len(loader.dataset) == 0:
         raise ValueError(f'{name}: the dataset is empty.')
+    _check_labels(name, loader.dataset, task, outputs)
     batch = loader.collate_fn([SeededSamples(loader.dataset, 0)[(0, 0)]])
     if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
         raise ValueError(f'{name} must yield (images, targets) pairs; its first batch is a '
@@ -363,6 +366,17 @@ def _check_loader(name: str, loader: Any, task: Task, outputs: int) -> None:
         task.check_target(targets, outputs)
     except ValueError as e:
         raise ValueError(f'{name}: {e}') from None
+
+
+def _check_labels(name: str, dataset: Dataset, task: Task, outputs: int) -> None:
+    """Every label row and image file of a dataset that can check them itself (``check_labels``, e.g.
+    :class:`sentizoo.datasets.LabelledImages`), before any image is read."""
+    check = getattr(dataset, 'check_labels', None)
+    if callable(check):
+        try:
+            check(task, outputs)
+        except ValueError as e:
+            raise ValueError(f'{name}: {e}') from None
 
 
 def _check_data(model: nn.Module, loader: DataLoader, val_loader: Optional[DataLoader], task: Task) -> None:
@@ -432,6 +446,8 @@ def evaluate(model: nn.Module, loader: DataLoader, task: Union[str, Task] = 'sll
     The model is moved to ``device`` and put in eval mode; targets are checked on the first batch.
     """
     task = get_task(task)
+    if getattr(model, 'num_classes', 0):  # labels and files checked before any image is read
+        _check_labels('loader', loader.dataset, task, model.num_classes)
     device = resolve_device(device)
     model.to(device).eval()
     channels_last = _channels_last(channels_last, device)
@@ -554,6 +570,7 @@ class _Loop:
         self.module.load_state_dict(ckpt['model'])
         self.optimizer.load_state_dict(ckpt['optimizer'])
         self.scheduler.load_state_dict(ckpt['scheduler'])
+        self._set_base_lr(self.opts.lr)
         self.epoch, self.step, self.global_step = ckpt['epoch'], ckpt['step'], ckpt['global_step']
         self.history = json.loads(ckpt['history'])
         self.term_names, self.sums, self.seen = list(ckpt['term_names']), ckpt['sums'], ckpt['seen']
@@ -566,6 +583,19 @@ class _Loop:
             self.best_state = load_file(self._path(BEST_NAME))
         if self.rank == 0:
             _logger.info('resuming from %s: epoch %d, batch %d', path, self.epoch + 1, self.step)
+
+    def _set_base_lr(self, lr: float) -> None:
+        """Rescale the schedule restored from a checkpoint to the base ``lr`` of this run."""
+        old = self.scheduler.base_lrs[0]
+        if lr == old:
+            return
+        for group in self.optimizer.param_groups:
+            group['lr'] *= lr / old
+            group['initial_lr'] = lr
+        self.scheduler.base_lrs = [lr] * len(self.optimizer.param_groups)
+        self.scheduler._last_lr = [group['lr'] for group in self.optimizer.param_groups]
+        if self.rank == 0:
+            _logger.info('resuming with base lr %g (the checkpoint had %g)', lr, old)
 
     def _save(self) -> None:
         """``last.pt`` for the current position (collective: every rank sends its generator state)."""
@@ -686,6 +716,9 @@ class _Loop:
     def run(self) -> nn.Module:
         if self.dir is not None:
             self.dir.mkdir(parents=True, exist_ok=True)
+            if self.rank == 0:  # partial files of a run killed mid-write: they can be GBs each
+                for name in (CHECKPOINT_NAME, BEST_NAME, HISTORY_NAME):
+                    remove_stale_temps(self._path(name))
             self._resume()
         while self.epoch < self.opts.epochs:
             start = time.perf_counter()

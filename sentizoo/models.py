@@ -21,7 +21,7 @@ import torch.nn as nn
 from timm.models import generate_default_cfgs, model_entrypoint, register_model
 from timm.models._builder import resolve_pretrained_cfg
 
-from .weights import resolve_weights
+from .weights import resolve_weights, weights_mismatch
 
 __all__ = ['ARCHS', 'TAGS', 'FI_LABELS', 'SHA256', 'senti_name', 'stock_name']
 
@@ -95,7 +95,12 @@ def _create(variant: str, pretrained: bool = False, pretrained_cfg=None, pretrai
         # Resolve (and verify) here so timm only ever sees a local safetensors file: no network retries.
         name = f'{variant}.{cfg.tag}'
         cfg = dataclasses.replace(cfg, file=str(resolve_weights(name, cfg)), custom_load=False)
-    return model_entrypoint(stock_name(variant))(pretrained=pretrained, pretrained_cfg=cfg, **kwargs)
+    try:
+        return model_entrypoint(stock_name(variant))(pretrained=pretrained, pretrained_cfg=cfg, **kwargs)
+    except RuntimeError as e:  # keys or shapes that do not fit: one line naming the file
+        if pretrained and str(e).startswith('Error(s) in loading state_dict'):
+            raise weights_mismatch(cfg.file, e) from None
+        raise
 
 
 @register_model

@@ -11,17 +11,22 @@ Only safetensors files are read, so loading a weight file can never execute code
 """
 from __future__ import annotations
 
+import contextlib
+import glob
 import hashlib
 import json
 import os
-import tempfile
+import secrets
+import stat
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch.nn as nn
 
-__all__ = ['WEIGHTS_NAME', 'CONFIG_NAME', 'WeightsNotFoundError', 'ChecksumMismatchError', 'zoo_home',
-           'sha256_file', 'find_local', 'resolve_weights', 'save_pretrained', 'atomic_write', 'hf_offline']
+__all__ = ['WEIGHTS_NAME', 'CONFIG_NAME', 'WeightsNotFoundError', 'ChecksumMismatchError', 'InvalidWeightsError',
+           'WEIGHTS_ERRORS', 'zoo_home', 'sha256_file', 'read_config', 'check_safetensors', 'load_weights',
+           'weights_mismatch', 'load_folder', 'find_local', 'resolve_weights', 'save_pretrained', 'atomic_write',
+           'remove_stale_temps', 'hf_offline']
 
 WEIGHTS_NAME = 'model.safetensors'
 CONFIG_NAME = 'config.json'
@@ -35,6 +40,15 @@ class WeightsNotFoundError(FileNotFoundError):
 
 class ChecksumMismatchError(ValueError):
     """A weight file's sha256 differs from the recorded one (corrupt, truncated or a different checkpoint)."""
+
+
+class InvalidWeightsError(ValueError):
+    """A weight file or its config.json exists but cannot be used: unreadable, malformed, not safetensors, or
+    keys and shapes that do not fit the model. The message names the file and what is wrong."""
+
+
+WEIGHTS_ERRORS = (WeightsNotFoundError, ChecksumMismatchError, InvalidWeightsError)
+"""Everything resolving or loading weights raises for a problem of the files (not of the code)."""
 
 
 def zoo_home() -> Path:
@@ -95,28 +109,122 @@ def _cfg_get(cfg: Any, key: str) -> Any:
     return cfg.get(key) if isinstance(cfg, Mapping) else getattr(cfg, key, None)
 
 
+def _unreadable(path: Path, e: OSError) -> InvalidWeightsError:
+    if isinstance(e, PermissionError):
+        return InvalidWeightsError(f'{path}: permission denied; ask its owner to make it readable '
+                                   f'(chmod a+r), or copy the folder.')
+    return InvalidWeightsError(f'{path}: cannot be read ({e.strerror or e}).')
+
+
+def read_config(folder: Union[str, Path]) -> Dict[str, Any]:
+    """The ``config.json`` of a zoo folder, ``{}`` if there is none.
+
+    Raises:
+        InvalidWeightsError: it exists but is unreadable, not a JSON object, or its ``sha256`` is malformed
+            (a broken config must not switch the checksum off).
+    """
+    path = Path(folder) / CONFIG_NAME
+    if not path.exists():
+        return {}
+    try:
+        config = json.loads(path.read_text(encoding='utf-8'))
+    except OSError as e:
+        raise _unreadable(path, e) from None
+    except ValueError as e:
+        raise InvalidWeightsError(f'{path} is not valid JSON ({e}); restore it or write the folder again with '
+                                  f'sentizoo.save_pretrained.') from None
+    if not isinstance(config, dict):
+        raise InvalidWeightsError(f'{path} holds a JSON {type(config).__name__}, not an object; restore it or write '
+                                  f'the folder again with sentizoo.save_pretrained.')
+    digest = config.get('sha256')
+    if digest is not None and not (isinstance(digest, str) and len(digest) == 64
+                                   and all(c in '0123456789abcdef' for c in digest)):
+        raise InvalidWeightsError(f'{path}: "sha256" must be 64 lower-case hex digits; got {digest!r}.')
+    return config
+
+
 def _expected_sha256(path: Path, recorded: Optional[str]) -> Optional[str]:
     """The registry's sha256 if published, else the one ``save_pretrained`` wrote beside the file."""
-    if recorded:
-        return recorded
-    config = path.parent / CONFIG_NAME
-    if config.is_file():
-        try:
-            return json.loads(config.read_text()).get('sha256')
-        except (OSError, ValueError):
-            return None
-    return None
+    return recorded or read_config(path.parent).get('sha256')
+
+
+def check_safetensors(path: Union[str, Path]) -> Path:
+    """``path`` if it is a readable, complete safetensors file (header and data); else InvalidWeightsError
+    naming the file (a pickle renamed ``.safetensors``, a truncated download, garbage)."""
+    from safetensors import safe_open
+    path = Path(path)
+    try:
+        with safe_open(path, framework='pt'):
+            pass
+    except OSError as e:
+        raise _unreadable(path, e) from None
+    except Exception as e:  # SafetensorError and friends: the file is not what its name says
+        raise InvalidWeightsError(f'{path} is not a valid safetensors file ({str(e).splitlines()[0]}); only '
+                                  f'safetensors weights are loaded: write them with '
+                                  f'safetensors.torch.save_file or sentizoo.save_pretrained.') from None
+    return path
+
+
+def load_weights(model: nn.Module, path: Union[str, Path]) -> nn.Module:
+    """Load the safetensors file ``path`` into ``model`` (strict) after the checks every zoo file gets: a
+    complete safetensors file, with the sha256 that a config.json beside it records.
+
+    Raises:
+        ChecksumMismatchError: the sha256 differs from the recorded one.
+        InvalidWeightsError: (one line) the file or its config is unreadable or malformed, or its keys or
+            shapes do not fit ``model``.
+    """
+    from safetensors.torch import load_file
+    path = Path(path)
+    state = load_file(_verify(str(path), path, _expected_sha256(path, None)))
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise weights_mismatch(path, e) from None
+    return model
+
+
+def weights_mismatch(path: Union[str, Path], error: RuntimeError) -> InvalidWeightsError:
+    """torch's multi-line ``load_state_dict`` error as one line naming the file."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    detail = ' '.join(lines[1:] or lines)
+    detail = detail if len(detail) <= 400 else detail[:400] + ' ...'
+    return InvalidWeightsError(f'{path} does not fit the model: {detail} (a checkpoint of another architecture '
+                               f'or number of classes?)')
+
+
+def load_folder(folder: Union[str, Path]) -> Tuple[nn.Module, Dict[str, Any]]:
+    """``(model, config)`` from a folder written by :func:`save_pretrained`, verified as the zoo is: a valid
+    config.json, only ``model.safetensors`` (never a pickle), its recorded sha256 checked."""
+    import timm
+
+    folder = Path(folder)
+    config = read_config(folder)
+    if not config:
+        raise InvalidWeightsError(f'{folder} has no {CONFIG_NAME}; expected a folder written by '
+                                  f'sentizoo.save_pretrained (`sentizoo amalgamate --output`).')
+    weights = folder / WEIGHTS_NAME
+    if not weights.is_file():
+        others = sorted(p.name for p in folder.glob('*.bin')) + sorted(p.name for p in folder.glob('*.pt*'))
+        raise InvalidWeightsError(f'{folder} has no {WEIGHTS_NAME}' + (f' (only {", ".join(others)}: pickle files, '
+                                  'which can run code, are not loaded)' if others else '') + '.')
+    model = timm.create_model(f'local-dir:{folder.resolve()}', pretrained=False)
+    return load_weights(model, weights), config
 
 
 def _verify(name: str, path: Path, expected: Optional[str]) -> Path:
+    """``path`` if its sha256 is ``expected`` (when given) and it is a complete safetensors file."""
     if expected:
-        actual = sha256_file(path)
+        try:
+            actual = sha256_file(path)
+        except OSError as e:
+            raise _unreadable(path, e) from None
         if actual != expected:
             raise ChecksumMismatchError(
                 f'Weights for {name} at {path} fail the sha256 check: expected {expected}, got {actual}. '
                 f'Delete the file to fetch it again, or pass your own checkpoint explicitly with '
                 f'pretrained_cfg_overlay=dict(file=...).')
-    return path
+    return check_safetensors(path)
 
 
 def find_local(name: str, hf_hub_id: Optional[str] = None, filename: str = WEIGHTS_NAME) -> Optional[Path]:
@@ -145,6 +253,7 @@ def resolve_weights(name: str, cfg: Any = None, sha256: Optional[str] = None, do
     Raises:
         WeightsNotFoundError: nothing found; the message lists every place searched and how to fix it.
         ChecksumMismatchError: a file was found but its sha256 is not the expected one.
+        InvalidWeightsError: the file or its config.json is unreadable or malformed, or not safetensors.
     """
     if cfg is None:
         from timm.models import get_pretrained_cfg
@@ -158,9 +267,10 @@ def resolve_weights(name: str, cfg: Any = None, sha256: Optional[str] = None, do
         if not path.is_file():
             raise WeightsNotFoundError(f'Weight file for {name} does not exist: {path} (from pretrained_cfg file=).')
         if path.suffix != '.safetensors':
-            raise ValueError(f'{path}: only .safetensors weight files are loaded (pickle files can run code). '
-                             f'Convert it with safetensors.torch.save_file(state_dict, "model.safetensors").')
-        return path
+            raise InvalidWeightsError(f'{path}: only .safetensors weight files are loaded (pickle files can run '
+                                      f'code). Convert it with safetensors.torch.save_file(state_dict, '
+                                      f'"model.safetensors").')
+        return _verify(name, path, _expected_sha256(path, sha256))
 
     hf_hub_id = _cfg_get(cfg, 'hf_hub_id')
     filename = _cfg_get(cfg, 'hf_hub_filename') or WEIGHTS_NAME
@@ -191,7 +301,8 @@ def resolve_weights(name: str, cfg: Any = None, sha256: Optional[str] = None, do
         f'Fix: put {filename} (and config.json) in {zoo_home() / name}/ or point SENTIZOO_HOME at a folder '
         f'holding {name}/{filename}; produce them with `{EXPORT_COMMAND} --checkpoint CKPT --tag ...` '
         f'(or `python -m training.demo` for small synthetic ones); or pass pretrained_cfg_overlay=dict(file=...)'
-        + ('; or, with network access, unset HF_HUB_OFFLINE to download from the hub.' if hf_offline() else '.'))
+        + ('. No checkpoint of it is published yet.' if not sha256  # the registry's sha256 marks a published one
+           else '; or, with network access, unset HF_HUB_OFFLINE to download from the hub.' if hf_offline() else '.'))
 
 
 def _config_for(model: nn.Module, label_names: Optional[Sequence[str]], extra: Optional[Dict[str, Any]]) -> Dict:
@@ -224,20 +335,56 @@ def _config_for(model: nn.Module, label_names: Optional[Sequence[str]], extra: O
     return {k: v for k, v in config.items() if v is not None}
 
 
+def _temp_name(path: Path) -> str:
+    return f'.{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp'
+
+
+def remove_stale_temps(path: Path) -> List[Path]:
+    """Delete the temporary files that :func:`atomic_write` left beside ``path`` in processes that no longer
+    run (killed mid-write). Returns the files deleted."""
+    removed = []
+    for tmp in path.parent.glob(f'.{glob.escape(path.name)}.*.tmp'):
+        pid = tmp.name[len(path.name) + 2:].split('.')[0]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+                removed.append(tmp)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        pass
+    return True
+
+
 def atomic_write(path: Path, write: Callable[[str], None]) -> None:
     """Call ``write(tmp)`` on a temporary file beside ``path``, fsync it, then rename it over ``path``.
 
-    A reader (or a process killed mid-write) sees the old file or the new one, never half of one.
+    A reader (or a process killed mid-write) sees the old file or the new one, never half of one. The file
+    gets the permissions of any new file (0666 less the umask); temporary files of killed writers are
+    removed first (:func:`remove_stale_temps`).
     """
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.')
+    remove_stale_temps(path)
+    tmp = path.parent / _temp_name(path)
+    # Created 0666 less the umask (mkstemp's is 0600); restored after `write`, as writers such as safetensors'
+    # save_file replace the file with a 0600 one. A second user of a shared zoo could not read 0600 files.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    mode = stat.S_IMODE(os.fstat(fd).st_mode)
     os.close(fd)
     try:
-        write(tmp)
+        write(str(tmp))
+        os.chmod(tmp, mode)
         with open(tmp, 'rb') as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        os.unlink(tmp)
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
         raise
 
 

@@ -121,8 +121,8 @@ def test_rerun_of_finished_run_returns_without_training(tmp_path, monkeypatch):
     again = train_tiny(tmp_path, epochs=1)
     assert again.sentizoo_history == first.sentizoo_history
     assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), again.state_dict().values()))
-    with pytest.raises(ValueError, match="'lr'"):  # a changed trajectory setting is refused
-        train_tiny(tmp_path, epochs=1, lr=0.5)
+    with pytest.raises(ValueError, match="'momentum'"):  # a changed trajectory setting is refused
+        train_tiny(tmp_path, epochs=1, momentum=0.5)
     with pytest.raises(FileExistsError, match='resume=False'):
         train_tiny(tmp_path, epochs=1, resume=False)
 
