@@ -14,7 +14,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, List, Optional, Sequence, TextIO
+from typing import Any, Callable, Iterator, List, Optional, Sequence, TextIO, Tuple
 
 __all__ = ['build_parser', 'main']
 
@@ -318,6 +318,7 @@ def _loader(dataset, args: argparse.Namespace, shuffle: bool):
 
 
 def _data_config(model, img_size: Optional[int]) -> dict:
+    """The model's own data config (a ``senti_*`` model's or a trained folder's is the paper's preprocessing)."""
     from timm.data import resolve_model_data_config
     config = resolve_model_data_config(model)
     if img_size:
@@ -325,12 +326,13 @@ def _data_config(model, img_size: Optional[int]) -> dict:
     return config
 
 
-def _create_target(args: argparse.Namespace, num_classes: int):
-    """The target: stock timm architecture with a fresh head, initialised as ``--init`` says."""
+def _create_target(args: argparse.Namespace, num_classes: int) -> Tuple[Any, str]:
+    """The target: stock timm architecture with a fresh head, initialised as ``--init`` says, and the name of
+    the weights it starts from (``senti_resnet50.hp``, ``resnet50.tv_in1k`` or ``random``)."""
     import timm
 
     from .amalgamation import init_target_from
-    from .models import senti_name, stock_name
+    from .models import imagenet_name, senti_name, stock_name
 
     arch = stock_name(args.model)
     if not timm.is_model(arch):
@@ -338,16 +340,40 @@ def _create_target(args: argparse.Namespace, num_classes: int):
     init = args.init or ('imagenet' if args.baseline else 'hp')
     if init == 'hp':
         try:
-            hp = timm.create_model(f'{senti_name(arch)}.hp', pretrained=True)
+            name = f'{senti_name(arch)}.hp'
         except ValueError as e:
             raise UsageError(f'--init hp: {e}') from e
-        return init_target_from(timm.create_model(arch, num_classes=num_classes), hp)
-    return timm.create_model(arch, pretrained=init == 'imagenet', num_classes=num_classes)
+        return init_target_from(timm.create_model(arch, num_classes=num_classes),
+                                timm.create_model(name, pretrained=True)), name
+    if init == 'imagenet':  # torchvision's weights, as the paper and training.pretrain
+        return timm.create_model(imagenet_name(arch), pretrained=True, num_classes=num_classes), imagenet_name(arch)
+    return timm.create_model(arch, num_classes=num_classes), 'random'
+
+
+def _trained_cfg(model, data_config: dict, init: str, teachers: List[str], description: str) -> dict:
+    """The pretrained config of a model trained here: the preprocessing and input size it was trained with and
+    the licence of the weights it derives from (the senti weights' CC BY-NC 4.0 once one took part)."""
+    from timm.models import get_pretrained_cfg
+
+    from .models import senti_name
+
+    cfg = dict(model.pretrained_cfg, tag=None, license=None, paper_name=None, origin_url=None, description=description,
+               **data_config)
+    if teachers or init.startswith('senti_'):
+        senti = get_pretrained_cfg(f'{senti_name(model)}.hp')
+        cfg.update(license=senti.license, paper_name=senti.paper_name, origin_url=senti.origin_url)
+    elif init != 'random':
+        cfg.update(license=get_pretrained_cfg(init).license)
+    return cfg
 
 
 def _run_amalgamate(args: argparse.Namespace) -> int:
-    from .datasets import eval_transform, train_transform
+    import torch
+
+    from .amalgamation import needed_teachers
+    from .datasets import eval_transform, paper_data_config, train_transform
     from .engine import NonFiniteLossError, amalgamate, finetune
+    from .models import senti_name
     from .weights import ChecksumMismatchError, WeightsNotFoundError, save_pretrained
 
     train_set = _open_labelled(args.train)
@@ -367,13 +393,16 @@ def _run_amalgamate(args: argparse.Namespace) -> int:
                        teacher_task_loss=not args.no_teacher_task_loss, freeze_teachers=args.freeze_teachers,
                        target_init='given')  # --init already chose the target's weights
     try:
-        model = _create_target(args, len(labels))
-        config = _data_config(model, args.img_size)
+        torch.manual_seed(args.seed)  # before the target's new head is drawn: same seed, same weights
+        model, init = _create_target(args, len(labels))
+        config = paper_data_config(args.img_size or 224)  # the paper's protocol, whatever timm's cfg of the arch
         train_set.transform = train_transform(config)
         val_loader = None
         if val_set is not None:
             val_set.transform = eval_transform(config)
             val_loader = _loader(val_set, args, shuffle=False)
+        teachers = [] if args.baseline else [f'{senti_name(model)}.{t}' for t in needed_teachers(
+            args.feature_stages, args.logits_teachers)]
         model = (finetune if args.baseline else amalgamate)(model, _loader(train_set, args, shuffle=True),
                                                             val_loader=val_loader, **options)
     except (WeightsNotFoundError, ChecksumMismatchError, NonFiniteLossError) as e:
@@ -382,9 +411,14 @@ def _run_amalgamate(args: argparse.Namespace) -> int:
     except (ValueError, FileExistsError) as e:  # data or options that do not fit, found before training
         raise UsageError(str(e)) from e
     if int(os.environ.get('RANK', '0')) == 0:
-        model.pretrained_cfg = dict(model.pretrained_cfg, input_size=config['input_size'])
-        save_pretrained(model, args.output, label_names=labels, extra_config={'task': task})
-        (args.output / 'history.json').write_text(json.dumps(model.sentizoo_history, indent=2) + '\n')
+        how = f'amalgamated with {", ".join(teachers)}' if teachers else 'fine-tuned'
+        model.pretrained_cfg = _trained_cfg(model, config, init, teachers,
+                                            f'{model.pretrained_cfg["architecture"]} {how} on {args.train} ({task}), '
+                                            f'starting from {init}.')
+        provenance = dict(task=task, init=init, teachers=teachers)
+        save_pretrained(model, args.output, label_names=labels, extra_config=provenance)
+        history = dict(model.sentizoo_history, **provenance)
+        (args.output / 'history.json').write_text(json.dumps(history, indent=2) + '\n')
         best = model.sentizoo_history['best_epoch']
         print(f'{PROG} amalgamate: wrote {args.output}' + (f' (best epoch {best} on --val)' if best else ''),
               file=sys.stderr)
@@ -426,8 +460,8 @@ def add_amalgamate_parser(subparsers) -> None:
     p.add_argument('--baseline', action='store_true',
                    help='plain fine-tuning without teachers (the paper\'s baseline)')
     p.add_argument('--init', metavar='{hp,imagenet,random}', choices=('hp', 'imagenet', 'random'),
-                   help='target initialisation: hp = the senti HP backbone (default, official), imagenet = timm\'s '
-                        'weights (default with --baseline), random')
+                   help='target initialisation: hp = the senti HP backbone (default, official), imagenet = torchvision\'s '
+                        'ImageNet weights, timm\'s <arch>.tv_in1k (default with --baseline, as in the paper), random')
     _add_data_arguments(p)
     p.add_argument('--epochs', type=int, default=30, help='(default: 30)')
     p.add_argument('--lr', type=float, default=1e-3, help='SGD learning rate (default: 1e-3)')

@@ -18,17 +18,24 @@ import dataclasses
 from typing import Any, Dict, Optional, Union
 
 import torch.nn as nn
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import generate_default_cfgs, model_entrypoint, register_model
 from timm.models._builder import resolve_pretrained_cfg
 
 from .weights import resolve_weights
 
-__all__ = ['ARCHS', 'TAGS', 'FI_LABELS', 'SHA256', 'senti_name', 'stock_name']
+__all__ = ['ARCHS', 'TAGS', 'FI_LABELS', 'SHA256', 'PREPROCESSING', 'senti_name', 'stock_name', 'imagenet_name']
 
 ARCHS = ('vgg16_bn', 'vgg19_bn', 'resnet18', 'resnet50', 'resnet101')
 BACKBONE_TAGS = ('hp', 'ho', 'st')
 TAGS = BACKBONE_TAGS + ('fi',)
 FI_LABELS = ('amusement', 'anger', 'awe', 'contentment', 'disgust', 'excitement', 'fear', 'sadness')
+
+PREPROCESSING = dict(crop_pct=0.875, crop_mode='squash', interpolation='bilinear', mean=IMAGENET_DEFAULT_MEAN,
+                     std=IMAGENET_DEFAULT_STD)
+"""The paper's image preprocessing as timm data-config keys: the image is resized to a square of
+``size / crop_pct`` (256 for 224, aspect ratio not kept), then cropped to ``size`` (centre crop to evaluate,
+random crop + flip to train; :mod:`sentizoo.datasets`). Every ``senti_*`` weight carries it."""
 
 _PAPER = ('Probing Sentiment-Oriented Pre-Training Inspired by Human Sentiment Perception Mechanism '
           '(Feng, Liu, Yang; CVPR 2023)')
@@ -48,8 +55,7 @@ def _cfg(arch: str, tag: str, sha256: Optional[str] = None) -> Dict[str, Any]:
         sha256=sha256,  # set when the checkpoint is published; split off below
         num_classes=len(FI_LABELS) if is_classifier else 0,
         label_names=FI_LABELS if is_classifier else None,
-        input_size=(3, 224, 224), pool_size=(7, 7), crop_pct=0.875, interpolation='bilinear',
-        mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+        input_size=(3, 224, 224), pool_size=(7, 7), **PREPROCESSING,
         first_conv='features.0' if arch.startswith('vgg') else 'conv1',
         classifier='head.fc' if arch.startswith('vgg') else 'fc',
         license='cc-by-nc-4.0',
@@ -68,6 +74,15 @@ default_cfgs = generate_default_cfgs(_weights)
 def stock_name(name: str) -> str:
     """``'senti_resnet50.hp'`` -> ``'resnet50'``: the timm architecture a senti model is built on."""
     return name.split('.')[0].removeprefix('senti_')
+
+
+def imagenet_name(arch: str) -> str:
+    """The ImageNet weights the paper starts from, as a timm name: torchvision's (``'resnet50.tv_in1k'``).
+
+    Pre-training, the baselines and ``--init imagenet`` all use these, never timm's default tag (for ResNets
+    timm's ``a1_in1k`` recipe, trained differently and preprocessed with bicubic resizing and crop 0.95).
+    """
+    return f'{stock_name(arch)}.tv_in1k'
 
 
 def senti_name(arch: Union[str, nn.Module]) -> str:

@@ -157,6 +157,8 @@ def render_card(name: str, *, repo_id: str, architecture: str, description: str,
 
 def _planned_recipe(arch: str, tag: str) -> Tuple[List[Tuple[str, Any]], List[str]]:
     """(facts, commands) of the recipe that produces ``senti_<arch>.<tag>``, read from the training code's defaults."""
+    from sentizoo.models import imagenet_name
+
     from .downstream import load_config
     from .pretrain import DATASETS, SCHEDULES, PretrainConfig
 
@@ -166,7 +168,7 @@ def _planned_recipe(arch: str, tag: str) -> Tuple[List[Tuple[str, Any]], List[st
         out = f'runs/pretrain/{tag}_{arch}'
         facts = pretrain_recipe(
             {**dataclasses.asdict(c), 'lr_step': step}, data=_DATA[DATASETS[tag][0]],
-            init="ImageNet (torchvision's weights through timm)",
+            init=f"ImageNet: torchvision's weights, timm's {imagenet_name(arch)}",
             schedule=f'{epochs} epochs; batch {batch} per task and GPU (the paper: 2 GPUs); '
                      f'{c.image_size} px crops of {c.image_size * 256 // 224} px images, horizontal flip')
         facts.append(('Seed', c.seed))

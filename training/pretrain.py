@@ -291,8 +291,9 @@ def init_backbone(backbone: nn.Module, arch: str, init: str) -> str:
         return 'random'
     if init == 'imagenet':
         from huggingface_hub import hf_hub_download
+        from sentizoo.models import imagenet_name
         from sentizoo.weights import hf_offline  # the library's reading of HF_HUB_OFFLINE
-        repo = f'timm/{arch}.tv_in1k'
+        repo = f'timm/{imagenet_name(arch)}'
         try:
             state = read_state_dict(hf_hub_download(repo, 'model.safetensors', local_files_only=hf_offline()))
         except Exception as e:  # offline and not cached, no network, hub error: say what to do instead
