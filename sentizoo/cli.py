@@ -432,7 +432,6 @@ def _add_data_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument('--workers', type=int, default=4, help='DataLoader worker processes (default: 4)')
     p.add_argument('--img-size', type=int, help='input size (default: the model\'s, 224)')
     p.add_argument('--device', help='torch device (default: this process\'s GPU if any, else cpu)')
-    p.add_argument('--no-amp', action='store_true', help='no bf16 autocast on CUDA')
     p.add_argument('--no-channels-last', action='store_true',
                    help='keep the contiguous memory format (channels_last is used on CUDA only anyway)')
     p.add_argument('--no-progress', action='store_true', help='no progress bar')
@@ -463,6 +462,7 @@ def add_amalgamate_parser(subparsers) -> None:
                    help='target initialisation: hp = the senti HP backbone (default, official), imagenet = torchvision\'s '
                         'ImageNet weights, timm\'s <arch>.tv_in1k (default with --baseline, as in the paper), random')
     _add_data_arguments(p)
+    p.add_argument('--no-amp', action='store_true', help='train without bf16 autocast on CUDA (evaluation is fp32)')
     p.add_argument('--epochs', type=int, default=30, help='(default: 30)')
     p.add_argument('--lr', type=float, default=1e-3, help='SGD learning rate (default: 1e-3)')
     p.add_argument('--momentum', type=float, default=0.9, help='(default: 0.9)')
@@ -516,7 +516,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     if len(dataset.label_names) != model.num_classes:
         raise UsageError(f'{args.data} has {len(dataset.label_names)} labels, the model {model.num_classes} outputs.')
     try:
-        metrics = evaluate(model, _loader(dataset, args, shuffle=False), task, device=args.device, amp=not args.no_amp,
+        metrics = evaluate(model, _loader(dataset, args, shuffle=False), task, device=args.device,
                            channels_last=False if args.no_channels_last else None, progress=not args.no_progress)
     except ValueError as e:
         raise UsageError(str(e)) from e

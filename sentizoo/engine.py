@@ -90,7 +90,7 @@ class TrainOptions:
         resume: continue from ``checkpoint_dir/last.pt`` when it exists; False refuses to overwrite one.
         history_path: also write the history JSON here.
         device: e.g. ``'cuda:1'``; default this process's GPU (``LOCAL_RANK``) if any, else the CPU.
-        amp: bf16 autocast on CUDA (no effect on the CPU).
+        amp: bf16 autocast on CUDA for the training steps (no effect on the CPU; validation always runs in fp32).
         channels_last: convert the models and the images to channels_last; ``None`` (default): on CUDA only,
             where it speeds convolutions up (on the CPU it measured ~20% slower, BENCHMARKS.md).
         sync_batchnorm: under DDP, normalise with the statistics of the global batch (SyncBatchNorm, CUDA
@@ -426,10 +426,12 @@ def _progress_enabled(progress: bool) -> bool:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, task: Union[str, Task] = 'sll', *, device: Optional[str] = None,
-             amp: bool = True, channels_last: Optional[bool] = None, progress: bool = False) -> Dict[str, float]:
+             channels_last: Optional[bool] = None, progress: bool = False) -> Dict[str, float]:
     """The task's metrics of ``model`` over ``loader`` (every sample once, also under torchrun).
 
-    The model is moved to ``device`` and put in eval mode; targets are checked on the first batch.
+    The model is moved to ``device`` and put in eval mode. It runs in fp32, with autocast switched off even
+    inside a caller's autocast: bf16 logits tie, which moves the ranking loss by ~1e-3, the size of the
+    paper's gaps. The targets of every batch are checked against the logits (``task.check_target``).
     """
     task = get_task(task)
     device = resolve_device(device)
@@ -444,14 +446,12 @@ def evaluate(model: nn.Module, loader: DataLoader, task: Union[str, Task] = 'sll
         loader = _rebuild(loader, _Shard(len(loader.dataset), rank, world))
     from tqdm.auto import tqdm
     metrics = task.metrics()
-    for i, (images, targets) in enumerate(tqdm(loader, desc='evaluate', leave=False,
-                                               disable=not _progress_enabled(progress))):
+    for images, targets in tqdm(loader, desc='evaluate', leave=False, disable=not _progress_enabled(progress)):
         targets = targets.to(device, non_blocking=True)
-        with _autocast(device, amp):
-            logits = model(_to_device(images, device, channels_last))
-        if i == 0:
-            task.check_target(targets, logits.shape[1])
-        metrics.update(logits.float(), targets)
+        with torch.autocast(device.type, enabled=False):
+            logits = model(_to_device(images, device, channels_last)).float()
+        task.check_target(targets, logits.shape[1])
+        metrics.update(logits, targets)
     metrics.sync()
     return metrics.compute()
 
@@ -654,7 +654,7 @@ class _Loop:
         record['train'] = dict(zip(self.term_names, (self.sums / max(self.seen, 1)).tolist()))
         if self.val_loader is not None:
             record['val'] = evaluate(self.module.target, self.val_loader, self.task, device=str(self.device),
-                                     amp=self.opts.amp, channels_last=self.channels_last,
+                                     channels_last=self.channels_last,
                                      progress=self.opts.progress)
             self._select(record['val'][self.task.primary_metric])
         record['seconds'] = round(seconds, 3)

@@ -26,10 +26,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-__all__ = ['Task', 'Metrics', 'SLL', 'MLL', 'LDL', 'TASKS', 'get_task', 'EPS']
-
-EPS = 1e-12
-"""Guard for the LDL metrics: floor of ``p + q`` in Clark/Canberra, added inside the logs of KL."""
+__all__ = ['Task', 'Metrics', 'SLL', 'MLL', 'LDL', 'TASKS', 'get_task']
 
 
 class Metrics(ABC):
@@ -221,14 +218,15 @@ class _LDLMetrics(Metrics):
 
     def _batch_sums(self, logits, target):
         p, q = target.double(), torch.softmax(logits, 1)
-        diff = p - q
-        denom = (p + q).clamp_min(EPS)
+        diff, total = p - q, p + q
+        # |p-q|/(p+q) with the true denominator wherever it is positive; 0 for a class where both are 0
+        ratio = torch.where(total > 0, diff.abs() / total.where(total > 0, 1.0), 0.0)
         per_sample = torch.stack([
             diff.abs().amax(1),
-            (diff.square() / denom.square()).sum(1).sqrt(),
-            (diff.abs() / denom).sum(1),
-            (p * ((p + EPS).log() - (q + EPS).log())).sum(1),
-            (p * q).sum(1) / (p.norm(dim=1) * q.norm(dim=1)).clamp_min(EPS),
+            ratio.square().sum(1).sqrt(),
+            ratio.sum(1),
+            (torch.xlogy(p, p) - p * torch.log_softmax(logits, 1)).sum(1),  # exact: no epsilon in the logs
+            (p * q).sum(1) / (p.norm(dim=1) * q.norm(dim=1)),
             torch.minimum(p, q).sum(1),
         ])
         return torch.cat([p.new_tensor([float(p.shape[0])]), per_sample.sum(1)])
@@ -243,8 +241,9 @@ class LDL(Task):
     The model's output is ``softmax(logits)``. Loss: ``KL(truth || softmax(logits))`` averaged over the
     batch (terms with truth 0 contribute 0). Metrics, averaged over samples, with ``p`` the truth and ``q``
     the prediction: Chebyshev ``max|p-q|``, Clark ``sqrt(sum((p-q)^2/(p+q)^2))``, Canberra
-    ``sum(|p-q|/(p+q))`` (``p+q`` floored at :data:`EPS`, so a class where both are 0 adds 0), KL
-    ``sum(p*(log(p+EPS)-log(q+EPS)))``, Cosine ``p.q/(|p||q|)`` and Intersection ``sum(min(p,q))``.
+    ``sum(|p-q|/(p+q))`` (a class where ``p`` and ``q`` are both 0 adds 0; any other uses its true ``p+q``,
+    however small), KL ``sum(p*(log p - log_softmax(logits)))`` from the log-probabilities, with ``0 log 0 = 0``
+    (no epsilon, so no term is capped), Cosine ``p.q/(|p||q|)`` and Intersection ``sum(min(p,q))``.
     Lower is better for the first four, higher for the last two.
     """
 

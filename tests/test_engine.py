@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 import sentizoo.engine as engine
 from sentizoo.amalgamation import TEACHER_TAGS
 from sentizoo.cli import main as cli_main
+from sentizoo.tasks import get_task
 from sentizoo.weights import WeightsNotFoundError, save_pretrained
 
 TESTS = Path(__file__).resolve().parent
@@ -232,6 +233,35 @@ def test_history_file_and_loss_terms(tmp_path):
     assert train['loss'] == pytest.approx(sum(v for k, v in train.items() if k != 'loss') + train['feat/st'])
     assert history['best_epoch'] is None  # no val_loader: the last epoch is returned
     assert engine.evaluate(model, loader, 'sll').keys() == {'accuracy'}
+
+
+def test_evaluate_checks_the_targets_of_every_batch():
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    images = torch.rand(4, 1, 2, 2)
+    batches = [(images, torch.tensor([0, 1, 2, 0])), (images, torch.tensor([[0], [1], [2], [0]]))]
+    assert engine.evaluate(model, batches[:1], 'sll')['accuracy'] <= 1
+    # (N, 1) class indices would broadcast against (N,) predictions into an (N, N) comparison: "accuracy" 4/4 * N
+    with pytest.raises(ValueError, match=r'sll task: targets must be class indices of shape \(N,\).*\(4, 1\)'):
+        engine.evaluate(model, batches, 'sll')
+
+
+def test_evaluate_computes_metrics_in_fp32_inside_autocast():
+    """Logits 1 + 1e-3 * noise tie in bf16 (8 bits of mantissa); evaluate scores the fp32 logits even when the
+    caller runs it under bf16 autocast."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(8, 6)
+    with torch.no_grad():
+        model.weight.mul_(1e-3)
+        model.bias.fill_(1.0)
+    images = torch.randn(32, 8)
+    targets = (torch.rand(32, 6) > 0.5).float()
+    expected = get_task('mll').metrics()
+    expected.update(model(images).detach(), targets)
+    batches = [(images[:16], targets[:16]), (images[16:], targets[16:])]
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        assert model(images).dtype == torch.bfloat16  # the caller's autocast is on
+        scores = engine.evaluate(model, batches, 'mll')
+    assert scores == pytest.approx(expected.compute(), rel=1e-12, abs=1e-12)
 
 
 # --- CLI -----------------------------------------------------------------------------------------------

@@ -322,8 +322,7 @@ def run_experiment(config: Union[str, Path, Mapping[str, Any]], *, out: Union[st
                              **options)
         history = model.sentizoo_history
         best = history['best_epoch']
-        test = evaluate(model, loaders['test'], c['task'], device=device,
-                        **{k: c['train'][k] for k in ('amp', 'channels_last') if k in c['train']})
+        test = evaluate(model, loaders['test'], c['task'], device=device, channels_last=c['train'].get('channels_last'))
         result = {'format': FORMAT, 'experiment': c['name'], 'run': name, 'mode': run['mode'], 'init': run['init'],
                   'init_weights': init_weights(c['arch'], run['init']),
                   'table': c['table'], 'arch': c['arch'], 'dataset': c['dataset'], 'task': c['task'],
