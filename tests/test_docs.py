@@ -28,3 +28,12 @@ def test_every_docs_page_referred_to_exists():
     pages = {m.group() for _, text in _tracked_text_files() for m in re.finditer(r'docs/[\w.-]+\.md', text)}
     assert {'docs/datasets.md', 'docs/method.md'} <= pages
     assert [p for p in sorted(pages) if not (ROOT / p).is_file()] == []
+
+
+def test_readme_lists_the_deviations_from_the_paper():
+    readme = (ROOT / 'README.md').read_text(encoding='utf-8')
+    section = readme.split('## Deviations from the paper', 1)[1].split('\n## ', 1)[0]
+    items = [line for line in section.splitlines() if line.startswith('- **')]
+    assert len(items) >= 5
+    for topic in ('Logits term', 'Super-resolution input', 'VGG head', 'Model selection'):
+        assert any(item.startswith(f'- **{topic}') for item in items), topic

@@ -39,6 +39,8 @@ def test_backbone_export_loads_with_timm(tmp_path, isolated_zoo, capsys):
     assert f"'senti_resnet18.st': '{sha}'" in capsys.readouterr().out
     config = json.loads((folder / 'config.json').read_text())
     assert config['architecture'] == 'resnet18' and config['num_classes'] == 0 and config['sha256'] == sha
+    cfg = config['pretrained_cfg']  # the size it was pre-trained at, with the paper's preprocessing and licence
+    assert (cfg['input_size'], cfg['crop_mode'], cfg['license']) == ([3, 48, 48], 'squash', 'cc-by-nc-4.0')
     model = timm.create_model('senti_resnet18.st', pretrained=True)
     assert model.state_dict().keys() == expected.keys()  # backbone only: the pretext head is gone
     assert all(torch.equal(model.state_dict()[k], v) for k, v in expected.items())

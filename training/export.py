@@ -150,6 +150,9 @@ def export(checkpoint: PathLike, tag: str, *, arch: Optional[str] = None, out: O
     state = read_state_dict(ckpt or checkpoint)
     prefix = find_prefix(state, model, prefix)
     model.load_state_dict({k: state[prefix + k] for k in model.state_dict()})
+    if config.get('image_size'):  # the size it was trained at (the demo pre-trains at 32 px), not the registry's 224
+        size = config['image_size']
+        model.pretrained_cfg = dict(model.pretrained_cfg, input_size=(3, size, size), pool_size=None)
 
     folder = Path(out) if out else zoo_home() / name
     sha256 = save_pretrained(model, folder, label_names=label_names if tag not in BACKBONE_TAGS else None)

@@ -219,13 +219,16 @@ def _subset(dataset: Dataset, max_samples: Optional[int], seed: int) -> Dataset:
 def build_datasets(config: PretrainConfig) -> List[Tuple[str, Dataset]]:
     """The two ``(task, dataset)`` of the model, in ``training_step`` order, with the paper's augmentation.
 
-    Resize to ``image_size * 256 / 224``, random crop ``image_size``, horizontal flip; images stay RGB in
+    Resize to ``floor(image_size * 256 / 224)`` (:func:`sentizoo.datasets.resize_size`, the rule of every
+    downstream path), random crop ``image_size``, horizontal flip; images stay RGB in
     [0, 1]: the tasks normalise them, and make their Lab / low-resolution / tile inputs, on the device.
     A missing or malformed dataset file raises here, before anything trains.
     """
+    from sentizoo.datasets import paper_data_config, resize_size
+
     from .datasets.common import pretrain_transform
     c = config
-    resize = round(c.image_size * 256 / 224)
+    resize = resize_size(paper_data_config(c.image_size))
     transform = pretrain_transform(resize, c.image_size, normalize=False)
     if c.dataset == 'synthetic':
         from .datasets import synthetic as syn
