@@ -120,22 +120,65 @@ def add_info_parser(subparsers) -> None:
 
 # ------------------------------------------------------------------------------------------- predict
 
+def _checkpoint_classes(path: Path, classifier: str) -> Tuple[int, Optional[List[str]]]:
+    """Classes of a weight file: the ``config.json`` beside it (``save_pretrained``'s), else the rows of its
+    classifier weight; with the label names when the config has them."""
+    from safetensors import safe_open
+
+    from .weights import CONFIG_NAME
+
+    config = path.parent / CONFIG_NAME
+    if config.is_file():
+        saved = json.loads(config.read_text())
+        if saved.get('num_classes'):
+            return saved['num_classes'], saved.get('label_names')
+    with safe_open(str(path), 'pt') as f:
+        key = f'{classifier}.weight'
+        if key not in f.keys():
+            raise UsageError(f'--checkpoint {path} has no classifier ({key}); it is not a classifier of this model.')
+        return f.get_slice(key).get_shape()[0], None
+
+
 def _create_classifier(args: argparse.Namespace):
-    """The model to predict with; a UsageError for a backbone, a bad checkpoint path or an unknown name."""
+    """MODEL as the user has it, with its task when known: a zoo folder (written by ``sentizoo amalgamate`` or
+    ``save_pretrained``), an ``hf-hub:`` / ``local-dir:`` name, or a timm / senti name (``--checkpoint``: its
+    weights, with the classes and label names the file carries). A UsageError for a backbone, a bad checkpoint
+    path or an unknown name."""
     import timm
 
-    cfg = _pretrained_cfg(args.model)
-    name = _full_name(args.model, cfg)
-    if not cfg.num_classes:
+    from .weights import CONFIG_NAME
+
+    task, name, folder = None, args.model, Path(args.model)
+    if folder.is_dir():
+        if not (folder / CONFIG_NAME).is_file():
+            raise UsageError(f'{folder} has no config.json; expected a folder written by `{PROG} amalgamate` '
+                             f'or sentizoo.save_pretrained.')
+        task = json.loads((folder / CONFIG_NAME).read_text()).get('task')
+        name = f'local-dir:{folder.resolve()}'
+    if name.startswith(('hf-hub:', 'local-dir:')):
+        model = timm.create_model(name, pretrained=not args.no_pretrained)
+    else:
+        cfg = _pretrained_cfg(args.model)
+        name = _full_name(args.model, cfg)
+        if args.checkpoint is not None:
+            if args.checkpoint.suffix != '.safetensors' or not args.checkpoint.is_file():
+                raise UsageError(f'--checkpoint {args.checkpoint}: expected an existing .safetensors file '
+                                 f'(e.g. written by sentizoo.save_pretrained).')
+            num_classes, labels = _checkpoint_classes(args.checkpoint, cfg.classifier)
+            try:
+                model = timm.create_model(name, num_classes=num_classes, checkpoint_path=str(args.checkpoint))
+            except RuntimeError as e:  # the file holds another architecture
+                raise UsageError(f'--checkpoint {args.checkpoint} does not fit {name}: {str(e).splitlines()[0]}') from e
+            model.pretrained_cfg = dict(model.pretrained_cfg, num_classes=num_classes, label_names=labels)
+        elif cfg.num_classes:
+            model = timm.create_model(name, pretrained=not args.no_pretrained)
+        else:
+            model = None
+    if model is None or not model.num_classes:
         raise UsageError(f'{name} is a backbone (num_classes=0): it has no classifier to predict with. '
                          f'Use a classifier tag such as {name.split(".")[0]}.fi (the 8 FI emotions), or '
                          f'fine-tune the backbone first (sentizoo.amalgamate).')
-    if args.checkpoint is not None:
-        if args.checkpoint.suffix != '.safetensors' or not args.checkpoint.is_file():
-            raise UsageError(f'--checkpoint {args.checkpoint}: expected an existing .safetensors file '
-                             f'(e.g. written by sentizoo.save_pretrained).')
-        return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(args.checkpoint)))
-    return timm.create_model(name, pretrained=not args.no_pretrained)
+    return model, task
 
 
 def _label_names(model) -> List[str]:
@@ -251,7 +294,7 @@ def _run_predict(args: argparse.Namespace) -> int:
         raise UsageError(f'--output {args.output}: {e.strerror}.') from e
     try:
         try:
-            model = _create_classifier(args)
+            model, _ = _create_classifier(args)
         except (WeightsNotFoundError, ChecksumMismatchError) as e:
             print(f'{PROG} predict: error: {e}', file=sys.stderr)
             return 1
@@ -276,7 +319,9 @@ def add_predict_parser(subparsers) -> None:
         description='Predict the top-k labels of every image in PATHS (files, and folders searched recursively) '
                     'with a classifier such as senti_resnet50.fi. Bad files are reported on stderr and as error '
                     'rows; the others are still predicted, and the exit code is 1 if any file failed.')
-    p.add_argument('model', metavar='MODEL', help='a classifier: senti_<arch>.fi or any timm model name')
+    p.add_argument('model', metavar='MODEL',
+                   help='a classifier: a folder written by `sentizoo amalgamate` (or save_pretrained), an hf-hub: or '
+                        'local-dir: name, senti_<arch>.fi, or any timm model name (with --checkpoint: its weights)')
     p.add_argument('paths', metavar='PATHS', nargs='+', type=Path, help='image files and/or folders')
     p.add_argument('--top-k', type=int, default=3, help='labels per image (default: 3)')
     p.add_argument('--batch-size', type=int, default=32, help='images per forward pass (default: 32)')
@@ -288,7 +333,8 @@ def add_predict_parser(subparsers) -> None:
     p.add_argument('--output', type=Path, help='write the results to this file instead of stdout')
     weights = p.add_mutually_exclusive_group()
     weights.add_argument('--checkpoint', type=Path, metavar='FILE',
-                         help='load these weights (.safetensors) instead of the published ones')
+                         help='load these weights (.safetensors; classes and label names from the config.json '
+                              'beside it, else the classifier\'s size) instead of the published ones')
     weights.add_argument('--no-pretrained', action='store_true', help='random weights (testing, timing)')
     p.set_defaults(func=_run_predict)
 
@@ -357,8 +403,9 @@ def _trained_cfg(model, data_config: dict, init: str, teachers: List[str], descr
 
     from .models import senti_name
 
-    cfg = dict(model.pretrained_cfg, tag=None, license=None, paper_name=None, origin_url=None, description=description,
-               **data_config)
+    # built afresh: nothing of the init's own cfg (tag, licence, paper, test-time size and crop) carries over
+    cfg = {k: model.pretrained_cfg.get(k) for k in ('architecture', 'first_conv', 'classifier')}
+    cfg.update(description=description, **data_config)
     if teachers or init.startswith('senti_'):
         senti = get_pretrained_cfg(f'{senti_name(model)}.hp')
         cfg.update(license=senti.license, paper_name=senti.paper_name, origin_url=senti.origin_url)
@@ -485,28 +532,12 @@ def add_amalgamate_parser(subparsers) -> None:
     p.set_defaults(func=_run_amalgamate)
 
 
-def _evaluation_model(args: argparse.Namespace):
-    """MODEL as a folder written by `sentizoo amalgamate` (with its task) or a classifier name."""
-    import timm
-
-    from .weights import CONFIG_NAME
-
-    folder = Path(args.model)
-    if folder.is_dir():
-        config = folder / CONFIG_NAME
-        if not config.is_file():
-            raise UsageError(f'{folder} has no config.json; expected a folder written by `{PROG} amalgamate`.')
-        task = json.loads(config.read_text()).get('task')
-        return timm.create_model(f'local-dir:{folder.resolve()}', pretrained=True), task
-    return _create_classifier(args), None
-
-
 def _run_evaluate(args: argparse.Namespace) -> int:
     from .engine import evaluate
     from .weights import ChecksumMismatchError, WeightsNotFoundError
 
     try:
-        model, saved_task = _evaluation_model(args)
+        model, saved_task = _create_classifier(args)
     except (WeightsNotFoundError, ChecksumMismatchError) as e:
         print(f'{PROG} evaluate: error: {e}', file=sys.stderr)
         return 1
@@ -538,7 +569,8 @@ def add_evaluate_parser(subparsers) -> None:
                     'ldl: Chebyshev, Clark, Canberra, KL, Cosine, Intersection) of MODEL on DATA, with the '
                     'evaluation transform (resize, center crop). MODEL is a folder written by `sentizoo amalgamate` '
                     '(its task is remembered) or a classifier name such as senti_resnet50.fi. ' + _DATA_HELP)
-    p.add_argument('model', metavar='MODEL', help='a folder from `sentizoo amalgamate`, or a classifier name')
+    p.add_argument('model', metavar='MODEL',
+                   help='a folder from `sentizoo amalgamate`, an hf-hub: or local-dir: name, or a classifier name')
     p.add_argument('data', metavar='DATA', type=Path, help='labelled images (see DATA above)')
     _add_data_arguments(p)
     p.add_argument('--format', choices=('table', 'json'), default='table', help='output format (default: table)')

@@ -187,3 +187,35 @@ def test_python_m_sentizoo(zoo, images):
     assert result.returncode == 1, result.stderr
     good, bad = json.loads(result.stdout)
     assert len(good['predictions']) == 3 and bad['error'] == 'the file is empty (0 bytes)'
+
+
+def test_predict_takes_folders_hub_names_and_checkpoints_of_any_size(capsys, images, tmp_path, monkeypatch):
+    """A 3-class model saved by save_pretrained (what `sentizoo amalgamate` writes) predicts the same from its
+    folder, a local-dir: or hf-hub: name, and a timm name + its weight file, with its own label names."""
+    from conftest import write_hf_cache
+
+    torch.manual_seed(0)
+    folder = tmp_path / 'moods'
+    save_pretrained(timm.create_model('resnet18', num_classes=3), folder, label_names=['calm', 'joy', 'rage'],
+                    verbose=False)
+    cache = tmp_path / 'hf'
+    write_hf_cache(cache, 'someone/moods', {n: folder / n for n in ('model.safetensors', 'config.json')})
+    monkeypatch.setattr('huggingface_hub.constants.HF_HUB_CACHE', str(cache))
+    monkeypatch.setattr('huggingface_hub.constants.HF_HUB_OFFLINE', True)
+    outputs = []
+    for model in (folder, f'local-dir:{folder}', 'hf-hub:someone/moods', 'resnet18'):
+        extra = ['--checkpoint', folder / 'model.safetensors'] if model == 'resnet18' else []
+        code, out, err = _run(capsys, 'predict', model, images / 'a_gradient.jpg', '--format', 'json', '--workers', 0,
+                              *extra)
+        assert code == 0, err
+        outputs.append(json.loads(out))
+    assert outputs[0] == outputs[1] == outputs[2] == outputs[3]
+    assert {p['label'] for p in outputs[0][0]['predictions']} == {'calm', 'joy', 'rage'}
+    # a bare weight file: its classifier gives the number of classes, the labels are indices
+    (tmp_path / 'bare').mkdir()
+    (tmp_path / 'bare' / 'w.safetensors').write_bytes((folder / 'model.safetensors').read_bytes())
+    code, out, _ = _run(capsys, 'predict', 'resnet18', images / 'a_gradient.jpg', '--format', 'json', '--workers', 0,
+                        '--checkpoint', tmp_path / 'bare' / 'w.safetensors')
+    assert code == 0 and [p['probability'] for p in json.loads(out)[0]['predictions']] == [
+        p['probability'] for p in outputs[0][0]['predictions']]
+    assert {p['label'] for p in json.loads(out)[0]['predictions']} == {'0', '1', '2'}

@@ -302,7 +302,7 @@ def test_cli_amalgamate_and_evaluate_image_folder(tmp_path, isolated_zoo, capsys
     cfg = config['pretrained_cfg']
     assert (cfg['license'], cfg['crop_mode'], cfg['crop_pct'], cfg['interpolation'], cfg['input_size']) == (
         'cc-by-nc-4.0', 'squash', 0.875, 'bilinear', [3, 32, 32])
-    assert 'tag' not in cfg and 'a1_in1k' not in json.dumps(config)
+    assert not {'tag', 'test_input_size', 'test_crop_pct'} & set(cfg) and 'a1_in1k' not in json.dumps(config)
     assert (out / 'checkpoints' / engine.CHECKPOINT_NAME).is_file()
     capsys.readouterr()
     assert cli_main(['evaluate', str(out), str(tmp_path / 'data'), '--format', 'json', *common]) == 0
