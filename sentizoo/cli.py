@@ -309,10 +309,6 @@ def _run_predict(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _cpu_count() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
-
-
 def add_predict_parser(subparsers) -> None:
     p = subparsers.add_parser(
         'predict', help='top-k labels with probabilities for image files and folders',
@@ -325,9 +321,9 @@ def add_predict_parser(subparsers) -> None:
     p.add_argument('paths', metavar='PATHS', nargs='+', type=Path, help='image files and/or folders')
     p.add_argument('--top-k', type=int, default=3, help='labels per image (default: 3)')
     p.add_argument('--batch-size', type=int, default=32, help='images per forward pass (default: 32)')
-    p.add_argument('--workers', type=int, default=min(8, _cpu_count()),
+    p.add_argument('--workers', type=int,
                    help='processes decoding images beside the model; 0 decodes in the main process '
-                        '(default: %(default)s, the CPU cores up to 8)')
+                        '(default: the CPU cores, up to 8)')
     p.add_argument('--device', help='torch device (default: cuda if available, else cpu)')
     p.add_argument('--format', choices=sorted(_WRITERS), default='table', help='output format (default: table)')
     p.add_argument('--output', type=Path, help='write the results to this file instead of stdout')
@@ -476,7 +472,7 @@ def _add_data_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument('--task', choices=('sll', 'mll', 'ldl'),
                    help='sll for a folder of class folders (default); mll or ldl for a CSV (required)')
     p.add_argument('--batch-size', type=int, default=32, help='images per step and process (default: 32)')
-    p.add_argument('--workers', type=int, default=4, help='DataLoader worker processes (default: 4)')
+    p.add_argument('--workers', type=int, help='DataLoader worker processes (default: the CPU cores, up to 8)')
     p.add_argument('--img-size', type=int, help='input size (default: the model\'s, 224)')
     p.add_argument('--device', help='torch device (default: this process\'s GPU if any, else cpu)')
     p.add_argument('--no-channels-last', action='store_true',
@@ -599,8 +595,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command line; returns the exit code (argparse exits with 2 on malformed arguments)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, 'workers', 0) is None:
+        from .data import default_workers
+        args.workers = default_workers()
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # here, not at exit: a closed pipe then raises where it is handled
+        return code
     except UsageError as e:
         print(f'{PROG} {args.command}: error: {e}', file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (`sentizoo list | head`): stop quietly, as other tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at the exit flush
+        return 1

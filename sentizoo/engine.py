@@ -61,7 +61,7 @@ from .weights import atomic_write
 
 __all__ = ['TrainOptions', 'NonFiniteLossError', 'amalgamate', 'finetune', 'evaluate', 'CHECKPOINT_NAME',
            'BEST_NAME', 'HISTORY_NAME', 'EpochSampler', 'SeededSamples', 'resolve_device', 'process_group', 'rank_world',
-           'is_int', 'is_number', 'sgd']
+           'is_int', 'is_number', 'sgd', 'progress_mode', 'line_every', 'progress_line']
 
 CHECKPOINT_NAME = 'last.pt'
 BEST_NAME = 'best.safetensors'
@@ -95,7 +95,8 @@ class TrainOptions:
             where it speeds convolutions up (on the CPU it measured ~20% slower, BENCHMARKS.md).
         sync_batchnorm: under DDP, normalise with the statistics of the global batch (SyncBatchNorm, CUDA
             only); the returned model has plain BatchNorm layers again.
-        progress: a progress bar with the running loss terms (only on a terminal, on rank 0).
+        progress: on rank 0, a progress bar with the running loss terms on a terminal; in a pipe or a log
+            file, plain lines on stderr instead (about ten per epoch, and the epoch's summary).
     """
 
     epochs: int = 30
@@ -420,8 +421,23 @@ def _to_device(images: torch.Tensor, device: torch.device, channels_last: bool) 
     return images.contiguous(memory_format=torch.channels_last) if channels_last else images
 
 
-def _progress_enabled(progress: bool) -> bool:
-    return progress and rank_world()[0] == 0 and sys.stderr.isatty()
+def progress_mode(progress: bool) -> Optional[str]:
+    """How this process shows progress: ``'bar'`` (tqdm) on a terminal, ``'lines'`` in a pipe or a log file
+    (one line every :func:`line_every` steps and per epoch, on stderr: no carriage returns), ``None`` when
+    ``progress`` is off and on every rank but 0."""
+    if not progress or rank_world()[0] != 0:
+        return None
+    return 'bar' if sys.stderr.isatty() else 'lines'
+
+
+def line_every(steps: int) -> int:
+    """Steps between two progress lines in a pipe: about ten per epoch."""
+    return max(1, steps // 10)
+
+
+def progress_line(text: str) -> None:
+    """One progress line on stderr, flushed (readable in a pipe or a log file as it happens)."""
+    print(text, file=sys.stderr, flush=True)
 
 
 @torch.no_grad()
@@ -446,7 +462,7 @@ def evaluate(model: nn.Module, loader: DataLoader, task: Union[str, Task] = 'sll
         loader = _rebuild(loader, _Shard(len(loader.dataset), rank, world))
     from tqdm.auto import tqdm
     metrics = task.metrics()
-    for images, targets in tqdm(loader, desc='evaluate', leave=False, disable=not _progress_enabled(progress)):
+    for images, targets in tqdm(loader, desc='evaluate', leave=False, disable=progress_mode(progress) != 'bar'):
         targets = targets.to(device, non_blocking=True)
         with torch.autocast(device.type, enabled=False):
             logits = model(_to_device(images, device, channels_last)).float()
@@ -636,15 +652,20 @@ class _Loop:
         batches = self.step + len(self.loader)
         self.module.train()
         every = self.opts.checkpoint_every
-        with tqdm(total=batches, initial=self.step, desc=f'epoch {self.epoch + 1}/{self.opts.epochs}',
-                  disable=not _progress_enabled(self.opts.progress), leave=False, dynamic_ncols=True) as bar:
+        mode = progress_mode(self.opts.progress)
+        desc = f'epoch {self.epoch + 1}/{self.opts.epochs}'
+        with tqdm(total=batches, initial=self.step, desc=desc, disable=mode != 'bar', leave=False,
+                  dynamic_ncols=True) as bar:
             for images, targets in self.loader:
                 self._train_step(images, targets, batches)
                 self.step += 1
                 self.global_step += 1
                 bar.update()
-                bar.set_postfix({name: f'{s / self.seen:.4g}' for name, s in zip(self.term_names, self.sums.tolist())},
-                                refresh=False)
+                terms = {name: f'{s / self.seen:.4g}' for name, s in zip(self.term_names, self.sums.tolist())}
+                bar.set_postfix(terms, refresh=False)
+                if mode == 'lines' and self.step % line_every(batches) == 0 and self.step < batches:
+                    progress_line(f'{desc}  step {self.step}/{batches}  '
+                                  + ' '.join(f'{k} {v}' for k, v in terms.items()))
                 if every and self.step % every == 0 and self.step < batches:
                     self._save()
 
@@ -661,9 +682,12 @@ class _Loop:
         self.history['epochs'].append(record)
         self.epoch, self.step, self.seen = self.epoch + 1, 0, 0
         self.sums = torch.zeros_like(self.sums)
-        if _progress_enabled(self.opts.progress):
+        mode = progress_mode(self.opts.progress)
+        if mode == 'bar':
             from tqdm.auto import tqdm
             tqdm.write(_summary(record, self.opts.epochs))
+        elif mode == 'lines':
+            progress_line(_summary(record, self.opts.epochs))
         elif self.rank == 0:
             _logger.info(_summary(record, self.opts.epochs))
         self._write_history()

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from timm.data import create_transform, resolve_model_data_config
 
-from sentizoo.cli import main
+from sentizoo.cli import build_parser, main
 from sentizoo.data import load_image
 from sentizoo.models import FI_LABELS
 from sentizoo.weights import save_pretrained
@@ -219,3 +219,25 @@ def test_predict_takes_folders_hub_names_and_checkpoints_of_any_size(capsys, ima
     assert code == 0 and [p['probability'] for p in json.loads(out)[0]['predictions']] == [
         p['probability'] for p in outputs[0][0]['predictions']]
     assert {p['label'] for p in json.loads(out)[0]['predictions']} == {'0', '1', '2'}
+
+
+def test_output_into_a_closed_pipe_exits_quietly(zoo):
+    """`sentizoo list | head -0`: the reader is gone before anything is written; no traceback."""
+    proc = subprocess.Popen([sys.executable, '-m', 'sentizoo', 'list'], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 1
+    assert 'Traceback' not in err and 'BrokenPipeError' not in err, err
+
+
+def test_workers_default_to_the_cores(monkeypatch):
+    from sentizoo.data import default_workers
+    from training.downstream import validate_config
+
+    monkeypatch.setattr(os, 'sched_getaffinity', lambda pid: {0, 1}, raising=False)
+    assert default_workers() == 2
+    config = validate_config({'arch': 'resnet18', 'dataset': 'synthetic', 'task': 'sll',
+                              'runs': {'a': {'mode': 'finetune', 'init': 'random'}}})
+    assert config['workers'] == 2  # was 4: more processes than cores, and torch's warning twice per run
+    assert build_parser().parse_args(['amalgamate', 'resnet18', 'data', '--output', 'out']).workers is None

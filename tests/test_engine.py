@@ -264,6 +264,18 @@ def test_evaluate_computes_metrics_in_fp32_inside_autocast():
     assert scores == pytest.approx(expected.compute(), rel=1e-12, abs=1e-12)
 
 
+def test_progress_in_a_pipe_is_one_line_per_epoch_and_some_steps(capsys):
+    """stderr is not a terminal here (a pipe or a log file): plain lines, no bar, no logging set-up needed."""
+    loader = DataLoader(Noisy(n=40), batch_size=2, shuffle=True)  # 20 steps: a line every 2
+    engine.finetune(tiny(), loader, epochs=2, progress=True)
+    lines = capsys.readouterr().err.splitlines()
+    assert '\r' not in ''.join(lines)
+    steps = [line.split('  ')[:2] for line in lines if '  step ' in line]
+    assert steps == [[f'epoch {e}/2', f'step {s}/20'] for e in (1, 2) for s in range(2, 20, 2)]
+    assert [line.split('  ')[0] for line in lines if '  loss ' in line and 'step' not in line] == ['epoch 1/2',
+                                                                                                  'epoch 2/2']
+
+
 # --- CLI -----------------------------------------------------------------------------------------------
 
 def write_images(root: Path, classes=('calm', 'joy', 'rage'), per_class: int = 4) -> None:

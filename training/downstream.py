@@ -61,7 +61,7 @@ _ABLATION = ('feature_stages', 'logits_teachers', 'teacher_task_loss', 'freeze_t
 _SET_BY_RUNNER = ('checkpoint_dir', 'history_path', 'device', 'progress', 'resume', 'checkpoint_every')
 _SYNTHETIC_DATA = {'n_train': 1000, 'n_val': 200, 'n_test': 400, 'seed': 0}
 _DEFAULTS: Dict[str, Any] = {'description': '', 'table': None, 'data_root': None, 'data': {}, 'image_size': 224,
-                             'batch_size': 32, 'eval_batch_size': None, 'workers': 4, 'checkpoints': True,
+                             'batch_size': 32, 'eval_batch_size': None, 'workers': None, 'checkpoints': True,
                              'train': {}}
 _REQUIRED = ('arch', 'dataset', 'task', 'runs')
 
@@ -165,6 +165,9 @@ def validate_config(config: Mapping[str, Any], source: str = 'config') -> Dict[s
         problems.append(f'dataset: one of {(*DATASET_NAMES, SYNTHETIC)}, got {c["dataset"]!r}')
     if 'task' in c and c['task'] not in TASKS:
         problems.append(f'task: one of {TASKS}, got {c["task"]!r}')
+    if c['workers'] is None:  # what the machine has: more workers than cores only compete with the model
+        from sentizoo.data import default_workers
+        c['workers'] = default_workers()
     for key, low in (('image_size', 16), ('batch_size', 1), ('workers', 0)):
         if not is_int(c[key], low):
             problems.append(f'{key}: an integer >= {low}, got {c[key]!r}')

@@ -43,8 +43,8 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from sentizoo.engine import (EpochSampler, NonFiniteLossError, SeededSamples, process_group,
-                             rank_world, resolve_device, sgd)
+from sentizoo.engine import (EpochSampler, NonFiniteLossError, SeededSamples, line_every, process_group,
+                             progress_line, progress_mode, rank_world, resolve_device, sgd)
 from sentizoo.models import ARCHS
 
 from .checkpoint import load_checkpoint, read_state_dict, rng_state, save_checkpoint, set_rng_state
@@ -524,8 +524,9 @@ def _train(config: PretrainConfig, device: torch.device) -> Path:
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if amp else nullcontext()
     while epoch < config.epochs:
         model.train()
-        bar = tqdm(total=steps_per_epoch, initial=step_in_epoch, disable=not (main_process and config.progress),
-                   desc=f'{config.model.upper()} epoch {epoch + 1}/{config.epochs}', dynamic_ncols=True)
+        mode = progress_mode(main_process and config.progress)  # a bar on a terminal, plain lines in a pipe
+        desc = f'{config.model.upper()} epoch {epoch + 1}/{config.epochs}'
+        bar = tqdm(total=steps_per_epoch, initial=step_in_epoch, disable=mode != 'bar', desc=desc, dynamic_ncols=True)
         started = time.perf_counter()
         while step_in_epoch < steps_per_epoch:
             batches = [_to_device(s.next(), device, channels_last) for s in streams]
@@ -551,6 +552,10 @@ def _train(config: PretrainConfig, device: torch.device) -> Path:
                           'time': round(time.perf_counter() - started, 3)})
                 bar.set_postfix({k: f'{v:.4g}' for k, v in values.items()}, refresh=False)
             bar.update()
+            if mode == 'lines' and (step_in_epoch % line_every(steps_per_epoch) == 0
+                                    or step_in_epoch == steps_per_epoch):
+                progress_line(f'{desc}  step {step_in_epoch}/{steps_per_epoch}  '
+                              + ' '.join(f'{k} {v:.4g}' for k, v in values.items()))
             if config.save_every and step % config.save_every == 0 and step_in_epoch < steps_per_epoch:
                 save(last_path)
         bar.close()
