@@ -65,10 +65,23 @@ def _cfg(arch: str, tag: str, sha256: Optional[str] = None) -> Dict[str, Any]:
     )
 
 
+def _amalgamator_cfg(arch: str) -> Dict[str, Any]:
+    """What ``amalgamator_senti_<arch>`` is: no weight file of its own; the teachers and the target's start
+    resolve by tag (``senti_<arch>.st/.ho/.hp``)."""
+    cfg = {k: v for k, v in _cfg(arch, 'hp').items() if k not in ('hf_hub_id', 'hf_hub_filename', 'sha256')}
+    return dict(cfg, num_classes=len(FI_LABELS), label_names=None, first_conv=f'target.{cfg["first_conv"]}',
+                classifier=f'target.{cfg["classifier"]}',
+                description=f'The paper\'s amalgamation module for {arch}: the target starts from senti_{arch}.hp '
+                            f'and trains beside the senti_{arch}.st/.ho/.hp teachers (loaded by tag); keep '
+                            f'.target.')
+
+
 # Weights as data: one entry per published checkpoint; the first tag of each arch is its default.
 _weights = {f'senti_{arch}.{tag}': _cfg(arch, tag) for arch in ARCHS for tag in TAGS}
 SHA256: Dict[str, Optional[str]] = {name: cfg.pop('sha256') for name, cfg in _weights.items()}
-default_cfgs = generate_default_cfgs(_weights)
+# The Amalgamator entries are named so that timm.list_models('senti_*') lists the backbones only.
+default_cfgs = generate_default_cfgs({**_weights, **{f'amalgamator_senti_{arch}.zoo': _amalgamator_cfg(arch)
+                                                     for arch in ARCHS}})
 
 
 def stock_name(name: str) -> str:
@@ -141,3 +154,43 @@ def senti_resnet50(pretrained: bool = False, **kwargs) -> nn.Module:
 def senti_resnet101(pretrained: bool = False, **kwargs) -> nn.Module:
     """ResNet-101 with sentiment-oriented pre-training (tags: hp, ho, st, fi)."""
     return _create('senti_resnet101', pretrained, **kwargs)
+
+
+def _create_amalgamator(variant: str, pretrained: bool = False, pretrained_cfg=None, pretrained_cfg_overlay=None,
+                        cache_dir=None, **kwargs) -> nn.Module:
+    from .amalgamation import create_amalgamator  # the training machinery, imported on first use
+
+    cfg = resolve_pretrained_cfg(variant, pretrained_cfg=pretrained_cfg, pretrained_cfg_overlay=pretrained_cfg_overlay)
+    module = create_amalgamator(stock_name(variant.removeprefix('amalgamator_')), pretrained=pretrained, **kwargs)
+    module.pretrained_cfg = cfg.to_dict()
+    return module
+
+
+@register_model
+def amalgamator_senti_vgg16_bn(pretrained: bool = False, **kwargs) -> nn.Module:
+    """The paper's amalgamation module for VGG16-BN (:func:`sentizoo.amalgamation.create_amalgamator`)."""
+    return _create_amalgamator('amalgamator_senti_vgg16_bn', pretrained, **kwargs)
+
+
+@register_model
+def amalgamator_senti_vgg19_bn(pretrained: bool = False, **kwargs) -> nn.Module:
+    """The paper's amalgamation module for VGG19-BN (:func:`sentizoo.amalgamation.create_amalgamator`)."""
+    return _create_amalgamator('amalgamator_senti_vgg19_bn', pretrained, **kwargs)
+
+
+@register_model
+def amalgamator_senti_resnet18(pretrained: bool = False, **kwargs) -> nn.Module:
+    """The paper's amalgamation module for ResNet-18 (:func:`sentizoo.amalgamation.create_amalgamator`)."""
+    return _create_amalgamator('amalgamator_senti_resnet18', pretrained, **kwargs)
+
+
+@register_model
+def amalgamator_senti_resnet50(pretrained: bool = False, **kwargs) -> nn.Module:
+    """The paper's amalgamation module for ResNet-50 (:func:`sentizoo.amalgamation.create_amalgamator`)."""
+    return _create_amalgamator('amalgamator_senti_resnet50', pretrained, **kwargs)
+
+
+@register_model
+def amalgamator_senti_resnet101(pretrained: bool = False, **kwargs) -> nn.Module:
+    """The paper's amalgamation module for ResNet-101 (:func:`sentizoo.amalgamation.create_amalgamator`)."""
+    return _create_amalgamator('amalgamator_senti_resnet101', pretrained, **kwargs)
