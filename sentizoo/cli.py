@@ -369,27 +369,28 @@ def _data_config(model, img_size: Optional[int]) -> dict:
 
 
 def _create_target(args: argparse.Namespace, num_classes: int) -> Tuple[Any, str]:
-    """The target: stock timm architecture with a fresh head, initialised as ``--init`` says, and the name of
-    the weights it starts from (``senti_resnet50.hp``, ``resnet50.tv_in1k`` or ``random``)."""
+    """The target with a fresh head (a zoo VGG with the paper's head), its backbone initialised as ``--init``
+    says, and the name of the weights it starts from (``senti_resnet50.hp``, ``resnet50.tv_in1k``, ``random``)."""
     import timm
 
     from .amalgamation import init_target_from
-    from .models import imagenet_name, senti_name, stock_name
+    from .models import ARCHS, imagenet_name, paper_arch, senti_name, stock_name
 
     arch = stock_name(args.model)
     if not timm.is_model(arch):
         raise UsageError(f'unknown architecture {args.model!r}; e.g. resnet50 or senti_resnet50.')
     init = args.init or ('imagenet' if args.baseline else 'hp')
+    target = timm.create_model(paper_arch(arch), num_classes=num_classes)
     if init == 'hp':
         try:
             name = f'{senti_name(arch)}.hp'
         except ValueError as e:
             raise UsageError(f'--init hp: {e}') from e
-        return init_target_from(timm.create_model(arch, num_classes=num_classes),
-                                timm.create_model(name, pretrained=True)), name
-    if init == 'imagenet':  # torchvision's weights, as the paper and training.pretrain
-        return timm.create_model(imagenet_name(arch), pretrained=True, num_classes=num_classes), imagenet_name(arch)
-    return timm.create_model(arch, num_classes=num_classes), 'random'
+    elif init == 'imagenet':  # torchvision's weights, as the paper and training.pretrain (others: timm's default)
+        name = imagenet_name(arch) if arch in ARCHS else arch
+    else:
+        return target, 'random'
+    return init_target_from(target, timm.create_model(name, pretrained=True)), name
 
 
 def _trained_cfg(model, data_config: dict, init: str, teachers: List[str], description: str) -> dict:
@@ -502,8 +503,9 @@ def add_amalgamate_parser(subparsers) -> None:
     p.add_argument('--baseline', action='store_true',
                    help='plain fine-tuning without teachers (the paper\'s baseline)')
     p.add_argument('--init', metavar='{hp,imagenet,random}', choices=('hp', 'imagenet', 'random'),
-                   help='target initialisation: hp = the senti HP backbone (default, official), imagenet = torchvision\'s '
-                        'ImageNet weights, timm\'s <arch>.tv_in1k (default with --baseline, as in the paper), random')
+                   help='target initialisation: hp = the senti HP backbone (default, official), imagenet = '
+                        'torchvision\'s ImageNet weights, timm\'s <arch>.tv_in1k (default with --baseline, as in '
+                        'the paper), random')
     _add_data_arguments(p)
     p.add_argument('--no-amp', action='store_true', help='train without bf16 autocast on CUDA (evaluation is fp32)')
     p.add_argument('--epochs', type=int, default=30, help='(default: 30)')

@@ -15,16 +15,20 @@ Tags, one Hugging Face repo each (``sentizoo/<arch>.<tag>``):
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, List, Optional, Union
 
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import generate_default_cfgs, model_entrypoint, register_model
+from timm.layers import ClassifierHead
+from timm.models import build_model_with_cfg, generate_default_cfgs, model_entrypoint, register_model
 from timm.models._builder import resolve_pretrained_cfg
+from timm.models.vgg import VGG
+from timm.models.vgg import cfgs as vgg_cfgs
 
 from .weights import resolve_weights
 
-__all__ = ['ARCHS', 'TAGS', 'FI_LABELS', 'SHA256', 'PREPROCESSING', 'senti_name', 'stock_name', 'imagenet_name']
+__all__ = ['ARCHS', 'TAGS', 'FI_LABELS', 'SHA256', 'PREPROCESSING', 'PaperVGG', 'senti_name', 'stock_name',
+           'imagenet_name', 'paper_arch']
 
 ARCHS = ('vgg16_bn', 'vgg19_bn', 'resnet18', 'resnet50', 'resnet101')
 BACKBONE_TAGS = ('hp', 'ho', 'st')
@@ -98,6 +102,12 @@ def imagenet_name(arch: str) -> str:
     return f'{stock_name(arch)}.tv_in1k'
 
 
+def paper_arch(arch: str) -> str:
+    """The timm name the paper's experiments build ``arch`` with: ``senti_<arch>`` for a zoo architecture (the
+    VGGs then have the paper's head, :class:`PaperVGG`; the ResNets are stock), else ``arch`` itself."""
+    return senti_name(arch) if stock_name(arch) in ARCHS else arch
+
+
 def senti_name(arch: Union[str, nn.Module]) -> str:
     """The senti family name for an architecture, tagged name or timm model: ``'senti_resnet50'``.
 
@@ -116,14 +126,32 @@ def senti_name(arch: Union[str, nn.Module]) -> str:
     return f'senti_{base}'
 
 
+class PaperVGG(VGG):
+    """timm's VGG with the paper's head: global average pooling of the conv features and one
+    ``Linear(512, num_classes)``. timm's fc6/fc7 ``ConvMlp`` (4096 wide, ~120M parameters) is not there: the
+    official code has none, and it changes the logits the amalgamation compares and the cost."""
+
+    def __init__(self, cfg: List[Any], num_classes: int = 1000, global_pool: str = 'avg', drop_rate: float = 0.,
+                 **kwargs) -> None:
+        super().__init__(cfg, num_classes=num_classes, global_pool=global_pool, drop_rate=drop_rate, **kwargs)
+        self.pre_logits = nn.Identity()
+        self.head = ClassifierHead(self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate)
+        self.head_hidden_size = self.num_features
+
+
 def _create(variant: str, pretrained: bool = False, pretrained_cfg=None, pretrained_cfg_overlay=None,
             **kwargs) -> nn.Module:
     cfg = resolve_pretrained_cfg(variant, pretrained_cfg=pretrained_cfg, pretrained_cfg_overlay=pretrained_cfg_overlay)
-    if pretrained:
+    if pretrained and cfg.source not in ('hf-hub', 'local-dir'):  # those timm loads from where they name
         # Resolve (and verify) here so timm only ever sees a local safetensors file: no network retries.
         name = f'{variant}.{cfg.tag}'
         cfg = dataclasses.replace(cfg, file=str(resolve_weights(name, cfg)), custom_load=False)
-    return model_entrypoint(stock_name(variant))(pretrained=pretrained, pretrained_cfg=cfg, **kwargs)
+    arch = stock_name(variant)
+    if arch.startswith('vgg'):
+        return build_model_with_cfg(PaperVGG, arch, pretrained, pretrained_cfg=cfg, model_cfg=vgg_cfgs[arch[:5]],
+                                    feature_cfg=dict(flatten_sequential=True, out_indices=(0, 1, 2, 3, 4, 5)),
+                                    norm_layer=nn.BatchNorm2d, **kwargs)
+    return model_entrypoint(arch)(pretrained=pretrained, pretrained_cfg=cfg, **kwargs)
 
 
 @register_model

@@ -196,14 +196,16 @@ def resolve_weights(name: str, cfg: Any = None, sha256: Optional[str] = None, do
 
 def _config_for(model: nn.Module, label_names: Optional[Sequence[str]], extra: Optional[Dict[str, Any]]) -> Dict:
     """timm's own ``config.json`` for ``model`` (``save_config_for_hf``: ``model_args``, ``global_pool``, the data
-    config at the model's input channels ...) with the stock architecture name, so stock timm rebuilds it."""
+    config at the model's input channels ...) with the stock architecture name, so stock timm rebuilds it; a
+    VGG with the paper's head (:class:`~sentizoo.models.PaperVGG`) keeps its ``senti_`` name, which needs
+    ``import sentizoo``."""
     from timm.models._hub import save_config_for_hf
 
     cfg = getattr(model, 'pretrained_cfg', None) or {}
     if not cfg.get('architecture'):
         raise ValueError(f'{type(model).__name__} has no pretrained_cfg["architecture"]: save_pretrained writes '
                          f'timm models (create them with timm.create_model).')
-    from .models import stock_name  # deferred: models imports this module
+    from .models import PaperVGG, stock_name  # deferred: models imports this module
     label_names = list(label_names) if label_names is not None else cfg.get('label_names')
     num_classes = getattr(model, 'num_classes', cfg.get('num_classes'))
     if label_names is not None and len(label_names) != num_classes:
@@ -212,7 +214,8 @@ def _config_for(model: nn.Module, label_names: Optional[Sequence[str]], extra: O
         path = Path(tmp) / CONFIG_NAME
         save_config_for_hf(model, str(path), model_config=dict(label_names=label_names) if label_names else None)
         config = json.loads(path.read_text())
-    config['architecture'] = stock_name(config['architecture'])  # loads even without `import sentizoo`
+    if not isinstance(model, PaperVGG):  # the stock name loads even without `import sentizoo`
+        config['architecture'] = stock_name(config['architecture'])
     config.update(extra or {})
     return config
 

@@ -35,5 +35,5 @@ def test_readme_lists_the_deviations_from_the_paper():
     section = readme.split('## Deviations from the paper', 1)[1].split('\n## ', 1)[0]
     items = [line for line in section.splitlines() if line.startswith('- **')]
     assert len(items) >= 5
-    for topic in ('Logits term', 'Super-resolution input', 'VGG head', 'Model selection'):
+    for topic in ('Logits term', 'Super-resolution input', 'Model selection', 'LDL metrics'):
         assert any(item.startswith(f'- **{topic}') for item in items), topic

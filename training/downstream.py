@@ -253,14 +253,14 @@ def build_target(arch: str, init: str, num_classes: int, seed: int = 0) -> nn.Mo
     zoo's ``senti_<arch>.hp`` backbone, the official amalgamation target) or a weight file."""
     import timm
 
-    import sentizoo  # noqa: F401  (registers senti_*)
+    import sentizoo  # noqa: F401  (registers senti_*; the VGGs get the paper's head, sentizoo.models.PaperVGG)
     torch.manual_seed(seed)
     if init in BACKBONE_TAGS:
         return timm.create_model(f'senti_{arch}.{init}', pretrained=True, num_classes=num_classes)
     if init == 'random':
-        return timm.create_model(arch, num_classes=num_classes)
+        return timm.create_model(f'senti_{arch}', num_classes=num_classes)
     from .pretrain import init_backbone
-    model = timm.create_model(arch, num_classes=0)
+    model = timm.create_model(f'senti_{arch}', num_classes=0)
     init_backbone(model, arch, init)
     model.reset_classifier(num_classes)
     return model

@@ -123,6 +123,17 @@ def _evaluation(results: Sequence[Mapping[str, Any]]) -> str:
     return '\n'.join(rows)
 
 
+def _loading(name: str, repo_id: str, architecture: str) -> str:
+    """How the published files load: with stock timm for the ResNets; the VGGs need sentizoo for their head."""
+    if architecture.startswith('vgg'):
+        return (f"`config.json` names `{name.split('.')[0]}`: timm's {architecture} convolutional features with the "
+                "paper's head (global average pooling and one `Linear(512, classes)`, `sentizoo.models.PaperVGG`) "
+                "instead of timm's fc6/fc7 `ConvMlp`, which stock timm's architecture cannot do without. "
+                f"`timm.create_model('hf-hub:{repo_id}', pretrained=True)` therefore needs `import sentizoo` first.")
+    return (f"`config.json` names the stock timm architecture (`{architecture}`), so "
+            f"`timm.create_model('hf-hub:{repo_id}', pretrained=True)` also works without `import sentizoo`.")
+
+
 def render_card(name: str, *, repo_id: str, architecture: str, description: str,
                 recipe: Sequence[Tuple[str, Any]], commands: Sequence[str],
                 results: Sequence[Mapping[str, Any]] = (), synthetic: bool = False, planned: bool = False,
@@ -151,7 +162,7 @@ def render_card(name: str, *, repo_id: str, architecture: str, description: str,
     text = Template(Path(template or TEMPLATE).read_text(encoding='utf-8'))
     return text.substitute(
         front_matter=_yaml(meta), name=name, repo_id=repo_id, architecture=architecture, description=description,
-        notice=notice, recipe='\n'.join(f'- {label}: {value}' for label, value in recipe),
+        notice=notice, loading=_loading(name, repo_id, architecture), recipe='\n'.join(f'- {label}: {value}' for label, value in recipe),
         commands='\n'.join(commands), evaluation=_evaluation(results))
 
 
