@@ -512,6 +512,7 @@ class _Loop:
 
         torch.manual_seed(opts.seed)  # the teachers' fresh heads are seeded
         self.module = build()
+        self.outputs = num_outputs(self.module.target)
         if opts.sync_batchnorm and self.world > 1:
             self.module = nn.SyncBatchNorm.convert_sync_batchnorm(self.module)
         self.module.to(self.device)
@@ -625,6 +626,7 @@ class _Loop:
     def _train_step(self, images: torch.Tensor, targets: torch.Tensor, batches: int) -> None:
         images = _to_device(images, self.device, self.channels_last)
         targets = targets.to(self.device, non_blocking=True)
+        self.task.check_shape(targets, self.outputs)  # every batch: an (N, 1) target would broadcast in the loss
         with _autocast(self.device, self.opts.amp):
             out = self.net(images, targets)
         self.optimizer.zero_grad(set_to_none=True)

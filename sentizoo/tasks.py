@@ -77,6 +77,8 @@ class Task(ABC):
     primary_metric: str
     higher_is_better: bool
     """Direction of :attr:`primary_metric` (for model selection on a validation set)."""
+    target_ndim: int = 2
+    expected_shape: str = 'of shape (N, {C})'
 
     @abstractmethod
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -94,16 +96,19 @@ class Task(ABC):
     def check_target(self, target: torch.Tensor, num_outputs: int) -> None:
         """Raise ValueError, naming expected and actual shape/dtype/values, if ``target`` does not fit."""
 
+    def check_shape(self, target: torch.Tensor, num_outputs: int) -> None:
+        """The shape part of :meth:`check_target`, without looking at the values (no device sync): cheap
+        enough for every training step, where a wrong shape would broadcast silently in the loss."""
+        if target.ndim != self.target_ndim or (self.target_ndim == 2 and target.shape[1] != num_outputs):
+            self._fail(target, self.expected_shape.format(C=num_outputs),
+                       f'shape {tuple(target.shape)} for a model with {num_outputs} outputs')
+
     def __repr__(self) -> str:
         return f'{type(self).__name__}()'
 
     def _fail(self, target: torch.Tensor, expected: str, problem: str) -> None:
         raise ValueError(f'{self.name} task: targets must be {expected}; got {problem} '
                          f'(shape {tuple(target.shape)}, dtype {target.dtype}).')
-
-    def _check_matrix(self, target: torch.Tensor, num_outputs: int, expected: str) -> None:
-        if target.ndim != 2 or target.shape[1] != num_outputs:
-            self._fail(target, expected, f'shape {tuple(target.shape)} for a model with {num_outputs} outputs')
 
 
 # --- single-label --------------------------------------------------------------------------------------
@@ -123,6 +128,8 @@ class SLL(Task):
     name = 'sll'
     primary_metric = 'accuracy'
     higher_is_better = True
+    target_ndim = 1
+    expected_shape = 'class indices of shape (N,)'
 
     def loss(self, logits, target):
         return F.cross_entropy(logits, target)
@@ -190,6 +197,7 @@ class MLL(Task):
     name = 'mll'
     primary_metric = 'hamming_loss'
     higher_is_better = False
+    expected_shape = 'multi-hot labels of shape (N, {C})'
 
     def loss(self, logits, target):
         return F.binary_cross_entropy_with_logits(logits, target.to(logits.dtype))
@@ -203,7 +211,7 @@ class MLL(Task):
 
     def check_target(self, target, num_outputs):
         expected = f'multi-hot labels of shape (N, {num_outputs}) with values 0/1'
-        self._check_matrix(target, num_outputs, expected)
+        self.check_shape(target, num_outputs)
         if not ((target == 0) | (target == 1)).all():
             self._fail(target, expected, 'values other than 0 and 1')
 
@@ -250,6 +258,7 @@ class LDL(Task):
     name = 'ldl'
     primary_metric = 'kl'
     higher_is_better = False
+    expected_shape = 'distributions of shape (N, {C})'
 
     def loss(self, logits, target):
         return F.kl_div(F.log_softmax(logits, 1), target.to(logits.dtype), reduction='batchmean')
@@ -262,7 +271,7 @@ class LDL(Task):
 
     def check_target(self, target, num_outputs):
         expected = f'distributions of shape (N, {num_outputs}), float, non-negative, rows summing to 1'
-        self._check_matrix(target, num_outputs, expected)
+        self.check_shape(target, num_outputs)
         if not target.dtype.is_floating_point:
             self._fail(target, expected, 'a non-float dtype')
         if (target < 0).any():

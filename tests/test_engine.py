@@ -245,6 +245,20 @@ def test_evaluate_checks_the_targets_of_every_batch():
         engine.evaluate(model, batches, 'sll')
 
 
+def test_training_checks_the_target_shape_of_every_batch():
+    """The first batch is fine, a later one holds (N, 1) distributions: KL would broadcast them silently."""
+    class LaterBad(Dataset):
+        def __len__(self):
+            return 8
+
+        def __getitem__(self, i):
+            target = torch.tensor([0.2, 0.3, 0.5]) if i < 4 else torch.tensor([1.0])
+            return torch.rand(3, 32, 32), target
+
+    with pytest.raises(ValueError, match=r'ldl task: targets must be distributions of shape \(N, 3\); got shape \(4, 1\)'):
+        engine.finetune(tiny(), DataLoader(LaterBad(), batch_size=4), task='ldl', epochs=1, progress=False)
+
+
 def test_evaluate_computes_metrics_in_fp32_inside_autocast():
     """Logits 1 + 1e-3 * noise tie in bf16 (8 bits of mantissa); evaluate scores the fp32 logits even when the
     caller runs it under bf16 autocast."""
