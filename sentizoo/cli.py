@@ -457,7 +457,7 @@ def _run_amalgamate(args: argparse.Namespace) -> int:
     if int(os.environ.get('RANK', '0')) == 0:
         how = f'amalgamated with {", ".join(teachers)}' if teachers else 'fine-tuned'
         model.pretrained_cfg = _trained_cfg(model, config, init, teachers,
-                                            f'{model.pretrained_cfg["architecture"]} {how} on {args.train} ({task}), '
+                                            f'{model.pretrained_cfg["architecture"]} {how} on {args.train.name} ({task}), '
                                             f'starting from {init}.')
         provenance = dict(task=task, init=init, teachers=teachers)
         save_pretrained(model, args.output, label_names=labels, extra_config=provenance)
