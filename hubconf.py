@@ -28,7 +28,8 @@ senti_resnet101 = _entrypoint('senti_resnet101')
 
 
 def amalgamator(arch: str = 'resnet50', num_classes: int = 8, task: str = 'sll', pretrained: bool = True, **kwargs):
-    """The paper's amalgamation module: a ``arch`` target plus the ST, HO and HP teachers.
+    """The paper's amalgamation module: an ``arch`` target plus the ST, HO and HP teachers; the same as
+    ``timm.create_model(f'amalgamator_senti_{arch}', ...)``.
 
     Every model gets a fresh ``num_classes`` head; the target starts from the HP backbone (the official
     recipe). Train it like any module: in train mode ``forward(images, targets)`` returns the target's
@@ -40,14 +41,8 @@ def amalgamator(arch: str = 'resnet50', num_classes: int = 8, task: str = 'sll',
         task: ``sll``, ``mll`` or ``ldl``.
         pretrained: load the teachers' sentiment-pretrained weights (else random, for testing).
         **kwargs: :class:`sentizoo.Amalgamator` options (``feature_stages``, ``logits_teachers``,
-            ``teacher_task_loss``, ``freeze_teachers``, ``loss_weights``).
+            ``teacher_task_loss``, ``freeze_teachers``, ``loss_weights``, ``side_by_side``).
     """
-    from sentizoo.amalgamation import TEACHER_TAGS, Amalgamator, init_target_from, load_teachers, needed_teachers
-    from sentizoo.models import stock_name
-
-    # Only the teachers the terms use (Amalgamator refuses unused ones), plus HP to initialise the target.
-    tags = needed_teachers(**{k: kwargs[k] for k in ('feature_stages', 'logits_teachers') if k in kwargs})
-    models = load_teachers(arch, num_classes, tuple(t for t in TEACHER_TAGS if t in tags or t == 'hp'),
-                           pretrained=pretrained)
-    target = init_target_from(timm.create_model(stock_name(arch), num_classes=num_classes), models['hp'])
-    return Amalgamator(target, {t: models[t] for t in tags}, task, **kwargs)
+    from sentizoo.models import senti_name
+    return timm.create_model(f'amalgamator_{senti_name(arch)}', pretrained=pretrained, num_classes=num_classes,
+                             task=task, **kwargs)

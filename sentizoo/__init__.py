@@ -19,6 +19,7 @@ _LAZY = {
     'TrainOptions': 'sentizoo.engine',
     'NonFiniteLossError': 'sentizoo.engine',
     'Amalgamator': 'sentizoo.amalgamation',
+    'create_amalgamator': 'sentizoo.amalgamation',
     'load_teachers': 'sentizoo.amalgamation',
     'needed_teachers': 'sentizoo.amalgamation',
     'init_target_from': 'sentizoo.amalgamation',

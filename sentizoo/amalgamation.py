@@ -28,7 +28,7 @@ from .stages import STAGES, stage_channels, stage_features
 from .tasks import Task, get_task
 
 __all__ = ['TEACHER_TAGS', 'STAGE_TEACHER', 'AmalgamationOutput', 'Amalgamator', 'needed_teachers',
-           'load_teachers', 'init_target_from']
+           'load_teachers', 'init_target_from', 'create_amalgamator']
 
 TEACHER_TAGS = ('st', 'ho', 'hp')
 STAGE_TEACHER = {1: 'st', 2: 'ho', 3: 'hp'}
@@ -235,10 +235,13 @@ def init_target_from(target: nn.Module, source: nn.Module) -> nn.Module:
     The official recipe initialises the target from the HP backbone:
     ``init_target_from(target, timm.create_model('senti_resnet50.hp', pretrained=True))``.
     Without it the target trains from whatever weights it was created with (ImageNet, random, the user's).
+    A stock timm VGG source's fc6/fc7 (``pre_logits``) are left out when the target has none (the paper's head,
+    :class:`~sentizoo.models.PaperVGG`).
     """
     head = target.pretrained_cfg.get('classifier', 'fc') + '.'
     ours = {k: v for k, v in target.state_dict().items() if not k.startswith(head)}
-    theirs = {k: v for k, v in source.state_dict().items() if not k.startswith(head)}
+    theirs = {k: v for k, v in source.state_dict().items()
+              if not k.startswith(head) and (k in ours or not k.startswith('pre_logits.'))}
     mismatched = sorted(set(ours) ^ set(theirs)) + [k for k in ours if k in theirs and ours[k].shape != theirs[k].shape]
     if mismatched:
         raise ValueError(f'init_target_from: {type(source).__name__} does not match the target backbone '
@@ -246,3 +249,31 @@ def init_target_from(target: nn.Module, source: nn.Module) -> nn.Module:
                          'use a source of the target\'s architecture.')
     target.load_state_dict(theirs, strict=False)
     return target
+
+
+def create_amalgamator(arch: str = 'resnet50', num_classes: int = 8, task: Union[str, Task] = 'sll',
+                       pretrained: bool = True, **options) -> Amalgamator:
+    """The paper's amalgamation module: an ``arch`` target plus the ST, HO and HP teachers, built as the
+    official recipe does; what ``timm.create_model('amalgamator_senti_<arch>')`` and torch.hub's
+    ``amalgamator`` return.
+
+    Every model gets a fresh ``num_classes`` head; the target starts from the HP backbone. Train it like any
+    module: in train mode ``forward(images, targets)`` returns the target's logits, the loss and every loss
+    term; ``.target`` is the model to keep.
+
+    Args:
+        arch: resnet18/50/101, vgg16_bn or vgg19_bn (or its senti name).
+        num_classes: outputs of the downstream task.
+        task: ``sll``, ``mll`` or ``ldl``.
+        pretrained: load the teachers' sentiment-pretrained weights (``senti_<arch>.<tag>``); else random.
+        **options: every :class:`Amalgamator` option (``feature_stages``, ``logits_teachers``,
+            ``teacher_task_loss``, ``freeze_teachers``, ``loss_weights``, ``side_by_side``).
+    """
+    from .models import paper_arch
+
+    # Only the teachers the terms use (Amalgamator refuses unused ones), plus HP to initialise the target.
+    tags = needed_teachers(**{k: options[k] for k in ('feature_stages', 'logits_teachers') if k in options})
+    models = load_teachers(arch, num_classes, tuple(t for t in TEACHER_TAGS if t in tags or t == 'hp'),
+                           pretrained=pretrained)
+    target = init_target_from(timm.create_model(paper_arch(arch), num_classes=num_classes), models['hp'])
+    return Amalgamator(target, {t: models[t] for t in tags}, task, **options)

@@ -14,7 +14,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, List, Optional, Sequence, TextIO
+from typing import Any, Callable, Iterator, List, Optional, Sequence, TextIO, Tuple
 
 __all__ = ['build_parser', 'main']
 
@@ -121,23 +121,57 @@ def add_info_parser(subparsers) -> None:
 
 # ------------------------------------------------------------------------------------------- predict
 
+def _checkpoint_classes(path: Path, classifier: str, default: int) -> Tuple[int, Optional[List[str]]]:
+    """Classes of a weight file: the ``config.json`` beside it (``save_pretrained``'s), else the rows of its
+    classifier weight (``default`` without one: loading then names what is missing); with the label names when
+    the config has them. Config and file are checked as every zoo file is."""
+    from safetensors import safe_open
+
+    from .weights import check_safetensors, read_config
+
+    saved = read_config(path.parent)
+    if saved.get('num_classes'):
+        return saved['num_classes'], saved.get('label_names')
+    with safe_open(str(check_safetensors(path)), 'pt') as f:
+        key = f'{classifier}.weight'
+        return (f.get_slice(key).get_shape()[0] if key in f.keys() else default), None
+
+
 def _create_classifier(args: argparse.Namespace):
-    """The model to predict with; a UsageError for a backbone, a bad checkpoint path or an unknown name."""
+    """MODEL as the user has it, with its task when known: a zoo folder (written by ``sentizoo amalgamate`` or
+    ``save_pretrained``; verified as the zoo is: a valid config.json, only model.safetensors, its sha256), an
+    ``hf-hub:`` / ``local-dir:`` name, or a timm / senti name (``--checkpoint``: its weights, verified, with the
+    classes and label names the file carries). A UsageError for a backbone, a bad checkpoint path or an
+    unknown name."""
     import timm
 
-    cfg = _pretrained_cfg(args.model)
-    name = _full_name(args.model, cfg)
-    if not cfg.num_classes:
+    from .weights import load_folder, load_weights
+
+    task, name = None, args.model
+    if Path(name).is_dir():
+        model, config = load_folder(name)
+        task = config.get('task')
+    elif name.startswith(('hf-hub:', 'local-dir:')):
+        model = timm.create_model(name, pretrained=not args.no_pretrained)
+    else:
+        cfg = _pretrained_cfg(name)
+        name = _full_name(name, cfg)
+        if args.checkpoint is not None:
+            if args.checkpoint.suffix != '.safetensors' or not args.checkpoint.is_file():
+                raise UsageError(f'--checkpoint {args.checkpoint}: expected an existing .safetensors file '
+                                 f'(e.g. written by sentizoo.save_pretrained).')
+            num_classes, labels = _checkpoint_classes(args.checkpoint, cfg.classifier, cfg.num_classes)
+            model = load_weights(timm.create_model(name, num_classes=num_classes), args.checkpoint)
+            model.pretrained_cfg = dict(model.pretrained_cfg, num_classes=num_classes, label_names=labels)
+        elif cfg.num_classes:
+            model = timm.create_model(name, pretrained=not args.no_pretrained)
+        else:
+            model = None
+    if model is None or not model.num_classes:
         raise UsageError(f'{name} is a backbone (num_classes=0): it has no classifier to predict with. '
                          f'Use a classifier tag such as {name.split(".")[0]}.fi (the 8 FI emotions), or '
                          f'fine-tune the backbone first (sentizoo.amalgamate).')
-    if args.checkpoint is not None:
-        if args.checkpoint.suffix != '.safetensors' or not args.checkpoint.is_file():
-            raise UsageError(f'--checkpoint {args.checkpoint}: expected an existing .safetensors file '
-                             f'(e.g. written by sentizoo.save_pretrained).')
-        from .weights import load_weights
-        return load_weights(timm.create_model(name), args.checkpoint)
-    return timm.create_model(name, pretrained=not args.no_pretrained)
+    return model, task
 
 
 def _label_names(model) -> List[str]:
@@ -292,7 +326,7 @@ def _run_predict(args: argparse.Namespace) -> int:
     if args.output is not None:
         _check_output(args.output)
     try:
-        model = _create_classifier(args)
+        model, _ = _create_classifier(args)
     except WEIGHTS_ERRORS as e:
         print(f'{PROG} predict: error: {e}', file=sys.stderr)
         return 1
@@ -304,29 +338,28 @@ def _run_predict(args: argparse.Namespace) -> int:
     return 1 if failed or not written else 0
 
 
-def _cpu_count() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
-
-
 def add_predict_parser(subparsers) -> None:
     p = subparsers.add_parser(
         'predict', help='top-k labels with probabilities for image files and folders',
         description='Predict the top-k labels of every image in PATHS (files, and folders searched recursively) '
                     'with a classifier such as senti_resnet50.fi. Bad files are reported on stderr and as error '
                     'rows; the others are still predicted, and the exit code is 1 if any file failed.')
-    p.add_argument('model', metavar='MODEL', help='a classifier: senti_<arch>.fi or any timm model name')
+    p.add_argument('model', metavar='MODEL',
+                   help='a classifier: a folder written by `sentizoo amalgamate` (or save_pretrained), an hf-hub: or '
+                        'local-dir: name, senti_<arch>.fi, or any timm model name (with --checkpoint: its weights)')
     p.add_argument('paths', metavar='PATHS', nargs='+', type=Path, help='image files and/or folders')
     p.add_argument('--top-k', type=int, default=3, help='labels per image (default: 3)')
     p.add_argument('--batch-size', type=int, default=32, help='images per forward pass (default: 32)')
-    p.add_argument('--workers', type=int, default=min(8, _cpu_count()),
+    p.add_argument('--workers', type=int,
                    help='processes decoding images beside the model; 0 decodes in the main process '
-                        '(default: %(default)s, the CPU cores up to 8)')
+                        '(default: the CPU cores, up to 8)')
     p.add_argument('--device', help='torch device (default: cuda if available, else cpu)')
     p.add_argument('--format', choices=sorted(_WRITERS), default='table', help='output format (default: table)')
     p.add_argument('--output', type=Path, help='write the results to this file instead of stdout')
     weights = p.add_mutually_exclusive_group()
     weights.add_argument('--checkpoint', type=Path, metavar='FILE',
-                         help='load these weights (.safetensors) instead of the published ones')
+                         help='load these weights (.safetensors; classes and label names from the config.json '
+                              'beside it, else the classifier\'s size) instead of the published ones')
     weights.add_argument('--no-pretrained', action='store_true', help='random weights (testing, timing)')
     p.set_defaults(func=_run_predict)
 
@@ -366,6 +399,7 @@ def _loader(dataset, args: argparse.Namespace, shuffle: bool):
 
 
 def _data_config(model, img_size: Optional[int]) -> dict:
+    """The model's own data config (a ``senti_*`` model's or a trained folder's is the paper's preprocessing)."""
     from timm.data import resolve_model_data_config
     config = resolve_model_data_config(model)
     if img_size:
@@ -373,29 +407,56 @@ def _data_config(model, img_size: Optional[int]) -> dict:
     return config
 
 
-def _create_target(args: argparse.Namespace, num_classes: int):
-    """The target: stock timm architecture with a fresh head, initialised as ``--init`` says."""
+def _create_target(args: argparse.Namespace, num_classes: int) -> Tuple[Any, str]:
+    """The target with a fresh head (a zoo VGG with the paper's head), its backbone initialised as ``--init``
+    says, and the name of the weights it starts from (``senti_resnet50.hp``, ``resnet50.tv_in1k``, ``random``)."""
     import timm
 
     from .amalgamation import init_target_from
-    from .models import senti_name, stock_name
+    from .models import ARCHS, imagenet_name, paper_arch, senti_name, stock_name
 
     arch = stock_name(args.model)
     if not timm.is_model(arch):
         raise UsageError(f'unknown architecture {args.model!r}; e.g. resnet50 or senti_resnet50.')
     init = args.init or ('imagenet' if args.baseline else 'hp')
+    target = timm.create_model(paper_arch(arch), num_classes=num_classes)
     if init == 'hp':
         try:
-            hp = timm.create_model(f'{senti_name(arch)}.hp', pretrained=True)
+            name = f'{senti_name(arch)}.hp'
         except ValueError as e:
             raise UsageError(f'--init hp: {e}') from e
-        return init_target_from(timm.create_model(arch, num_classes=num_classes), hp)
-    return timm.create_model(arch, pretrained=init == 'imagenet', num_classes=num_classes)
+    elif init == 'imagenet':  # torchvision's weights, as the paper and training.pretrain (others: timm's default)
+        name = imagenet_name(arch) if arch in ARCHS else arch
+    else:
+        return target, 'random'
+    return init_target_from(target, timm.create_model(name, pretrained=True)), name
+
+
+def _trained_cfg(model, data_config: dict, init: str, teachers: List[str], description: str) -> dict:
+    """The pretrained config of a model trained here: the preprocessing and input size it was trained with and
+    the licence of the weights it derives from (the senti weights' CC BY-NC 4.0 once one took part)."""
+    from timm.models import get_pretrained_cfg
+
+    from .models import senti_name
+
+    # built afresh: nothing of the init's own cfg (tag, licence, paper, test-time size and crop) carries over
+    cfg = {k: model.pretrained_cfg.get(k) for k in ('architecture', 'first_conv', 'classifier')}
+    cfg.update(description=description, **data_config)
+    if teachers or init.startswith('senti_'):
+        senti = get_pretrained_cfg(f'{senti_name(model)}.hp')
+        cfg.update(license=senti.license, paper_name=senti.paper_name, origin_url=senti.origin_url)
+    elif init != 'random':
+        cfg.update(license=get_pretrained_cfg(init).license)
+    return cfg
 
 
 def _run_amalgamate(args: argparse.Namespace) -> int:
-    from .datasets import eval_transform, train_transform
+    import torch
+
+    from .amalgamation import needed_teachers
+    from .datasets import eval_transform, paper_data_config, train_transform
     from .engine import NonFiniteLossError, amalgamate, finetune
+    from .models import senti_name
     from .weights import WEIGHTS_ERRORS, save_pretrained
 
     for folder, flag in ((args.output, '--output'), (args.checkpoint_dir, '--checkpoint-dir')):
@@ -418,13 +479,16 @@ def _run_amalgamate(args: argparse.Namespace) -> int:
                        teacher_task_loss=not args.no_teacher_task_loss, freeze_teachers=args.freeze_teachers,
                        target_init='given')  # --init already chose the target's weights
     try:
-        model = _create_target(args, len(labels))
-        config = _data_config(model, args.img_size)
+        torch.manual_seed(args.seed)  # before the target's new head is drawn: same seed, same weights
+        model, init = _create_target(args, len(labels))
+        config = paper_data_config(args.img_size or 224)  # the paper's protocol, whatever timm's cfg of the arch
         train_set.transform = train_transform(config)
         val_loader = None
         if val_set is not None:
             val_set.transform = eval_transform(config)
             val_loader = _loader(val_set, args, shuffle=False)
+        teachers = [] if args.baseline else [f'{senti_name(model)}.{t}' for t in needed_teachers(
+            args.feature_stages, args.logits_teachers)]
         model = (finetune if args.baseline else amalgamate)(model, _loader(train_set, args, shuffle=True),
                                                             val_loader=val_loader, **options)
     except (*WEIGHTS_ERRORS, NonFiniteLossError) as e:
@@ -433,10 +497,15 @@ def _run_amalgamate(args: argparse.Namespace) -> int:
     except (ValueError, FileExistsError) as e:  # data or options that do not fit, found before training
         raise UsageError(str(e)) from e
     if int(os.environ.get('RANK', '0')) == 0:
-        model.pretrained_cfg = dict(model.pretrained_cfg, input_size=config['input_size'])
+        how = f'amalgamated with {", ".join(teachers)}' if teachers else 'fine-tuned'
+        model.pretrained_cfg = _trained_cfg(model, config, init, teachers,
+                                            f'{model.pretrained_cfg["architecture"]} {how} on {args.train.name} ({task}), '
+                                            f'starting from {init}.')
+        provenance = dict(task=task, init=init, teachers=teachers)
         try:
-            save_pretrained(model, args.output, label_names=labels, extra_config={'task': task})
-            (args.output / 'history.json').write_text(json.dumps(model.sentizoo_history, indent=2) + '\n')
+            save_pretrained(model, args.output, label_names=labels, extra_config=provenance)
+            history = dict(model.sentizoo_history, **provenance)
+            (args.output / 'history.json').write_text(json.dumps(history, indent=2) + '\n')
         except OSError as e:
             print(f'{PROG} amalgamate: error: cannot write {args.output} ({e.strerror or e}); the trained model '
                   f'is safe in {options["checkpoint_dir"]}: fix the cause and rerun the same command to write '
@@ -452,10 +521,9 @@ def _add_data_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument('--task', choices=('sll', 'mll', 'ldl'),
                    help='sll for a folder of class folders (default); mll or ldl for a CSV (required)')
     p.add_argument('--batch-size', type=int, default=32, help='images per step and process (default: 32)')
-    p.add_argument('--workers', type=int, default=4, help='DataLoader worker processes (default: 4)')
+    p.add_argument('--workers', type=int, help='DataLoader worker processes (default: the CPU cores, up to 8)')
     p.add_argument('--img-size', type=int, help='input size (default: the model\'s, 224)')
     p.add_argument('--device', help='torch device (default: this process\'s GPU if any, else cpu)')
-    p.add_argument('--no-amp', action='store_true', help='no bf16 autocast on CUDA')
     p.add_argument('--no-channels-last', action='store_true',
                    help='keep the contiguous memory format (channels_last is used on CUDA only anyway)')
     p.add_argument('--no-progress', action='store_true', help='no progress bar')
@@ -483,9 +551,11 @@ def add_amalgamate_parser(subparsers) -> None:
     p.add_argument('--baseline', action='store_true',
                    help='plain fine-tuning without teachers (the paper\'s baseline)')
     p.add_argument('--init', metavar='{hp,imagenet,random}', choices=('hp', 'imagenet', 'random'),
-                   help='target initialisation: hp = the senti HP backbone (default, official), imagenet = timm\'s '
-                        'weights (default with --baseline), random')
+                   help='target initialisation: hp = the senti HP backbone (default, official), imagenet = '
+                        'torchvision\'s ImageNet weights, timm\'s <arch>.tv_in1k (default with --baseline, as in '
+                        'the paper), random')
     _add_data_arguments(p)
+    p.add_argument('--no-amp', action='store_true', help='train without bf16 autocast on CUDA (evaluation is fp32)')
     p.add_argument('--epochs', type=int, default=30, help='(default: 30)')
     p.add_argument('--lr', type=float, default=1e-3, help='SGD learning rate (default: 1e-3)')
     p.add_argument('--momentum', type=float, default=0.9, help='(default: 0.9)')
@@ -508,18 +578,6 @@ def add_amalgamate_parser(subparsers) -> None:
     p.set_defaults(func=_run_amalgamate)
 
 
-def _evaluation_model(args: argparse.Namespace):
-    """MODEL as a folder written by `sentizoo amalgamate` (with its task; verified like the zoo: a valid
-    config.json, only model.safetensors, its sha256) or a classifier name."""
-    from .weights import load_folder
-
-    folder = Path(args.model)
-    if folder.is_dir():
-        model, config = load_folder(folder)
-        return model, config.get('task')
-    return _create_classifier(args), None
-
-
 def _run_evaluate(args: argparse.Namespace) -> int:
     from .engine import evaluate
     from .weights import WEIGHTS_ERRORS
@@ -527,7 +585,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     if args.output is not None:
         _check_output(args.output)
     try:
-        model, saved_task = _evaluation_model(args)
+        model, saved_task = _create_classifier(args)
     except WEIGHTS_ERRORS as e:
         print(f'{PROG} evaluate: error: {e}', file=sys.stderr)
         return 1
@@ -537,7 +595,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     if len(dataset.label_names) != model.num_classes:
         raise UsageError(f'{args.data} has {len(dataset.label_names)} labels, the model {model.num_classes} outputs.')
     try:
-        metrics = evaluate(model, _loader(dataset, args, shuffle=False), task, device=args.device, amp=not args.no_amp,
+        metrics = evaluate(model, _loader(dataset, args, shuffle=False), task, device=args.device,
                            channels_last=False if args.no_channels_last else None, progress=not args.no_progress)
     except ValueError as e:
         raise UsageError(str(e)) from e
@@ -559,7 +617,8 @@ def add_evaluate_parser(subparsers) -> None:
                     'ldl: Chebyshev, Clark, Canberra, KL, Cosine, Intersection) of MODEL on DATA, with the '
                     'evaluation transform (resize, center crop). MODEL is a folder written by `sentizoo amalgamate` '
                     '(its task is remembered) or a classifier name such as senti_resnet50.fi. ' + _DATA_HELP)
-    p.add_argument('model', metavar='MODEL', help='a folder from `sentizoo amalgamate`, or a classifier name')
+    p.add_argument('model', metavar='MODEL',
+                   help='a folder from `sentizoo amalgamate`, an hf-hub: or local-dir: name, or a classifier name')
     p.add_argument('data', metavar='DATA', type=Path, help='labelled images (see DATA above)')
     _add_data_arguments(p)
     p.add_argument('--format', choices=('table', 'json'), default='table', help='output format (default: table)')
@@ -603,10 +662,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command line; returns the exit code (argparse exits with 2 on malformed arguments)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, 'workers', 0) is None:
+        from .data import default_workers
+        args.workers = default_workers()
     try:
         if getattr(args, 'device', None) is not None:
             _check_device(args.device)
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # here, not at exit: a closed pipe then raises where it is handled
+        return code
     except UsageError as e:
         print(f'{PROG} {args.command}: error: {e}', file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (`sentizoo list | head`): stop quietly, as other tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at the exit flush
+        return 1

@@ -18,7 +18,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 __all__ = ['IMAGE_EXTENSIONS', 'MAX_ASPECT_RATIO', 'DRAFT_SIZE', 'ImageLoadError', 'load_image', 'list_images',
-           'ImageFiles', 'ImageBatch', 'collate_images']
+           'ImageFiles', 'ImageBatch', 'collate_images', 'default_workers']
 
 PathLike = Union[str, 'os.PathLike[str]']
 
@@ -213,3 +213,10 @@ def collate_images(batch: Sequence[Tuple[object, int]]) -> ImageBatch:
     failures = [(i, x) for x, i in batch if isinstance(x, ImageLoadError)]
     images = torch.stack([x for x, _ in good]) if good else None
     return ImageBatch(images, [i for _, i in good], failures)
+
+
+def default_workers(limit: int = 8) -> int:
+    """DataLoader worker processes by default: the CPU cores this process may use, at most ``limit``. More
+    workers than cores only compete with the model (and torch warns about it)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
+    return min(limit, cores)

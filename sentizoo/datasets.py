@@ -13,6 +13,7 @@ Images are read with :func:`sentizoo.data.load_image`; a bad file raises its ``I
 from __future__ import annotations
 
 import csv
+import math
 import os
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -23,7 +24,8 @@ from torch.utils.data import Dataset
 from .data import list_images, load_image
 from .tasks import Task
 
-__all__ = ['LabelledImages', 'image_folder', 'image_csv', 'open_dataset', 'train_transform', 'eval_transform']
+__all__ = ['LabelledImages', 'image_folder', 'image_csv', 'open_dataset', 'paper_data_config', 'resize_size',
+           'train_transform', 'eval_transform']
 
 PathLike = Union[str, 'os.PathLike[str]']
 
@@ -133,18 +135,32 @@ def open_dataset(path: PathLike, transform: Optional[Callable] = None) -> Labell
     return image_folder(path, transform) if path.is_dir() else image_csv(path, transform)
 
 
+def paper_data_config(img_size: int = 224) -> Dict[str, Any]:
+    """The paper's preprocessing at ``img_size`` as a timm data config (the ``senti_*`` weights' own)."""
+    from .models import PREPROCESSING
+    return dict(input_size=(3, img_size, img_size), **PREPROCESSING)
+
+
+def resize_size(data_config: Dict[str, Any]) -> int:
+    """The side of the square an image is resized to before the crop: ``floor(size / crop_pct)``, timm's rule."""
+    return math.floor(data_config['input_size'][-1] / data_config['crop_pct'])
+
+
 def train_transform(data_config: Dict[str, Any]) -> Callable:
-    """The paper's training augmentation: resize to a square of ``size / crop_pct`` (256 for 224), random
-    crop ``size``, horizontal flip, normalise with the model's mean/std (a timm data config)."""
+    """The paper's training augmentation: resize to a square of :func:`resize_size` (256 for 224) with the
+    config's interpolation, random crop ``size``, horizontal flip, normalise with its mean/std."""
+    from timm.data.transforms import str_to_interp_mode
     from torchvision import transforms as T
 
-    size = data_config['input_size'][-1]
-    resize = round(size / data_config['crop_pct'])
-    return T.Compose([T.Resize((resize, resize)), T.RandomCrop(size), T.RandomHorizontalFlip(), T.ToTensor(),
+    size, resize = data_config['input_size'][-1], resize_size(data_config)
+    return T.Compose([T.Resize((resize, resize), interpolation=str_to_interp_mode(data_config['interpolation'])),
+                      T.RandomCrop(size), T.RandomHorizontalFlip(), T.ToTensor(),
                       T.Normalize(data_config['mean'], data_config['std'])])
 
 
 def eval_transform(data_config: Dict[str, Any]) -> Callable:
-    """Evaluation: resize the short side to ``size / crop_pct``, center crop ``size`` (timm's eval transform)."""
+    """Evaluation: timm's eval transform of the data config. With the paper's (``crop_mode='squash'``) it
+    resizes to a square of :func:`resize_size` and centre-crops ``size``, as
+    ``timm.data.create_transform(**resolve_data_config(model=model))`` does for a ``senti_*`` model."""
     from timm.data import create_transform
     return create_transform(**data_config)

@@ -61,7 +61,7 @@ from .weights import atomic_write, remove_stale_temps
 
 __all__ = ['TrainOptions', 'NonFiniteLossError', 'amalgamate', 'finetune', 'evaluate', 'CHECKPOINT_NAME',
            'BEST_NAME', 'HISTORY_NAME', 'EpochSampler', 'SeededSamples', 'resolve_device', 'process_group', 'rank_world',
-           'is_int', 'is_number', 'sgd']
+           'is_int', 'is_number', 'sgd', 'progress_mode', 'line_every', 'progress_line']
 
 CHECKPOINT_NAME = 'last.pt'
 BEST_NAME = 'best.safetensors'
@@ -92,12 +92,13 @@ class TrainOptions:
             :class:`NonFiniteLossError`; the schedule continues from the new base lr).
         history_path: also write the history JSON here.
         device: e.g. ``'cuda:1'``; default this process's GPU (``LOCAL_RANK``) if any, else the CPU.
-        amp: bf16 autocast on CUDA (no effect on the CPU).
+        amp: bf16 autocast on CUDA for the training steps (no effect on the CPU; validation always runs in fp32).
         channels_last: convert the models and the images to channels_last; ``None`` (default): on CUDA only,
             where it speeds convolutions up (on the CPU it measured ~20% slower, BENCHMARKS.md).
         sync_batchnorm: under DDP, normalise with the statistics of the global batch (SyncBatchNorm, CUDA
             only); the returned model has plain BatchNorm layers again.
-        progress: a progress bar with the running loss terms (only on a terminal, on rank 0).
+        progress: on rank 0, a progress bar with the running loss terms on a terminal; in a pipe or a log
+            file, plain lines on stderr instead (about ten per epoch, and the epoch's summary).
     """
 
     epochs: int = 30
@@ -434,16 +435,33 @@ def _to_device(images: torch.Tensor, device: torch.device, channels_last: bool) 
     return images.contiguous(memory_format=torch.channels_last) if channels_last else images
 
 
-def _progress_enabled(progress: bool) -> bool:
-    return progress and rank_world()[0] == 0 and sys.stderr.isatty()
+def progress_mode(progress: bool) -> Optional[str]:
+    """How this process shows progress: ``'bar'`` (tqdm) on a terminal, ``'lines'`` in a pipe or a log file
+    (one line every :func:`line_every` steps and per epoch, on stderr: no carriage returns), ``None`` when
+    ``progress`` is off and on every rank but 0."""
+    if not progress or rank_world()[0] != 0:
+        return None
+    return 'bar' if sys.stderr.isatty() else 'lines'
+
+
+def line_every(steps: int) -> int:
+    """Steps between two progress lines in a pipe: about ten per epoch."""
+    return max(1, steps // 10)
+
+
+def progress_line(text: str) -> None:
+    """One progress line on stderr, flushed (readable in a pipe or a log file as it happens)."""
+    print(text, file=sys.stderr, flush=True)
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, task: Union[str, Task] = 'sll', *, device: Optional[str] = None,
-             amp: bool = True, channels_last: Optional[bool] = None, progress: bool = False) -> Dict[str, float]:
+             channels_last: Optional[bool] = None, progress: bool = False) -> Dict[str, float]:
     """The task's metrics of ``model`` over ``loader`` (every sample once, also under torchrun).
 
-    The model is moved to ``device`` and put in eval mode; targets are checked on the first batch.
+    The model is moved to ``device`` and put in eval mode. It runs in fp32, with autocast switched off even
+    inside a caller's autocast: bf16 logits tie, which moves the ranking loss by ~1e-3, the size of the
+    paper's gaps. The targets of every batch are checked against the logits (``task.check_target``).
     """
     task = get_task(task)
     if getattr(model, 'num_classes', 0):  # labels and files checked before any image is read
@@ -460,14 +478,12 @@ def evaluate(model: nn.Module, loader: DataLoader, task: Union[str, Task] = 'sll
         loader = _rebuild(loader, _Shard(len(loader.dataset), rank, world))
     from tqdm.auto import tqdm
     metrics = task.metrics()
-    for i, (images, targets) in enumerate(tqdm(loader, desc='evaluate', leave=False,
-                                               disable=not _progress_enabled(progress))):
+    for images, targets in tqdm(loader, desc='evaluate', leave=False, disable=progress_mode(progress) != 'bar'):
         targets = targets.to(device, non_blocking=True)
-        with _autocast(device, amp):
-            logits = model(_to_device(images, device, channels_last))
-        if i == 0:
-            task.check_target(targets, logits.shape[1])
-        metrics.update(logits.float(), targets)
+        with torch.autocast(device.type, enabled=False):
+            logits = model(_to_device(images, device, channels_last)).float()
+        task.check_target(targets, logits.shape[1])
+        metrics.update(logits, targets)
     metrics.sync()
     return metrics.compute()
 
@@ -512,6 +528,7 @@ class _Loop:
 
         torch.manual_seed(opts.seed)  # the teachers' fresh heads are seeded
         self.module = build()
+        self.outputs = num_outputs(self.module.target)
         if opts.sync_batchnorm and self.world > 1:
             self.module = nn.SyncBatchNorm.convert_sync_batchnorm(self.module)
         self.module.to(self.device)
@@ -639,6 +656,7 @@ class _Loop:
     def _train_step(self, images: torch.Tensor, targets: torch.Tensor, batches: int) -> None:
         images = _to_device(images, self.device, self.channels_last)
         targets = targets.to(self.device, non_blocking=True)
+        self.task.check_shape(targets, self.outputs)  # every batch: an (N, 1) target would broadcast in the loss
         with _autocast(self.device, self.opts.amp):
             out = self.net(images, targets)
         self.optimizer.zero_grad(set_to_none=True)
@@ -666,15 +684,20 @@ class _Loop:
         batches = self.step + len(self.loader)
         self.module.train()
         every = self.opts.checkpoint_every
-        with tqdm(total=batches, initial=self.step, desc=f'epoch {self.epoch + 1}/{self.opts.epochs}',
-                  disable=not _progress_enabled(self.opts.progress), leave=False, dynamic_ncols=True) as bar:
+        mode = progress_mode(self.opts.progress)
+        desc = f'epoch {self.epoch + 1}/{self.opts.epochs}'
+        with tqdm(total=batches, initial=self.step, desc=desc, disable=mode != 'bar', leave=False,
+                  dynamic_ncols=True) as bar:
             for images, targets in self.loader:
                 self._train_step(images, targets, batches)
                 self.step += 1
                 self.global_step += 1
                 bar.update()
-                bar.set_postfix({name: f'{s / self.seen:.4g}' for name, s in zip(self.term_names, self.sums.tolist())},
-                                refresh=False)
+                terms = {name: f'{s / self.seen:.4g}' for name, s in zip(self.term_names, self.sums.tolist())}
+                bar.set_postfix(terms, refresh=False)
+                if mode == 'lines' and self.step % line_every(batches) == 0 and self.step < batches:
+                    progress_line(f'{desc}  step {self.step}/{batches}  '
+                                  + ' '.join(f'{k} {v}' for k, v in terms.items()))
                 if every and self.step % every == 0 and self.step < batches:
                     self._save()
 
@@ -684,16 +707,19 @@ class _Loop:
         record['train'] = dict(zip(self.term_names, (self.sums / max(self.seen, 1)).tolist()))
         if self.val_loader is not None:
             record['val'] = evaluate(self.module.target, self.val_loader, self.task, device=str(self.device),
-                                     amp=self.opts.amp, channels_last=self.channels_last,
+                                     channels_last=self.channels_last,
                                      progress=self.opts.progress)
             self._select(record['val'][self.task.primary_metric])
         record['seconds'] = round(seconds, 3)
         self.history['epochs'].append(record)
         self.epoch, self.step, self.seen = self.epoch + 1, 0, 0
         self.sums = torch.zeros_like(self.sums)
-        if _progress_enabled(self.opts.progress):
+        mode = progress_mode(self.opts.progress)
+        if mode == 'bar':
             from tqdm.auto import tqdm
             tqdm.write(_summary(record, self.opts.epochs))
+        elif mode == 'lines':
+            progress_line(_summary(record, self.opts.epochs))
         elif self.rank == 0:
             _logger.info(_summary(record, self.opts.epochs))
         self._write_history()

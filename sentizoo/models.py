@@ -15,20 +15,31 @@ Tags, one Hugging Face repo each (``sentizoo/<arch>.<tag>``):
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, List, Optional, Union
 
 import torch.nn as nn
-from timm.models import generate_default_cfgs, model_entrypoint, register_model
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import ClassifierHead
+from timm.models import build_model_with_cfg, generate_default_cfgs, model_entrypoint, register_model
 from timm.models._builder import resolve_pretrained_cfg
+from timm.models.vgg import VGG
+from timm.models.vgg import cfgs as vgg_cfgs
 
 from .weights import resolve_weights, weights_mismatch
 
-__all__ = ['ARCHS', 'TAGS', 'FI_LABELS', 'SHA256', 'senti_name', 'stock_name']
+__all__ = ['ARCHS', 'TAGS', 'FI_LABELS', 'SHA256', 'PREPROCESSING', 'PaperVGG', 'senti_name', 'stock_name',
+           'imagenet_name', 'paper_arch']
 
 ARCHS = ('vgg16_bn', 'vgg19_bn', 'resnet18', 'resnet50', 'resnet101')
 BACKBONE_TAGS = ('hp', 'ho', 'st')
 TAGS = BACKBONE_TAGS + ('fi',)
 FI_LABELS = ('amusement', 'anger', 'awe', 'contentment', 'disgust', 'excitement', 'fear', 'sadness')
+
+PREPROCESSING = dict(crop_pct=0.875, crop_mode='squash', interpolation='bilinear', mean=IMAGENET_DEFAULT_MEAN,
+                     std=IMAGENET_DEFAULT_STD)
+"""The paper's image preprocessing as timm data-config keys: the image is resized to a square of
+``size / crop_pct`` (256 for 224, aspect ratio not kept), then cropped to ``size`` (centre crop to evaluate,
+random crop + flip to train; :mod:`sentizoo.datasets`). Every ``senti_*`` weight carries it."""
 
 _PAPER = ('Probing Sentiment-Oriented Pre-Training Inspired by Human Sentiment Perception Mechanism '
           '(Feng, Liu, Yang; CVPR 2023)')
@@ -48,8 +59,7 @@ def _cfg(arch: str, tag: str, sha256: Optional[str] = None) -> Dict[str, Any]:
         sha256=sha256,  # set when the checkpoint is published; split off below
         num_classes=len(FI_LABELS) if is_classifier else 0,
         label_names=FI_LABELS if is_classifier else None,
-        input_size=(3, 224, 224), pool_size=(7, 7), crop_pct=0.875, interpolation='bilinear',
-        mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+        input_size=(3, 224, 224), pool_size=(7, 7), **PREPROCESSING,
         first_conv='features.0' if arch.startswith('vgg') else 'conv1',
         classifier='head.fc' if arch.startswith('vgg') else 'fc',
         license='cc-by-nc-4.0',
@@ -59,15 +69,43 @@ def _cfg(arch: str, tag: str, sha256: Optional[str] = None) -> Dict[str, Any]:
     )
 
 
+def _amalgamator_cfg(arch: str) -> Dict[str, Any]:
+    """What ``amalgamator_senti_<arch>`` is: no weight file of its own; the teachers and the target's start
+    resolve by tag (``senti_<arch>.st/.ho/.hp``)."""
+    cfg = {k: v for k, v in _cfg(arch, 'hp').items() if k not in ('hf_hub_id', 'hf_hub_filename', 'sha256')}
+    return dict(cfg, num_classes=len(FI_LABELS), label_names=None, first_conv=f'target.{cfg["first_conv"]}',
+                classifier=f'target.{cfg["classifier"]}',
+                description=f'The paper\'s amalgamation module for {arch}: the target starts from senti_{arch}.hp '
+                            f'and trains beside the senti_{arch}.st/.ho/.hp teachers (loaded by tag); keep '
+                            f'.target.')
+
+
 # Weights as data: one entry per published checkpoint; the first tag of each arch is its default.
 _weights = {f'senti_{arch}.{tag}': _cfg(arch, tag) for arch in ARCHS for tag in TAGS}
 SHA256: Dict[str, Optional[str]] = {name: cfg.pop('sha256') for name, cfg in _weights.items()}
-default_cfgs = generate_default_cfgs(_weights)
+# The Amalgamator entries are named so that timm.list_models('senti_*') lists the backbones only.
+default_cfgs = generate_default_cfgs({**_weights, **{f'amalgamator_senti_{arch}.zoo': _amalgamator_cfg(arch)
+                                                     for arch in ARCHS}})
 
 
 def stock_name(name: str) -> str:
     """``'senti_resnet50.hp'`` -> ``'resnet50'``: the timm architecture a senti model is built on."""
     return name.split('.')[0].removeprefix('senti_')
+
+
+def imagenet_name(arch: str) -> str:
+    """The ImageNet weights the paper starts from, as a timm name: torchvision's (``'resnet50.tv_in1k'``).
+
+    Pre-training, the baselines and ``--init imagenet`` all use these, never timm's default tag (for ResNets
+    timm's ``a1_in1k`` recipe, trained differently and preprocessed with bicubic resizing and crop 0.95).
+    """
+    return f'{stock_name(arch)}.tv_in1k'
+
+
+def paper_arch(arch: str) -> str:
+    """The timm name the paper's experiments build ``arch`` with: ``senti_<arch>`` for a zoo architecture (the
+    VGGs then have the paper's head, :class:`PaperVGG`; the ResNets are stock), else ``arch`` itself."""
+    return senti_name(arch) if stock_name(arch) in ARCHS else arch
 
 
 def senti_name(arch: Union[str, nn.Module]) -> str:
@@ -88,15 +126,33 @@ def senti_name(arch: Union[str, nn.Module]) -> str:
     return f'senti_{base}'
 
 
+class PaperVGG(VGG):
+    """timm's VGG with the paper's head: global average pooling of the conv features and one
+    ``Linear(512, num_classes)``. timm's fc6/fc7 ``ConvMlp`` (4096 wide, ~120M parameters) is not there: the
+    official code has none, and it changes the logits the amalgamation compares and the cost."""
+
+    def __init__(self, cfg: List[Any], num_classes: int = 1000, global_pool: str = 'avg', drop_rate: float = 0.,
+                 **kwargs) -> None:
+        super().__init__(cfg, num_classes=num_classes, global_pool=global_pool, drop_rate=drop_rate, **kwargs)
+        self.pre_logits = nn.Identity()
+        self.head = ClassifierHead(self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate)
+        self.head_hidden_size = self.num_features
+
+
 def _create(variant: str, pretrained: bool = False, pretrained_cfg=None, pretrained_cfg_overlay=None,
             **kwargs) -> nn.Module:
     cfg = resolve_pretrained_cfg(variant, pretrained_cfg=pretrained_cfg, pretrained_cfg_overlay=pretrained_cfg_overlay)
-    if pretrained:
+    if pretrained and cfg.source not in ('hf-hub', 'local-dir'):  # those timm loads from where they name
         # Resolve (and verify) here so timm only ever sees a local safetensors file: no network retries.
         name = f'{variant}.{cfg.tag}'
         cfg = dataclasses.replace(cfg, file=str(resolve_weights(name, cfg)), custom_load=False)
+    arch = stock_name(variant)
     try:
-        return model_entrypoint(stock_name(variant))(pretrained=pretrained, pretrained_cfg=cfg, **kwargs)
+        if arch.startswith('vgg'):
+            return build_model_with_cfg(PaperVGG, arch, pretrained, pretrained_cfg=cfg, model_cfg=vgg_cfgs[arch[:5]],
+                                        feature_cfg=dict(flatten_sequential=True, out_indices=(0, 1, 2, 3, 4, 5)),
+                                        norm_layer=nn.BatchNorm2d, **kwargs)
+        return model_entrypoint(arch)(pretrained=pretrained, pretrained_cfg=cfg, **kwargs)
     except RuntimeError as e:  # keys or shapes that do not fit: one line naming the file
         if pretrained and str(e).startswith('Error(s) in loading state_dict'):
             raise weights_mismatch(cfg.file, e) from None
@@ -131,3 +187,43 @@ def senti_resnet50(pretrained: bool = False, **kwargs) -> nn.Module:
 def senti_resnet101(pretrained: bool = False, **kwargs) -> nn.Module:
     """ResNet-101 with sentiment-oriented pre-training (tags: hp, ho, st, fi)."""
     return _create('senti_resnet101', pretrained, **kwargs)
+
+
+def _create_amalgamator(variant: str, pretrained: bool = False, pretrained_cfg=None, pretrained_cfg_overlay=None,
+                        cache_dir=None, **kwargs) -> nn.Module:
+    from .amalgamation import create_amalgamator  # the training machinery, imported on first use
+
+    cfg = resolve_pretrained_cfg(variant, pretrained_cfg=pretrained_cfg, pretrained_cfg_overlay=pretrained_cfg_overlay)
+    module = create_amalgamator(stock_name(variant.removeprefix('amalgamator_')), pretrained=pretrained, **kwargs)
+    module.pretrained_cfg = cfg.to_dict()
+    return module
+
+
+@register_model
+def amalgamator_senti_vgg16_bn(pretrained: bool = False, **kwargs) -> nn.Module:
+    """The paper's amalgamation module for VGG16-BN (:func:`sentizoo.amalgamation.create_amalgamator`)."""
+    return _create_amalgamator('amalgamator_senti_vgg16_bn', pretrained, **kwargs)
+
+
+@register_model
+def amalgamator_senti_vgg19_bn(pretrained: bool = False, **kwargs) -> nn.Module:
+    """The paper's amalgamation module for VGG19-BN (:func:`sentizoo.amalgamation.create_amalgamator`)."""
+    return _create_amalgamator('amalgamator_senti_vgg19_bn', pretrained, **kwargs)
+
+
+@register_model
+def amalgamator_senti_resnet18(pretrained: bool = False, **kwargs) -> nn.Module:
+    """The paper's amalgamation module for ResNet-18 (:func:`sentizoo.amalgamation.create_amalgamator`)."""
+    return _create_amalgamator('amalgamator_senti_resnet18', pretrained, **kwargs)
+
+
+@register_model
+def amalgamator_senti_resnet50(pretrained: bool = False, **kwargs) -> nn.Module:
+    """The paper's amalgamation module for ResNet-50 (:func:`sentizoo.amalgamation.create_amalgamator`)."""
+    return _create_amalgamator('amalgamator_senti_resnet50', pretrained, **kwargs)
+
+
+@register_model
+def amalgamator_senti_resnet101(pretrained: bool = False, **kwargs) -> nn.Module:
+    """The paper's amalgamation module for ResNet-101 (:func:`sentizoo.amalgamation.create_amalgamator`)."""
+    return _create_amalgamator('amalgamator_senti_resnet101', pretrained, **kwargs)

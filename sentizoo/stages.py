@@ -1,6 +1,6 @@
 """The three feature taps that amalgamation compares, for timm ResNets and VGGs.
 
-Stage 1..3 are the official split's last three stages (DESIGN.md §2), post-activation:
+Stage 1..3 are the official split's last three stages (docs/method.md, "Stages"), post-activation:
 
 * ResNet: the outputs of ``layer2``, ``layer3``, ``layer4``;
 * VGG: the outputs of the official ``features`` slices 2-4 (vgg16_bn ``[13:23]``, ``[23:33]``, ``[33:43]``;

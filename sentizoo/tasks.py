@@ -26,10 +26,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-__all__ = ['Task', 'Metrics', 'SLL', 'MLL', 'LDL', 'TASKS', 'get_task', 'EPS']
-
-EPS = 1e-12
-"""Guard for the LDL metrics: floor of ``p + q`` in Clark/Canberra, added inside the logs of KL."""
+__all__ = ['Task', 'Metrics', 'SLL', 'MLL', 'LDL', 'TASKS', 'get_task']
 
 
 class Metrics(ABC):
@@ -80,6 +77,8 @@ class Task(ABC):
     primary_metric: str
     higher_is_better: bool
     """Direction of :attr:`primary_metric` (for model selection on a validation set)."""
+    target_ndim: int = 2
+    expected_shape: str = 'of shape (N, {C})'
 
     @abstractmethod
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -97,16 +96,19 @@ class Task(ABC):
     def check_target(self, target: torch.Tensor, num_outputs: int) -> None:
         """Raise ValueError, naming expected and actual shape/dtype/values, if ``target`` does not fit."""
 
+    def check_shape(self, target: torch.Tensor, num_outputs: int) -> None:
+        """The shape part of :meth:`check_target`, without looking at the values (no device sync): cheap
+        enough for every training step, where a wrong shape would broadcast silently in the loss."""
+        if target.ndim != self.target_ndim or (self.target_ndim == 2 and target.shape[1] != num_outputs):
+            self._fail(target, self.expected_shape.format(C=num_outputs),
+                       f'shape {tuple(target.shape)} for a model with {num_outputs} outputs')
+
     def __repr__(self) -> str:
         return f'{type(self).__name__}()'
 
     def _fail(self, target: torch.Tensor, expected: str, problem: str) -> None:
         raise ValueError(f'{self.name} task: targets must be {expected}; got {problem} '
                          f'(shape {tuple(target.shape)}, dtype {target.dtype}).')
-
-    def _check_matrix(self, target: torch.Tensor, num_outputs: int, expected: str) -> None:
-        if target.ndim != 2 or target.shape[1] != num_outputs:
-            self._fail(target, expected, f'shape {tuple(target.shape)} for a model with {num_outputs} outputs')
 
 
 # --- single-label --------------------------------------------------------------------------------------
@@ -126,6 +128,8 @@ class SLL(Task):
     name = 'sll'
     primary_metric = 'accuracy'
     higher_is_better = True
+    target_ndim = 1
+    expected_shape = 'class indices of shape (N,)'
 
     def loss(self, logits, target):
         return F.cross_entropy(logits, target)
@@ -193,6 +197,7 @@ class MLL(Task):
     name = 'mll'
     primary_metric = 'hamming_loss'
     higher_is_better = False
+    expected_shape = 'multi-hot labels of shape (N, {C})'
 
     def loss(self, logits, target):
         return F.binary_cross_entropy_with_logits(logits, target.to(logits.dtype))
@@ -206,7 +211,7 @@ class MLL(Task):
 
     def check_target(self, target, num_outputs):
         expected = f'multi-hot labels of shape (N, {num_outputs}) with values 0/1'
-        self._check_matrix(target, num_outputs, expected)
+        self.check_shape(target, num_outputs)
         if not ((target == 0) | (target == 1)).all():
             self._fail(target, expected, 'values other than 0 and 1')
 
@@ -221,14 +226,15 @@ class _LDLMetrics(Metrics):
 
     def _batch_sums(self, logits, target):
         p, q = target.double(), torch.softmax(logits, 1)
-        diff = p - q
-        denom = (p + q).clamp_min(EPS)
+        diff, total = p - q, p + q
+        # |p-q|/(p+q) with the true denominator wherever it is positive; 0 for a class where both are 0
+        ratio = torch.where(total > 0, diff.abs() / total.where(total > 0, 1.0), 0.0)
         per_sample = torch.stack([
             diff.abs().amax(1),
-            (diff.square() / denom.square()).sum(1).sqrt(),
-            (diff.abs() / denom).sum(1),
-            (p * ((p + EPS).log() - (q + EPS).log())).sum(1),
-            (p * q).sum(1) / (p.norm(dim=1) * q.norm(dim=1)).clamp_min(EPS),
+            ratio.square().sum(1).sqrt(),
+            ratio.sum(1),
+            (torch.xlogy(p, p) - p * torch.log_softmax(logits, 1)).sum(1),  # exact: no epsilon in the logs
+            (p * q).sum(1) / (p.norm(dim=1) * q.norm(dim=1)),
             torch.minimum(p, q).sum(1),
         ])
         return torch.cat([p.new_tensor([float(p.shape[0])]), per_sample.sum(1)])
@@ -243,14 +249,16 @@ class LDL(Task):
     The model's output is ``softmax(logits)``. Loss: ``KL(truth || softmax(logits))`` averaged over the
     batch (terms with truth 0 contribute 0). Metrics, averaged over samples, with ``p`` the truth and ``q``
     the prediction: Chebyshev ``max|p-q|``, Clark ``sqrt(sum((p-q)^2/(p+q)^2))``, Canberra
-    ``sum(|p-q|/(p+q))`` (``p+q`` floored at :data:`EPS`, so a class where both are 0 adds 0), KL
-    ``sum(p*(log(p+EPS)-log(q+EPS)))``, Cosine ``p.q/(|p||q|)`` and Intersection ``sum(min(p,q))``.
+    ``sum(|p-q|/(p+q))`` (a class where ``p`` and ``q`` are both 0 adds 0; any other uses its true ``p+q``,
+    however small), KL ``sum(p*(log p - log_softmax(logits)))`` from the log-probabilities, with ``0 log 0 = 0``
+    (no epsilon, so no term is capped), Cosine ``p.q/(|p||q|)`` and Intersection ``sum(min(p,q))``.
     Lower is better for the first four, higher for the last two.
     """
 
     name = 'ldl'
     primary_metric = 'kl'
     higher_is_better = False
+    expected_shape = 'distributions of shape (N, {C})'
 
     def loss(self, logits, target):
         return F.kl_div(F.log_softmax(logits, 1), target.to(logits.dtype), reduction='batchmean')
@@ -263,7 +271,7 @@ class LDL(Task):
 
     def check_target(self, target, num_outputs):
         expected = f'distributions of shape (N, {num_outputs}), float, non-negative, rows summing to 1'
-        self._check_matrix(target, num_outputs, expected)
+        self.check_shape(target, num_outputs)
         if not target.dtype.is_floating_point:
             self._fail(target, expected, 'a non-float dtype')
         if (target < 0).any():

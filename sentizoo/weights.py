@@ -18,6 +18,7 @@ import json
 import os
 import secrets
 import stat
+import tempfile
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -306,33 +307,29 @@ def resolve_weights(name: str, cfg: Any = None, sha256: Optional[str] = None, do
 
 
 def _config_for(model: nn.Module, label_names: Optional[Sequence[str]], extra: Optional[Dict[str, Any]]) -> Dict:
-    cfg = dict(getattr(model, 'pretrained_cfg', None) or {})
-    architecture = cfg.get('architecture')
-    if not architecture:
+    """timm's own ``config.json`` for ``model`` (``save_config_for_hf``: ``model_args``, ``global_pool``, the data
+    config at the model's input channels ...) with the stock architecture name, so stock timm rebuilds it; a
+    VGG with the paper's head (:class:`~sentizoo.models.PaperVGG`) keeps its ``senti_`` name, which needs
+    ``import sentizoo``."""
+    from timm.models._hub import save_config_for_hf
+
+    cfg = getattr(model, 'pretrained_cfg', None) or {}
+    if not cfg.get('architecture'):
         raise ValueError(f'{type(model).__name__} has no pretrained_cfg["architecture"]: save_pretrained writes '
                          f'timm models (create them with timm.create_model).')
-    from .models import stock_name  # deferred: models imports this module
+    from .models import PaperVGG, stock_name  # deferred: models imports this module
     label_names = list(label_names) if label_names is not None else cfg.get('label_names')
     num_classes = getattr(model, 'num_classes', cfg.get('num_classes'))
     if label_names is not None and len(label_names) != num_classes:
         raise ValueError(f'label_names has {len(label_names)} entries but the model has {num_classes} classes.')
-    # The data config travels; where the weights came from does not.
-    keep = ('input_size', 'interpolation', 'mean', 'std', 'crop_pct', 'crop_mode', 'pool_size', 'first_conv',
-            'classifier', 'license', 'description', 'paper_name', 'origin_url', 'tag')
-    pretrained_cfg = {k: cfg[k] for k in keep if cfg.get(k) is not None}
-    pretrained_cfg.update(num_classes=num_classes, label_names=label_names)
-    global_pool = getattr(model, 'global_pool', None)  # a pool module on timm ResNets: only a str goes to JSON
-    config = {
-        'architecture': stock_name(architecture),  # stock timm name: loads even without `import sentizoo`
-        'num_classes': num_classes,
-        'num_features': getattr(model, 'num_features', None),
-        'global_pool': global_pool if isinstance(global_pool, str) else None,
-        'pretrained_cfg': pretrained_cfg,
-    }
-    if label_names is not None:
-        config['label_names'] = label_names
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / CONFIG_NAME
+        save_config_for_hf(model, str(path), model_config=dict(label_names=label_names) if label_names else None)
+        config = json.loads(path.read_text())
+    if not isinstance(model, PaperVGG):  # the stock name loads even without `import sentizoo`
+        config['architecture'] = stock_name(config['architecture'])
     config.update(extra or {})
-    return {k: v for k, v in config.items() if v is not None}
+    return config
 
 
 def _temp_name(path: Path) -> str:

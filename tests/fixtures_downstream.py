@@ -1,7 +1,7 @@
 """Tiny on-disk copies of the downstream datasets in their exact release formats (tests only).
 
 Each ``make_*`` writes 8x8 JPEGs plus the dataset's annotation files under ``root`` and returns the
-root to pass to the reader. Formats follow /work/shared/DATASETS.md sections 4-9.
+root to pass to the reader. Formats follow docs/datasets.md sections 4-9.
 """
 import json
 from pathlib import Path
@@ -14,7 +14,7 @@ FI_CLASSES = ('amusement', 'anger', 'awe', 'contentment', 'disgust', 'excitement
 EMOSET_LABEL2IDX = {'amusement': 0, 'awe': 1, 'contentment': 2, 'excitement': 3,
                     'anger': 4, 'disgust': 5, 'fear': 6, 'sadness': 7}
 UNBIASEDEMO_CLASSES = ('anger', 'fear', 'joy', 'love', 'sadness', 'surprise')
-EMOTION6_EXAMPLE = 'disgust/1.jpg\t2.5\t3.8\t0.133333\t0.7\t0\t0.0666667\t0.1\t0\t0'  # DATASETS.md section 8
+EMOTION6_EXAMPLE = 'disgust/1.jpg\t2.5\t3.8\t0.133333\t0.7\t0\t0.0666667\t0.1\t0\t0'  # an Emotion6 line as published
 ABSTRACT_HEADER = "'','Amusement','Anger','Awe','Content','Disgust','Excitement','Fear','Sad'"
 
 
@@ -173,7 +173,7 @@ def write_emotic_mat(path: Path, people: Dict[str, list]) -> Path:
 def make_emotion6(root: Path, lines: Sequence[str] = None, n: int = 25) -> Path:
     """``ground_truth.txt`` (header + TAB-separated lines) and ``images/<keyword>/N.jpg``.
 
-    Default lines: the DATASETS.md example, then ``n - 1`` generated images with a one-hot
+    Default lines: the published example line (:data:`EMOTION6_EXAMPLE`), then ``n - 1`` generated images with a one-hot
     distribution cycling over the 7 emotions.
     """
     if lines is None:

@@ -1,4 +1,4 @@
-"""Tiny copies of the pre-training datasets in their exact published on-disk formats (DATASETS.md §1-3).
+"""Tiny copies of the pre-training datasets in their exact published on-disk formats (docs/datasets.md §1-3).
 
 Every writer returns what it wrote, so tests can compare a reader's output with the truth. Images are
 8x8 JPEGs of one colour that encodes the sample (R = class, G = index), so a test can also check that

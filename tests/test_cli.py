@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from timm.data import create_transform, resolve_model_data_config
 
-from sentizoo.cli import main
+from sentizoo.cli import build_parser, main
 from sentizoo.data import load_image
 from sentizoo.models import FI_LABELS
 from sentizoo.weights import save_pretrained
@@ -187,3 +187,57 @@ def test_python_m_sentizoo(zoo, images):
     assert result.returncode == 1, result.stderr
     good, bad = json.loads(result.stdout)
     assert len(good['predictions']) == 3 and bad['error'] == 'the file is empty (0 bytes)'
+
+
+def test_predict_takes_folders_hub_names_and_checkpoints_of_any_size(capsys, images, tmp_path, monkeypatch):
+    """A 3-class model saved by save_pretrained (what `sentizoo amalgamate` writes) predicts the same from its
+    folder, a local-dir: or hf-hub: name, and a timm name + its weight file, with its own label names."""
+    from conftest import write_hf_cache
+
+    torch.manual_seed(0)
+    folder = tmp_path / 'moods'
+    save_pretrained(timm.create_model('resnet18', num_classes=3), folder, label_names=['calm', 'joy', 'rage'],
+                    verbose=False)
+    cache = tmp_path / 'hf'
+    write_hf_cache(cache, 'someone/moods', {n: folder / n for n in ('model.safetensors', 'config.json')})
+    monkeypatch.setattr('huggingface_hub.constants.HF_HUB_CACHE', str(cache))
+    monkeypatch.setattr('huggingface_hub.constants.HF_HUB_OFFLINE', True)
+    outputs = []
+    for model in (folder, f'local-dir:{folder}', 'hf-hub:someone/moods', 'resnet18'):
+        extra = ['--checkpoint', folder / 'model.safetensors'] if model == 'resnet18' else []
+        code, out, err = _run(capsys, 'predict', model, images / 'a_gradient.jpg', '--format', 'json', '--workers', 0,
+                              *extra)
+        assert code == 0, err
+        outputs.append(json.loads(out))
+    assert outputs[0] == outputs[1] == outputs[2] == outputs[3]
+    assert {p['label'] for p in outputs[0][0]['predictions']} == {'calm', 'joy', 'rage'}
+    # a bare weight file: its classifier gives the number of classes, the labels are indices
+    (tmp_path / 'bare').mkdir()
+    (tmp_path / 'bare' / 'w.safetensors').write_bytes((folder / 'model.safetensors').read_bytes())
+    code, out, _ = _run(capsys, 'predict', 'resnet18', images / 'a_gradient.jpg', '--format', 'json', '--workers', 0,
+                        '--checkpoint', tmp_path / 'bare' / 'w.safetensors')
+    assert code == 0 and [p['probability'] for p in json.loads(out)[0]['predictions']] == [
+        p['probability'] for p in outputs[0][0]['predictions']]
+    assert {p['label'] for p in json.loads(out)[0]['predictions']} == {'0', '1', '2'}
+
+
+def test_output_into_a_closed_pipe_exits_quietly(zoo):
+    """`sentizoo list | head -0`: the reader is gone before anything is written; no traceback."""
+    proc = subprocess.Popen([sys.executable, '-m', 'sentizoo', 'list'], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 1
+    assert 'Traceback' not in err and 'BrokenPipeError' not in err, err
+
+
+def test_workers_default_to_the_cores(monkeypatch):
+    from sentizoo.data import default_workers
+    from training.downstream import validate_config
+
+    monkeypatch.setattr(os, 'sched_getaffinity', lambda pid: {0, 1}, raising=False)
+    assert default_workers() == 2
+    config = validate_config({'arch': 'resnet18', 'dataset': 'synthetic', 'task': 'sll',
+                              'runs': {'a': {'mode': 'finetune', 'init': 'random'}}})
+    assert config['workers'] == 2  # was 4: more processes than cores, and torch's warning twice per run
+    assert build_parser().parse_args(['amalgamate', 'resnet18', 'data', '--output', 'out']).workers is None

@@ -224,7 +224,7 @@ def _artemis_rows(n_artworks=20):
 
 
 def _optas_split_with_sklearn(unique_ids, loads=(0.85, 0.05, 0.10), seed=2021):
-    """optas/artemis make_train_test_val_splits, restated with scikit-learn (facts from DATASETS.md §3)."""
+    """optas/artemis make_train_test_val_splits, restated with scikit-learn (docs/datasets.md §3)."""
     from sklearn.model_selection import train_test_split
     ids = np.array(sorted(set(unique_ids)), dtype=object)
     train, rest = train_test_split(ids, test_size=loads[1] + loads[2], random_state=seed)

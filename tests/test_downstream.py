@@ -136,11 +136,11 @@ def test_paper_numbers_transcribed():
 # ---------------------------------------------------------------------------------------- data, models
 
 def test_eval_transform_resizes_then_centre_crops():
-    pixels = torch.arange(8 * 8 * 3, dtype=torch.uint8).reshape(8, 8, 3)
+    pixels = torch.arange(16 * 16 * 3).remainder(256).to(torch.uint8).reshape(16, 16, 3)
     image = Image.fromarray(pixels.numpy())
-    out = ds.eval_transform(resize=8, crop=4)(image)  # resize to its own size is the identity
+    out = ds.split_transforms(14)['test'](image)  # resize to floor(14 / 0.875) = 16, its own size: the identity
     mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
-    expected = (pixels[2:6, 2:6].permute(2, 0, 1).float() / 255 - mean[:, None, None]) / std[:, None, None]
+    expected = (pixels[1:15, 1:15].permute(2, 0, 1).float() / 255 - mean[:, None, None]) / std[:, None, None]
     torch.testing.assert_close(out, expected)
 
 
@@ -166,6 +166,8 @@ def test_build_target_from_the_zoo_and_random():
     target = ds.build_target('resnet18', 'hp', num_classes=5)
     assert target.num_classes == 5
     torch.testing.assert_close(target.layer4[0].conv1.weight, hp.layer4[0].conv1.weight)
+    assert [ds.init_weights('vgg16_bn', init) for init in ('imagenet', 'ho', 'random')] == [
+        'vgg16_bn.tv_in1k', 'senti_vgg16_bn.ho', 'random']  # the paper's ImageNet start: torchvision's weights
     a, b = (ds.build_target('resnet18', 'random', 5, seed=3) for _ in range(2))
     torch.testing.assert_close(a.fc.weight, b.fc.weight)  # seeded
 
@@ -180,6 +182,7 @@ def test_tiny_ablation_end_to_end(tmp_path):
     terms = {}
     for name, r in results.items():
         assert r['synthetic'] is True and r['table'] == 3 and r['experiment'] == TINY
+        assert r['init_weights'] == {'hp': 'senti_resnet18.hp', 'random': 'random'}[r['init']]
         assert r['samples'] == {'train': 16, 'val': 8, 'test': 8}
         assert len(r['history']['epochs']) == 2 and r['best_epoch'] in (1, 2)
         assert r['val'] == r['history']['epochs'][r['best_epoch'] - 1]['val']

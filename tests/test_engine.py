@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 import sentizoo.engine as engine
 from sentizoo.amalgamation import TEACHER_TAGS
 from sentizoo.cli import main as cli_main
+from sentizoo.tasks import get_task
 from sentizoo.weights import WeightsNotFoundError, save_pretrained
 
 TESTS = Path(__file__).resolve().parent
@@ -234,6 +235,61 @@ def test_history_file_and_loss_terms(tmp_path):
     assert engine.evaluate(model, loader, 'sll').keys() == {'accuracy'}
 
 
+def test_evaluate_checks_the_targets_of_every_batch():
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    images = torch.rand(4, 1, 2, 2)
+    batches = [(images, torch.tensor([0, 1, 2, 0])), (images, torch.tensor([[0], [1], [2], [0]]))]
+    assert engine.evaluate(model, batches[:1], 'sll')['accuracy'] <= 1
+    # (N, 1) class indices would broadcast against (N,) predictions into an (N, N) comparison: "accuracy" 4/4 * N
+    with pytest.raises(ValueError, match=r'sll task: targets must be class indices of shape \(N,\).*\(4, 1\)'):
+        engine.evaluate(model, batches, 'sll')
+
+
+def test_training_checks_the_target_shape_of_every_batch():
+    """The first batch is fine, a later one holds (N, 1) distributions: KL would broadcast them silently."""
+    class LaterBad(Dataset):
+        def __len__(self):
+            return 8
+
+        def __getitem__(self, i):
+            target = torch.tensor([0.2, 0.3, 0.5]) if i < 4 else torch.tensor([1.0])
+            return torch.rand(3, 32, 32), target
+
+    with pytest.raises(ValueError, match=r'ldl task: targets must be distributions of shape \(N, 3\); got shape \(4, 1\)'):
+        engine.finetune(tiny(), DataLoader(LaterBad(), batch_size=4), task='ldl', epochs=1, progress=False)
+
+
+def test_evaluate_computes_metrics_in_fp32_inside_autocast():
+    """Logits 1 + 1e-3 * noise tie in bf16 (8 bits of mantissa); evaluate scores the fp32 logits even when the
+    caller runs it under bf16 autocast."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(8, 6)
+    with torch.no_grad():
+        model.weight.mul_(1e-3)
+        model.bias.fill_(1.0)
+    images = torch.randn(32, 8)
+    targets = (torch.rand(32, 6) > 0.5).float()
+    expected = get_task('mll').metrics()
+    expected.update(model(images).detach(), targets)
+    batches = [(images[:16], targets[:16]), (images[16:], targets[16:])]
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        assert model(images).dtype == torch.bfloat16  # the caller's autocast is on
+        scores = engine.evaluate(model, batches, 'mll')
+    assert scores == pytest.approx(expected.compute(), rel=1e-12, abs=1e-12)
+
+
+def test_progress_in_a_pipe_is_one_line_per_epoch_and_some_steps(capsys):
+    """stderr is not a terminal here (a pipe or a log file): plain lines, no bar, no logging set-up needed."""
+    loader = DataLoader(Noisy(n=40), batch_size=2, shuffle=True)  # 20 steps: a line every 2
+    engine.finetune(tiny(), loader, epochs=2, progress=True)
+    lines = capsys.readouterr().err.splitlines()
+    assert '\r' not in ''.join(lines)
+    steps = [line.split('  ')[:2] for line in lines if '  step ' in line]
+    assert steps == [[f'epoch {e}/2', f'step {s}/20'] for e in (1, 2) for s in range(2, 20, 2)]
+    assert [line.split('  ')[0] for line in lines if '  loss ' in line and 'step' not in line] == ['epoch 1/2',
+                                                                                                  'epoch 2/2']
+
+
 # --- CLI -----------------------------------------------------------------------------------------------
 
 def write_images(root: Path, classes=('calm', 'joy', 'rage'), per_class: int = 4) -> None:
@@ -264,7 +320,15 @@ def test_cli_amalgamate_and_evaluate_image_folder(tmp_path, isolated_zoo, capsys
                      str(out), '--epochs', '2', *common]) == 0
     history = json.loads((out / 'history.json').read_text())
     assert history['best_epoch'] in (1, 2) and 'feat/ho' in history['epochs'][0]['train']
-    assert json.loads((out / 'config.json').read_text())['label_names'] == ['calm', 'joy', 'rage']
+    config = json.loads((out / 'config.json').read_text())
+    assert config['label_names'] == ['calm', 'joy', 'rage']
+    # provenance: the senti licence, the init and teachers, the paper's preprocessing at the trained size
+    assert config['init'] == history['init'] == 'senti_resnet18.hp'
+    assert config['teachers'] == [f'senti_resnet18.{t}' for t in ('st', 'ho', 'hp')]
+    cfg = config['pretrained_cfg']
+    assert (cfg['license'], cfg['crop_mode'], cfg['crop_pct'], cfg['interpolation'], cfg['input_size']) == (
+        'cc-by-nc-4.0', 'squash', 0.875, 'bilinear', [3, 32, 32])
+    assert not {'tag', 'test_input_size', 'test_crop_pct'} & set(cfg) and 'a1_in1k' not in json.dumps(config)
     assert (out / 'checkpoints' / engine.CHECKPOINT_NAME).is_file()
     capsys.readouterr()
     assert cli_main(['evaluate', str(out), str(tmp_path / 'data'), '--format', 'json', *common]) == 0
@@ -295,6 +359,82 @@ def test_cli_baseline_mll_csv_and_errors(tmp_path, capsys, tiny_resnet18):
     assert 'mll task: targets must be multi-hot' in capsys.readouterr().err
     assert cli_main(['evaluate', str(out), str(tmp_path / 'nowhere'), *common]) == 2
     assert 'does not exist' in capsys.readouterr().err
+
+
+def write_ldl_csv(root: Path) -> Path:
+    """An LDL CSV over :func:`write_images`'s non-square (48x40) images: continuous metrics show any change
+    in preprocessing."""
+    write_images(root / 'images')
+    rng = np.random.default_rng(1)
+    with open(root / 'labels.csv', 'w', newline='') as f:
+        rows = csv.writer(f)
+        rows.writerow(['path', 'calm', 'joy', 'rage'])
+        for name in ('calm', 'joy', 'rage'):
+            for i in range(4):
+                votes = rng.integers(1, 10, 3)
+                rows.writerow([f'images/{name}/{i}.jpg', *(votes / votes.sum()).tolist()])
+    return root / 'labels.csv'
+
+
+def _cli_baseline(data: Path, out: Path, *extra: str) -> None:
+    assert cli_main(['amalgamate', 'resnet18', str(data), '--baseline', '--epochs', '1', '--output', str(out),
+                     '--batch-size', '4', '--workers', '0', '--img-size', '32', '--no-progress', '--task', 'ldl',
+                     *extra]) == 0
+
+
+def test_one_preprocessing_path_cli_python_and_training(tmp_path, capsys, tiny_resnet18):
+    """`sentizoo evaluate`, sentizoo.evaluate with timm's transform of the saved model and training/'s
+    evaluation transform score the same model on non-square images identically."""
+    from timm.data import create_transform, resolve_data_config
+
+    from sentizoo.datasets import image_csv
+    from training.downstream import split_transforms
+
+    data = write_ldl_csv(tmp_path)
+    out = tmp_path / 'out'
+    _cli_baseline(data, out, '--init', 'random')
+    capsys.readouterr()
+    assert cli_main(['evaluate', str(out), str(data), '--format', 'json', '--workers', '0', '--no-progress']) == 0
+    cli = json.loads(capsys.readouterr().out)
+
+    model = timm.create_model(f'local-dir:{out}', pretrained=True)
+    transform = create_transform(**resolve_data_config(model=model))
+    python = engine.evaluate(model, DataLoader(image_csv(data, transform), batch_size=32), 'ldl')  # the CLI's batch
+    training = engine.evaluate(model, DataLoader(image_csv(data, split_transforms(32)['test']), batch_size=32), 'ldl')
+    assert cli == python == training
+    cfg = model.pretrained_cfg
+    assert (cfg['crop_mode'], cfg['crop_pct'], cfg['interpolation'], tuple(cfg['input_size'])) == ('squash', 0.875,
+                                                                                                     'bilinear', (3, 32, 32))
+
+
+def test_cli_runs_with_the_same_seed_are_bit_identical(tmp_path, tiny_resnet18):
+    data = write_ldl_csv(tmp_path)
+    for run in ('a', 'b'):
+        _cli_baseline(data, tmp_path / run, '--init', 'random', '--seed', '3')
+    assert (tmp_path / 'a' / 'model.safetensors').read_bytes() == (tmp_path / 'b' / 'model.safetensors').read_bytes()
+
+
+def test_cli_baseline_starts_from_torchvision_imagenet_weights(tmp_path, monkeypatch, tiny_resnet18):
+    """--baseline (--init imagenet) loads timm's resnet18.tv_in1k, the weights of the paper and training.pretrain,
+    and names them in history.json and config.json; its licence is theirs."""
+    from conftest import write_hf_cache
+    from safetensors.torch import save_file
+
+    cache = tmp_path / 'hf'
+    monkeypatch.setattr('huggingface_hub.constants.HF_HUB_CACHE', str(cache))
+    monkeypatch.setattr('huggingface_hub.constants.HF_HUB_OFFLINE', True)
+    torch.manual_seed(0)
+    imagenet = timm.create_model('resnet18')  # tiny, 1000 classes
+    save_file(imagenet.state_dict(), tmp_path / 'model.safetensors')
+    write_hf_cache(cache, 'timm/resnet18.tv_in1k', {'model.safetensors': tmp_path / 'model.safetensors'})
+    data = write_ldl_csv(tmp_path)
+    _cli_baseline(data, tmp_path / 'out', '--lr', '1e-12')
+    history = json.loads((tmp_path / 'out' / 'history.json').read_text())
+    config = json.loads((tmp_path / 'out' / 'config.json').read_text())
+    assert history['init'] == config['init'] == 'resnet18.tv_in1k' and config['teachers'] == []
+    assert config['pretrained_cfg']['license'] == 'bsd-3-clause'
+    trained = timm.create_model(f'local-dir:{tmp_path / "out"}', pretrained=True)
+    torch.testing.assert_close(trained.conv1.weight, imagenet.conv1.weight, atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize('target_init', ['hp', 'given'])

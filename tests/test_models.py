@@ -1,11 +1,14 @@
 """The senti_* registry: names, configs, and stock timm behaviour."""
+import json
+
 import pytest
 import timm
 import torch
 from timm.data import create_transform, resolve_model_data_config
+from timm.models.vgg import VGG
 
 import sentizoo
-from sentizoo.models import ARCHS, FI_LABELS, TAGS, senti_name, stock_name
+from sentizoo.models import ARCHS, FI_LABELS, TAGS, PaperVGG, senti_name, stock_name
 
 SMALL = (3, 64, 64)
 
@@ -27,13 +30,52 @@ def test_default_tag_is_hp_backbone(arch):
     assert fi.num_classes == 8 and tuple(fi.label_names) == FI_LABELS
 
 
-@pytest.mark.parametrize('arch', ARCHS)
-def test_architecture_is_the_stock_one(arch):
+def _shapes(model):
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize('arch', [a for a in ARCHS if a.startswith('resnet')])
+def test_resnets_are_the_stock_architecture(arch):
     senti = timm.create_model(f'senti_{arch}.fi')
     stock = timm.create_model(arch, num_classes=8)
-    assert type(senti) is type(stock)
-    assert {k: v.shape for k, v in senti.state_dict().items()} == {k: v.shape for k, v in stock.state_dict().items()}
+    assert type(senti) is type(stock) and _shapes(senti) == _shapes(stock)
     assert senti.pretrained_cfg['architecture'] == f'senti_{arch}' and senti.pretrained_cfg['tag'] == 'fi'
+
+
+@pytest.mark.parametrize('arch', ['vgg16_bn', 'vgg19_bn'])
+def test_vggs_have_the_papers_head(arch):
+    """timm's conv features, then global average pooling and one Linear(512, classes): no fc6/fc7 ConvMlp."""
+    torch.manual_seed(0)
+    senti = timm.create_model(f'senti_{arch}.fi').eval()
+    stock = timm.create_model(arch, num_classes=8)
+    features = {k: s for k, s in _shapes(stock).items() if k.startswith('features.')}
+    assert isinstance(senti, VGG) and _shapes(senti) == {**features, 'head.fc.weight': (8, 512), 'head.fc.bias': (8,)}
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(senti(x), senti.head.fc(senti.features(x).mean((2, 3))))
+    assert senti.num_features == senti.head_hidden_size == 512
+    assert timm.create_model(f'senti_{arch}')(x).shape == (2, 512)  # the backbone: pooled conv features
+    millions = [sum(p.numel() for p in m.parameters()) / 1e6 for m in (senti, stock)]
+    assert millions[0] < 21 and millions[1] > 130  # fc6/fc7 alone are ~120M
+
+
+def test_vgg_experiments_use_the_papers_head(tmp_path):
+    from sentizoo.amalgamation import create_amalgamator, init_target_from
+    from sentizoo.weights import save_pretrained
+    from training.downstream import build_target
+
+    module = create_amalgamator('vgg16_bn', num_classes=3, pretrained=False, side_by_side=False)
+    assert all(isinstance(m, PaperVGG) for m in (module.target, *module.teachers.values()))
+    assert isinstance(build_target('vgg16_bn', 'random', 3), PaperVGG)
+    # ImageNet (stock layout, with fc6/fc7) into the paper's VGG: the conv features come, fc6/fc7 stay out
+    stock = timm.create_model('vgg16_bn')
+    target = init_target_from(timm.create_model('senti_vgg16_bn', num_classes=3), stock)
+    assert torch.equal(target.features[0].weight, stock.features[0].weight)
+    # saved under its senti name (stock timm has no such head); loads back wherever sentizoo is imported
+    save_pretrained(target, tmp_path / 'vgg', verbose=False)
+    assert json.loads((tmp_path / 'vgg' / 'config.json').read_text())['architecture'] == 'senti_vgg16_bn'
+    again = timm.create_model(f'local-dir:{tmp_path / "vgg"}', pretrained=True)
+    assert isinstance(again, PaperVGG) and torch.equal(again.head.fc.weight, target.head.fc.weight)
 
 
 def test_num_classes_resets_the_head():

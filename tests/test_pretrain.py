@@ -246,3 +246,13 @@ def test_non_finite_loss_stops_with_the_engine_error(tmp_path, monkeypatch):
     monkeypatch.setattr(Jigsaw, 'loss', lambda self, logits, index: logits.sum() * float('nan'))
     with pytest.raises(NonFiniteLossError, match=r'non-finite loss, jigsaw at step 1 \(epoch 1\)'):
         pt.pretrain(tiny('ho', tmp_path / 'run'))
+
+
+@pytest.mark.filterwarnings('ignore:pre-training resnet18 from a random initialisation')
+def test_progress_in_a_pipe_is_plain_lines(tmp_path, capsys):
+    """stderr is not a terminal here: no carriage-return bar, one line per logged step instead."""
+    pt.pretrain(tiny('ho', tmp_path / 'run', progress=True, steps_per_epoch=3))
+    err = capsys.readouterr().err
+    assert '\r' not in err
+    assert [line.split('  ')[:2] for line in err.splitlines() if line.startswith('HO epoch')] == [
+        ['HO epoch 1/1', f'step {s}/3'] for s in (1, 2, 3)]

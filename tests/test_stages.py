@@ -5,7 +5,7 @@ import torch.nn as nn
 
 from sentizoo.stages import stage_channels, stage_features
 
-# The official slices (DESIGN.md §2): the taps are the ends of the last three.
+# The official slices (docs/method.md, "Stages"): the taps are the ends of the last three.
 VGG_SLICES = {'vgg16_bn': (0, 13, 23, 33, 43), 'vgg19_bn': (0, 13, 26, 39, 52)}
 
 

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from sentizoo.tasks import EPS, LDL, MLL, SLL, get_task
+from sentizoo.tasks import LDL, MLL, SLL, get_task
 
 
 def _accumulate(task_name, logits, target, sizes):
@@ -155,7 +155,21 @@ def test_ldl_metrics_guard_zeros_and_batch_invariance():
     first = _accumulate('ldl', logits[:3], p[:3], [3])
     assert first['chebyshev'] == 0 and first['canberra'] == 0 and first['clark'] == 0
     assert first['kl'] == pytest.approx(0, abs=1e-10) and first['cosine'] == pytest.approx(1)
-    assert EPS < 1e-9
+
+
+def test_ldl_metrics_exact_for_tiny_probabilities():
+    """p = 0 and 0 < q < 1e-12 is a full |p-q|/(p+q) = 1 in Clark and Canberra; KL has no capped term."""
+    q_small = 3.5e-13
+    p = torch.tensor([[0.0, 0.5, 0.5]], dtype=torch.float64)
+    q = torch.tensor([[q_small, 0.5, 0.5 - q_small]], dtype=torch.float64)
+    result = _accumulate('ldl', q.log(), p, [1])
+    ratio = q_small / (1 - q_small)  # the third class: |0.5 - (0.5 - q)| / (1 - q)
+    assert result['clark'] == pytest.approx(math.sqrt(1 + ratio ** 2), rel=1e-12)  # 0.346 with a 1e-12 floor
+    assert result['canberra'] == pytest.approx(1 + ratio, rel=1e-12)
+    # KL with a truth far from the prediction: each term p log(p/q) in full (log(q + 1e-12) capped it at ~27.6)
+    p = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
+    logits = torch.tensor([[0.0, 100.0]], dtype=torch.float64)
+    assert _accumulate('ldl', logits, p, [1])['kl'] == pytest.approx(100 + math.log1p(math.exp(-100)), rel=1e-12)
 
 
 def test_ldl_check_target():

@@ -13,7 +13,8 @@ config first (relative to the file); the file's keys replace the base's, diction
 except ``runs``, which is replaced whole. Every key is checked, and the datasets, initial weights and
 teachers are loaded, before anything trains.
 
-The protocol is the paper's: train images resized to ``image_size * 256 / 224`` (256 for 224), randomly
+The protocol is the paper's (:func:`sentizoo.datasets.paper_data_config`, the ``senti_*`` weights' own
+preprocessing): train images resized to a square of ``floor(image_size / 0.875)`` (256 for 224), randomly
 cropped to ``image_size`` and flipped; evaluation resized the same way and centre-cropped; SGD lr 1e-3,
 momentum 0.9, weight decay 1e-4, 30 epochs, lr /10 every 10 (``train``, any
 :class:`~sentizoo.engine.TrainOptions` field); the epoch is selected on the validation split, the test
@@ -46,8 +47,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from sentizoo.models import ARCHS, BACKBONE_TAGS
 
-__all__ = ['FORMAT', 'CONFIG_DIR', 'ConfigError', 'merge_config', 'load_config', 'validate_config', 'eval_transform',
-           'build_datasets', 'build_target', 'run_experiment', 'main']
+__all__ = ['FORMAT', 'CONFIG_DIR', 'ConfigError', 'merge_config', 'load_config', 'validate_config', 'split_transforms',
+           'build_datasets', 'init_weights', 'build_target', 'run_experiment', 'main']
 
 FORMAT = 'sentizoo.downstream/1'
 """``format`` of every result file (what :mod:`training.report` reads)."""
@@ -60,7 +61,7 @@ _ABLATION = ('feature_stages', 'logits_teachers', 'teacher_task_loss', 'freeze_t
 _SET_BY_RUNNER = ('checkpoint_dir', 'history_path', 'device', 'progress', 'resume', 'checkpoint_every')
 _SYNTHETIC_DATA = {'n_train': 1000, 'n_val': 200, 'n_test': 400, 'seed': 0}
 _DEFAULTS: Dict[str, Any] = {'description': '', 'table': None, 'data_root': None, 'data': {}, 'image_size': 224,
-                             'batch_size': 32, 'eval_batch_size': None, 'workers': 4, 'checkpoints': True,
+                             'batch_size': 32, 'eval_batch_size': None, 'workers': None, 'checkpoints': True,
                              'train': {}}
 _REQUIRED = ('arch', 'dataset', 'task', 'runs')
 
@@ -164,6 +165,9 @@ def validate_config(config: Mapping[str, Any], source: str = 'config') -> Dict[s
         problems.append(f'dataset: one of {(*DATASET_NAMES, SYNTHETIC)}, got {c["dataset"]!r}')
     if 'task' in c and c['task'] not in TASKS:
         problems.append(f'task: one of {TASKS}, got {c["task"]!r}')
+    if c['workers'] is None:  # what the machine has: more workers than cores only compete with the model
+        from sentizoo.data import default_workers
+        c['workers'] = default_workers()
     for key, low in (('image_size', 16), ('batch_size', 1), ('workers', 0)):
         if not is_int(c[key], low):
             problems.append(f'{key}: an integer >= {low}, got {c[key]!r}')
@@ -206,51 +210,57 @@ def validate_config(config: Mapping[str, Any], source: str = 'config') -> Dict[s
 
 # -------------------------------------------------------------------------------------------- data, models
 
-def eval_transform(resize: int = 256, crop: int = 224):
-    """The paper's evaluation transform: resize to ``resize`` x ``resize``, centre crop ``crop``, normalise."""
-    from torchvision import transforms as T
+def split_transforms(image_size: int) -> Dict[str, Any]:
+    """``{'train', 'val', 'test'}`` transforms: the paper's preprocessing at ``image_size``, built by
+    :mod:`sentizoo.datasets` from the same data config the ``senti_*`` weights and the CLI use."""
+    from sentizoo.datasets import eval_transform, paper_data_config, train_transform
 
-    from .datasets.common import IMAGENET_MEAN, IMAGENET_STD
-    return T.Compose([T.Resize((resize, resize)), T.CenterCrop(crop), T.ToTensor(),
-                      T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    config = paper_data_config(image_size)
+    return {'train': train_transform(config), 'val': eval_transform(config), 'test': eval_transform(config)}
 
 
 def build_datasets(config: Mapping[str, Any], data_root: Optional[str] = None) -> Dict[str, Dataset]:
     """``{'train', 'val', 'test'}`` datasets of a validated config, with the paper's transforms."""
-    from .datasets.common import pretrain_transform
-    crop = config['image_size']
-    resize = round(crop * 256 / 224)
-    transforms = {'train': pretrain_transform(resize, crop), 'val': eval_transform(resize, crop),
-                  'test': eval_transform(resize, crop)}
+    from sentizoo.datasets import paper_data_config, resize_size
+    transforms = split_transforms(config['image_size'])
     if config['dataset'] == SYNTHETIC:
         from .datasets.synthetic import SyntheticEmotion
         d = config['data']
-        return {split: SyntheticEmotion(d[f'n_{split}'], split, transform, seed=d['seed'], size=resize,
+        size = resize_size(paper_data_config(config['image_size']))
+        return {split: SyntheticEmotion(d[f'n_{split}'], split, transform, seed=d['seed'], size=size,
                                         view=config['task'])
                 for split, transform in transforms.items()}
     from .datasets.downstream import get_dataset
     root = data_root or config['data_root']
     if not root:
         raise ConfigError(f'{config["source"]}: dataset {config["dataset"]!r} needs its folder: pass --data-root '
-                          '(see shared/DATASETS.md for the layout) or set "data_root" in the config.')
+                          '(docs/datasets.md describes each layout) or set "data_root" in the config.')
     return {split: get_dataset(config['dataset'], root, split, transform, config['task'], **config['data'])
             for split, transform in transforms.items()}
 
 
+def init_weights(arch: str, init: str) -> str:
+    """The weights a run's ``init`` names: ``'senti_resnet50.hp'``, ``'resnet50.tv_in1k'``, ``'random'`` or the file."""
+    from sentizoo.models import imagenet_name
+    if init in BACKBONE_TAGS:
+        return f'senti_{arch}.{init}'
+    return imagenet_name(arch) if init == 'imagenet' else init
+
+
 def build_target(arch: str, init: str, num_classes: int, seed: int = 0) -> nn.Module:
     """The model to fine-tune: ``arch`` with a fresh ``num_classes`` head (seeded) and its backbone from
-    ``init``: ``'imagenet'`` (torchvision's weights through timm), ``'random'``, a zoo tag (``'hp'``: the
+    ``init``: ``'imagenet'`` (torchvision's weights, timm's ``<arch>.tv_in1k``), ``'random'``, a zoo tag (``'hp'``: the
     zoo's ``senti_<arch>.hp`` backbone, the official amalgamation target) or a weight file."""
     import timm
 
-    import sentizoo  # noqa: F401  (registers senti_*)
+    import sentizoo  # noqa: F401  (registers senti_*; the VGGs get the paper's head, sentizoo.models.PaperVGG)
     torch.manual_seed(seed)
     if init in BACKBONE_TAGS:
         return timm.create_model(f'senti_{arch}.{init}', pretrained=True, num_classes=num_classes)
     if init == 'random':
-        return timm.create_model(arch, num_classes=num_classes)
+        return timm.create_model(f'senti_{arch}', num_classes=num_classes)
     from .pretrain import init_backbone
-    model = timm.create_model(arch, num_classes=0)
+    model = timm.create_model(f'senti_{arch}', num_classes=0)
     init_backbone(model, arch, init)
     model.reset_classifier(num_classes)
     return model
@@ -315,9 +325,9 @@ def run_experiment(config: Union[str, Path, Mapping[str, Any]], *, out: Union[st
                              **options)
         history = model.sentizoo_history
         best = history['best_epoch']
-        test = evaluate(model, loaders['test'], c['task'], device=device,
-                        **{k: c['train'][k] for k in ('amp', 'channels_last') if k in c['train']})
+        test = evaluate(model, loaders['test'], c['task'], device=device, channels_last=c['train'].get('channels_last'))
         result = {'format': FORMAT, 'experiment': c['name'], 'run': name, 'mode': run['mode'], 'init': run['init'],
+                  'init_weights': init_weights(c['arch'], run['init']),
                   'table': c['table'], 'arch': c['arch'], 'dataset': c['dataset'], 'task': c['task'],
                   'synthetic': c['dataset'] == SYNTHETIC, 'best_epoch': best,
                   'val': history['epochs'][best - 1]['val'] if best else None, 'test': test,

@@ -29,7 +29,7 @@ from sentizoo.models import ARCHS, BACKBONE_TAGS, TAGS, senti_name, stock_name
 from sentizoo.weights import save_pretrained, zoo_home
 
 from .checkpoint import load_checkpoint, read_state_dict
-from .model_card import _fmt, pretrain_recipe, render_card, validate_results
+from .model_card import _fmt, base_model, pretrain_recipe, render_card, validate_results
 
 __all__ = ['Exported', 'export', 'find_prefix', 'push_to_hub', 'load_results', 'main']
 
@@ -150,6 +150,9 @@ def export(checkpoint: PathLike, tag: str, *, arch: Optional[str] = None, out: O
     state = read_state_dict(ckpt or checkpoint)
     prefix = find_prefix(state, model, prefix)
     model.load_state_dict({k: state[prefix + k] for k in model.state_dict()})
+    if config.get('image_size'):  # the size it was trained at (the demo pre-trains at 32 px), not the registry's 224
+        size = config['image_size']
+        model.pretrained_cfg = dict(model.pretrained_cfg, input_size=(3, size, size), pool_size=None)
 
     folder = Path(out) if out else zoo_home() / name
     sha256 = save_pretrained(model, folder, label_names=label_names if tag not in BACKBONE_TAGS else None)
@@ -159,7 +162,9 @@ def export(checkpoint: PathLike, tag: str, *, arch: Optional[str] = None, out: O
     cfg = model.pretrained_cfg
     card = render_card(name, repo_id=cfg.get('hf_hub_id') or f'sentizoo/{name}', architecture=stock_name(name),
                        description=cfg.get('description') or name, recipe=facts, commands=commands,
-                       results=results, synthetic=synthetic)
+                       results=results, synthetic=synthetic, num_classes=model.num_classes,
+                       image_size=cfg['input_size'][-1],
+                       base_model=None if synthetic else base_model(stock_name(name), tag, str(ckpt.get('init', ''))))
     (folder / 'README.md').write_text(card, encoding='utf-8')
     print(f"registry entry for sentizoo/models.py SHA256:  '{name}': '{sha256}',")
     return Exported(name, folder, sha256)

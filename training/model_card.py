@@ -8,14 +8,13 @@ into the Hugging Face ``model-index`` metadata, so the hub shows them.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
+from functools import lru_cache
 from string import Template
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-__all__ = ['TEMPLATE', 'CARDS', 'RESULT_KEYS', 'TASK_NAMES', 'render_card', 'planned_card', 'pretrain_recipe',
-           'validate_results',
-           'main']
+__all__ = ['TEMPLATE', 'CARDS', 'RESULT_KEYS', 'TASK_NAMES', 'SYNTHETIC_DATA', 'render_card', 'planned_card',
+           'pretrain_recipe', 'validate_results', 'model_stats', 'main']
 
 CARDS = Path(__file__).resolve().parents[1] / 'model_cards'
 TEMPLATE = CARDS / 'template.md'
@@ -75,40 +74,29 @@ def pretrain_recipe(config: Mapping[str, Any], *, data: str, init: str, schedule
             ('Schedule', schedule)]
 
 
-def _yaml(value: Any, indent: int = 0) -> str:
-    """A small YAML emitter for the card's front matter (dicts, lists, scalars; strings JSON-quoted)."""
-    pad = ' ' * indent
-    if isinstance(value, Mapping):
-        lines = []
-        for k, v in value.items():
-            if isinstance(v, (Mapping, list)) and v:
-                lines.append(f'{pad}{k}:\n{_yaml(v, indent + 2)}')
-            else:
-                lines.append(f'{pad}{k}: {_yaml(v)}')
-        return '\n'.join(lines)
-    if isinstance(value, list):
-        if not value:
-            return '[]'
-        items = []
-        for v in value:
-            body = _yaml(v, indent + 2)
-            items.append(f'{pad}- {body[indent + 2:]}' if isinstance(v, (Mapping, list)) else f'{pad}- {body}')
-        return '\n'.join(items)
-    return json.dumps(value)
+def _eval_results(results: Sequence[Mapping[str, Any]]) -> list:
+    """The ``model-index`` entries (huggingface_hub ``EvalResult``) of the measured results: synthetic ones never."""
+    from huggingface_hub import EvalResult
+    return [EvalResult(task_type=_TASK_TYPES.get(r.get('task'), 'image-classification'), dataset_name=r['dataset'],
+                       dataset_type=r.get('dataset_type', r['dataset'].lower()), dataset_split=r.get('split'),
+                       metric_type=r['metric'], metric_value=r['value'], source_name=r.get('source'))
+            for r in results if not r.get('synthetic')]
 
 
-def _model_index(name: str, results: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:
-    grouped: Dict[Tuple, Dict[str, Any]] = {}
-    for r in results:
-        dataset = {'name': r['dataset'] + (' (synthetic)' if r.get('synthetic') else ''),
-                   'type': r.get('dataset_type', r['dataset'].lower())}
-        if r.get('split'):
-            dataset['split'] = r['split']
-        key = (r.get('task'), json.dumps(dataset, sort_keys=True))
-        entry = grouped.setdefault(key, {'task': {'type': _TASK_TYPES.get(r.get('task'), 'image-classification')},
-                                         'dataset': dataset, 'metrics': []})
-        entry['metrics'].append({'type': r['metric'], 'value': r['value']})
-    return [{'name': name, 'results': list(grouped.values())}]
+@lru_cache(maxsize=None)
+def model_stats(name: str, num_classes: int, image_size: int) -> Tuple[float, float]:
+    """(parameters in millions, GMACs of one ``image_size`` image) of ``name``, counted on the meta device: no
+    memory, no weights (FLOPs of matmuls and convolutions / 2)."""
+    import timm
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device('meta'):
+        model = timm.create_model(name.split('.')[0], num_classes=num_classes).eval()
+        images = torch.empty(1, 3, image_size, image_size)
+    with FlopCounterMode(display=False) as counter:
+        model(images)
+    return sum(p.numel() for p in model.parameters()) / 1e6, counter.get_total_flops() / 2e9
 
 
 def _evaluation(results: Sequence[Mapping[str, Any]]) -> str:
@@ -123,11 +111,49 @@ def _evaluation(results: Sequence[Mapping[str, Any]]) -> str:
     return '\n'.join(rows)
 
 
+def _loading(name: str, repo_id: str, architecture: str) -> str:
+    """How the published files load: with stock timm for the ResNets; the VGGs need sentizoo for their head."""
+    if architecture.startswith('vgg'):
+        return (f"`config.json` names `{name.split('.')[0]}`: timm's {architecture} convolutional features with the "
+                "paper's head (global average pooling and one `Linear(512, classes)`, `sentizoo.models.PaperVGG`) "
+                "instead of timm's fc6/fc7 `ConvMlp`, which stock timm's architecture cannot do without. "
+                f"`timm.create_model('hf-hub:{repo_id}', pretrained=True)` therefore needs `import sentizoo` first.")
+    return (f"`config.json` names the stock timm architecture (`{architecture}`), so "
+            f"`timm.create_model('hf-hub:{repo_id}', pretrained=True)` also works without `import sentizoo`.")
+
+
+_CLASSIFY = """### Image classification
+
+```python
+import sentizoo, timm, torch
+from PIL import Image
+
+model = timm.create_model('{name}', pretrained=True).eval()
+transform = timm.data.create_transform(**timm.data.resolve_model_data_config(model))
+with torch.no_grad():
+    probabilities = model(transform(Image.open('photo.jpg').convert('RGB')).unsqueeze(0)).softmax(-1)[0]
+labels = model.pretrained_cfg['label_names']
+for probability, index in zip(*probabilities.topk(3)):
+    print(labels[index], float(probability))
+```"""
+_FINETUNE = """### Fine-tuning a classifier
+
+A backbone (`num_classes=0`, no classifier): `timm.create_model('{name}', pretrained=True, num_classes=8)`
+gives it a new head to fine-tune; or train your target beside it as a teacher (`sentizoo.amalgamate`,
+`sentizoo amalgamate`)."""
+_DATASETS = {'st': ('Places365-Standard', ['places365']), 'ho': ('Places365-Standard', ['places365']),
+             'hp': ('VSO/SentiBank CC images + ArtEmis over WikiArt', ['vso', 'artemis']),
+             'fi': ('FI (Flickr & Instagram, 8 emotions)', ['fi'])}
+SYNTHETIC_DATA = "sentizoo's synthetic affect world (procedural images, not a real dataset)"
+
+
 def render_card(name: str, *, repo_id: str, architecture: str, description: str,
                 recipe: Sequence[Tuple[str, Any]], commands: Sequence[str],
                 results: Sequence[Mapping[str, Any]] = (), synthetic: bool = False, planned: bool = False,
+                num_classes: int = 0, image_size: int = 224, base_model: Optional[str] = None,
                 template: Optional[Path] = None) -> str:
-    """The model card (Markdown with HF metadata) of ``name`` (``'senti_resnet50.hp'``).
+    """The model card (Markdown with Hugging Face metadata, built with ``huggingface_hub.ModelCard``) of ``name``
+    (``'senti_resnet50.hp'``).
 
     Args:
         name: tagged model name.
@@ -136,27 +162,50 @@ def render_card(name: str, *, repo_id: str, architecture: str, description: str,
         description: one paragraph saying what the checkpoint is.
         recipe: ``(label, value)`` facts of the training run, rendered as a list in this order.
         commands: the shell commands that produced the files (pre-training, export).
-        results: evaluation results (see :func:`validate_results`); the only numbers in the table.
+        results: evaluation results (see :func:`validate_results`); the only numbers in the table, and the
+            ``model-index`` (synthetic ones stay out of it).
         synthetic: the weights come from the synthetic demo world, not the paper's datasets.
         planned: no checkpoint exists yet; the recipe is the one that will produce it.
+        num_classes: the classifier's outputs; 0 for a backbone (``image-feature-extraction``).
+        image_size: the input size of the weights (the model stats are counted at it).
+        base_model: the hub id of the weights these started from, if any.
         template: a different template file (``$``-placeholders as in ``template.md``).
     """
+    from huggingface_hub import ModelCard, ModelCardData
+
     results = validate_results(results)
-    meta: Dict[str, Any] = {'license': 'cc-by-nc-4.0', 'library_name': 'timm',
-                            'tags': ['image-classification', 'timm', 'sentizoo', 'visual-sentiment-analysis'],
-                            'pipeline_tag': 'image-classification'}
-    if results:
-        meta['model-index'] = _model_index(name, results)
+    dataset, dataset_ids = (SYNTHETIC_DATA, []) if synthetic else _DATASETS.get(name.split('.')[-1], ('', []))
+    pipeline = 'image-classification' if num_classes else 'image-feature-extraction'
+    evaluated = _eval_results(results)
+    data = ModelCardData(license='cc-by-nc-4.0', library_name='timm', pipeline_tag=pipeline,
+                         tags=[pipeline, 'timm', 'sentizoo', 'visual-sentiment-analysis'],
+                         datasets=dataset_ids or None, base_model=base_model,
+                         model_name=name if evaluated else None, eval_results=evaluated or None)
     notice = ''.join(_NOTICES[k] for k, on in (('synthetic', synthetic), ('planned', planned)) if on)
-    text = Template(Path(template or TEMPLATE).read_text(encoding='utf-8'))
-    return text.substitute(
-        front_matter=_yaml(meta), name=name, repo_id=repo_id, architecture=architecture, description=description,
-        notice=notice, recipe='\n'.join(f'- {label}: {value}' for label, value in recipe),
+    params, gmacs = model_stats(name, num_classes, image_size)
+    kind = f'Image classification ({num_classes} classes)' if num_classes else 'Image feature backbone'
+    text = Template(Path(template or TEMPLATE).read_text(encoding='utf-8')).substitute(
+        front_matter=data.to_yaml(), name=name, repo_id=repo_id, architecture=architecture, description=description,
+        notice=notice, loading=_loading(name, repo_id, architecture), model_type=kind,
+        architecture_line=_architecture_line(architecture), params=f'{params:.2f}', gmacs=f'{gmacs:.2f}',
+        image_size=image_size, datasets=dataset or 'see the recipe below',
+        classification=(_CLASSIFY if num_classes else _FINETUNE).format(name=name),
+        recipe='\n'.join(f'- {label}: {value}' for label, value in recipe),
         commands='\n'.join(commands), evaluation=_evaluation(results))
+    return str(ModelCard(text))  # parsed and checked by huggingface_hub
+
+
+def _architecture_line(architecture: str) -> str:
+    if architecture.startswith('vgg'):
+        return (f"timm's `{architecture}` convolutional features + the paper's head (global average pooling, one "
+                "linear layer)")
+    return f"timm's `{architecture}`"
 
 
 def _planned_recipe(arch: str, tag: str) -> Tuple[List[Tuple[str, Any]], List[str]]:
     """(facts, commands) of the recipe that produces ``senti_<arch>.<tag>``, read from the training code's defaults."""
+    from sentizoo.models import imagenet_name
+
     from .downstream import load_config
     from .pretrain import DATASETS, SCHEDULES, PretrainConfig
 
@@ -166,7 +215,7 @@ def _planned_recipe(arch: str, tag: str) -> Tuple[List[Tuple[str, Any]], List[st
         out = f'runs/pretrain/{tag}_{arch}'
         facts = pretrain_recipe(
             {**dataclasses.asdict(c), 'lr_step': step}, data=_DATA[DATASETS[tag][0]],
-            init="ImageNet (torchvision's weights through timm)",
+            init=f"ImageNet: torchvision's weights, timm's {imagenet_name(arch)}",
             schedule=f'{epochs} epochs; batch {batch} per task and GPU (the paper: 2 GPUs); '
                      f'{c.image_size} px crops of {c.image_size * 256 // 224} px images, horizontal flip')
         facts.append(('Seed', c.seed))
@@ -196,9 +245,21 @@ def planned_card(name: str) -> str:
     from sentizoo.models import stock_name
 
     cfg = timm.models.get_pretrained_cfg(name)
-    facts, commands = _planned_recipe(stock_name(name), cfg.tag)
-    return render_card(name, repo_id=cfg.hf_hub_id, architecture=stock_name(name), description=cfg.description,
-                       recipe=facts, commands=commands, planned=True)
+    arch = stock_name(name)
+    facts, commands = _planned_recipe(arch, cfg.tag)
+    return render_card(name, repo_id=cfg.hf_hub_id, architecture=arch, description=cfg.description,
+                       recipe=facts, commands=commands, planned=True, num_classes=cfg.num_classes,
+                       base_model=base_model(arch, cfg.tag, "ImageNet: timm's"))
+
+
+def base_model(arch: str, tag: str, init: str) -> Optional[str]:
+    """The hub id of the weights ``senti_<arch>.<tag>`` starts from: the HP backbone for a classifier, the
+    ImageNet weights for a backbone pre-trained from them (``init`` names them), else None."""
+    from sentizoo.models import BACKBONE_TAGS, imagenet_name
+
+    if tag not in BACKBONE_TAGS:
+        return f'sentizoo/senti_{arch}.hp'
+    return f'timm/{imagenet_name(arch)}' if 'ImageNet' in init and 'file' not in init else None
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -1,8 +1,7 @@
 """The paper's published numbers (Tables 1, 3 and 4), transcribed for the report to put beside ours.
 
 Source: Feng, Liu, Yang, "Probing Sentiment-Oriented Pre-Training Inspired by Human Sentiment Perception
-Mechanism", CVPR 2023 (the text in ``shared/paper.txt``). Only numbers printed in the paper are here;
-nothing is derived or filled in.
+Mechanism", CVPR 2023. Only numbers printed in the paper are here; nothing is derived or filled in.
 
 * **Table 1**: ``TABLE1[(dataset, task, metric, arch)] = (imagenet, ours)``, "ImageNet initialisation,
   plain fine-tuning" on the left of the paper's arrow and "the proposed method" on the right. Dataset and

@@ -28,6 +28,8 @@ import timm
 import torch
 import torch.nn as nn
 
+from sentizoo.models import paper_arch
+
 from .checkpoint import read_state_dict
 from .pretext import get_task_class
 from .pretext.base import PretextTask
@@ -35,7 +37,7 @@ from .pretext.base import PretextTask
 __all__ = ['PerceptionModel', 'build_perception_model', 'load_backbone', 'PERCEPTION_TASKS']
 
 PERCEPTION_TASKS = {'st': ('colorization', 'super_resolution'), 'ho': ('scene', 'jigsaw'), 'hp': ('anp', 'captioning')}
-_CLASSIFIER_PREFIXES = ('fc.', 'head.fc.', 'classifier.')
+_CLASSIFIER_PREFIXES = ('fc.', 'head.fc.', 'classifier.', 'pre_logits.')  # pre_logits: a stock VGG's fc6/fc7
 
 
 class PerceptionModel(nn.Module):
@@ -74,8 +76,8 @@ class PerceptionModel(nn.Module):
 def load_backbone(backbone: nn.Module, weights: Union[str, Path, Mapping[str, torch.Tensor]]) -> None:
     """Load a state dict (a ``.safetensors`` / torch file, or a mapping) in timm layout into ``backbone``.
 
-    Classifier tensors (``fc.``, ``head.fc.``, ``classifier.``) the backbone does not have are dropped;
-    any other missing, unexpected or mis-shaped tensor is an error naming the source.
+    Classifier tensors (``fc.``, ``head.fc.``, ``classifier.``, a stock VGG's ``pre_logits.``) the backbone does
+    not have are dropped; any other missing, unexpected or mis-shaped tensor is an error naming the source.
     """
     source = str(weights) if isinstance(weights, (str, Path)) else 'the given state dict'
     state = read_state_dict(weights) if isinstance(weights, (str, Path)) else dict(weights)
@@ -110,7 +112,7 @@ def build_perception_model(kind: str, arch: str, pretrained_backbone: Union[None
     unknown = sorted(set(task_kwargs) - set(names))
     if unknown:
         raise ValueError(f'the {kind.upper()} model has the tasks {names}; got options for {unknown}')
-    backbone = timm.create_model(arch, pretrained=False, num_classes=0)
+    backbone = timm.create_model(paper_arch(arch), pretrained=False, num_classes=0)  # VGGs: the paper's head
     if pretrained_backbone is not None:
         load_backbone(backbone, pretrained_backbone)
     tasks = []

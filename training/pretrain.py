@@ -43,8 +43,8 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from sentizoo.engine import (EpochSampler, NonFiniteLossError, SeededSamples, process_group,
-                             rank_world, resolve_device, sgd)
+from sentizoo.engine import (EpochSampler, NonFiniteLossError, SeededSamples, line_every, process_group,
+                             progress_line, progress_mode, rank_world, resolve_device, sgd)
 from sentizoo.models import ARCHS
 
 from .checkpoint import load_checkpoint, read_state_dict, rng_state, save_checkpoint, set_rng_state
@@ -221,15 +221,18 @@ def _subset(dataset: Dataset, max_samples: Optional[int], seed: int) -> Dataset:
 def build_datasets(config: PretrainConfig, heldout: bool = False) -> List[Tuple[str, Dataset]]:
     """The two ``(task, dataset)`` of the model, in ``training_step`` order, with the paper's augmentation.
 
-    Resize to ``image_size * 256 / 224``, random crop ``image_size``, horizontal flip; images stay RGB in
+    Resize to ``floor(image_size * 256 / 224)`` (:func:`sentizoo.datasets.resize_size`, the rule of every
+    downstream path), random crop ``image_size``, horizontal flip; images stay RGB in
     [0, 1]: the tasks normalise them, and make their Lab / low-resolution / tile inputs, on the device.
     ``heldout=True`` gives images never trained on (:data:`HELDOUT_SPLITS`), centre-cropped, for
     measuring the pretext tasks (:mod:`training.pretext_eval`). A missing or malformed dataset file
     raises here, before anything trains.
     """
+    from sentizoo.datasets import paper_data_config, resize_size
+
     from .datasets.common import pretrain_transform
     c = config
-    resize = round(c.image_size * 256 / 224)
+    resize = resize_size(paper_data_config(c.image_size))
     transform = pretrain_transform(resize, c.image_size, normalize=False, train=not heldout)
     split = {name: HELDOUT_SPLITS[name] if heldout else 'train' for name in HELDOUT_SPLITS}
     if c.dataset == 'synthetic':
@@ -297,8 +300,9 @@ def init_backbone(backbone: nn.Module, arch: str, init: str) -> str:
         return 'random'
     if init == 'imagenet':
         from huggingface_hub import hf_hub_download
+        from sentizoo.models import imagenet_name
         from sentizoo.weights import hf_offline  # the library's reading of HF_HUB_OFFLINE
-        repo = f'timm/{arch}.tv_in1k'
+        repo = f'timm/{imagenet_name(arch)}'
         try:
             state = read_state_dict(hf_hub_download(repo, 'model.safetensors', local_files_only=hf_offline()))
         except Exception as e:  # offline and not cached, no network, hub error: say what to do instead
@@ -526,8 +530,9 @@ def _train(config: PretrainConfig, device: torch.device) -> Path:
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if amp else nullcontext()
     while epoch < config.epochs:
         model.train()
-        bar = tqdm(total=steps_per_epoch, initial=step_in_epoch, disable=not (main_process and config.progress),
-                   desc=f'{config.model.upper()} epoch {epoch + 1}/{config.epochs}', dynamic_ncols=True)
+        mode = progress_mode(main_process and config.progress)  # a bar on a terminal, plain lines in a pipe
+        desc = f'{config.model.upper()} epoch {epoch + 1}/{config.epochs}'
+        bar = tqdm(total=steps_per_epoch, initial=step_in_epoch, disable=mode != 'bar', desc=desc, dynamic_ncols=True)
         started = time.perf_counter()
         while step_in_epoch < steps_per_epoch:
             batches = [_to_device(s.next(), device, channels_last) for s in streams]
@@ -553,6 +558,10 @@ def _train(config: PretrainConfig, device: torch.device) -> Path:
                           'time': round(time.perf_counter() - started, 3)})
                 bar.set_postfix({k: f'{v:.4g}' for k, v in values.items()}, refresh=False)
             bar.update()
+            if mode == 'lines' and (step_in_epoch % line_every(steps_per_epoch) == 0
+                                    or step_in_epoch == steps_per_epoch):
+                progress_line(f'{desc}  step {step_in_epoch}/{steps_per_epoch}  '
+                              + ' '.join(f'{k} {v:.4g}' for k, v in values.items()))
             if config.save_every and step % config.save_every == 0 and step_in_epoch < steps_per_epoch:
                 save(last_path)
         bar.close()

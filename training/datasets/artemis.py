@@ -1,4 +1,4 @@
-"""ArtEmis affective captions over WikiArt for the HP model's captioning task (DATASETS.md §3).
+"""ArtEmis affective captions over WikiArt for the HP model's captioning task (docs/datasets.md §3).
 
 ``root`` holds ``wikiart/<art_style>/<painting>.jpg`` and one of (first found wins, or pass ``csv``):
 

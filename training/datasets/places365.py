@@ -1,6 +1,6 @@
 """Places365-Standard scene labels for the HO model's scene-recognition task.
 
-Two published layouts are read (DATASETS.md §1); ``layout='auto'`` picks the one found under ``root``:
+Two published layouts are read (docs/datasets.md §1); ``layout='auto'`` picks the one found under ``root``:
 
 * ``official``: the devkit lists beside the image archives::
 

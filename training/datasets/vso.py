@@ -1,6 +1,6 @@
 """VSO / SentiBank adjective-noun-pair (ANP) images for the HP model's ANP classification task.
 
-Layouts (DATASETS.md §2); ``root`` is one of:
+Layouts (docs/datasets.md §2); ``root`` is one of:
 
 * the ANP folders of the CC image set, ``Images_with_CC/bi_concepts1553/<adj>_<noun>/*.jpg``. It has no
   published split, so each ANP's images are split ``fractions`` (default 80/20, like SentiBank's

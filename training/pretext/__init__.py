@@ -1,4 +1,4 @@
-"""The six pretext tasks of sentiment-oriented pre-training, one module each (DESIGN.md §3).
+"""The six pretext tasks of sentiment-oriented pre-training, one module each (docs/method.md, "Pre-training").
 
 =====================  ==========================  =====  ===========================================
 task (``TASKS`` key)   class                       model  data

@@ -13,7 +13,7 @@ perception model's state dict holds the backbone once). Its life in one training
 normalise it here, on the device, and the ST tasks compute their Lab / full-resolution targets from
 the raw RGB), alone or as ``(images, labels)``.
 
-Backbones are timm ResNets and VGGs. Their four stages (DESIGN.md §2: ResNet ``layer1``..``layer4``,
+Backbones are timm ResNets and VGGs. Their four stages (docs/method.md, "Stages": ResNet ``layer1``..``layer4``,
 VGG the official ``features`` slices, i.e. the last ReLU of conv blocks 2..5) are indices 1..4 of
 timm's ``forward_intermediates``.
 """
@@ -30,7 +30,7 @@ from timm.models import VGG, ResNet
 __all__ = ['PretextTask', 'ClassificationTask', 'STAGES', 'LAST_STAGE', 'images_of', 'imagenet_normalize',
            'stage_channels', 'stage_maps', 'pooled_dim']
 
-STAGES = (1, 2, 3, 4)  # forward_intermediates indices of DESIGN.md §2's stage0..stage3
+STAGES = (1, 2, 3, 4)  # forward_intermediates indices of stages 0..3 (docs/method.md)
 LAST_STAGE = STAGES[-1]
 
 
