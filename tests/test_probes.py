@@ -67,3 +67,20 @@ def test_extract_features_pools_the_three_stage_taps():
         taps = model.eval().forward_intermediates(images, indices=[2, 3, 4], intermediates_only=True)
     expected = torch.cat([t.mean((2, 3)) for t in taps], 1).double().numpy()
     np.testing.assert_allclose(features, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_budget_probes_command_prints_each_seed_and_the_mean(tmp_path, capsys, monkeypatch):
+    import sentizoo
+    torch.manual_seed(0)
+    for tag in ('st', 'ho', 'hp'):
+        sentizoo.save_pretrained(timm.create_model(f'senti_resnet18.{tag}'), tmp_path / f'senti_resnet18.{tag}')
+    monkeypatch.setenv('SENTIZOO_HOME', str(tmp_path))  # restored after the test; main sets it to --zoo
+    code = probes.main(['--zoo', str(tmp_path), '--image-size', '32', '--n-train', '40', '--n-test', '16',
+                        '--seeds', '0', '1'])
+    lines = capsys.readouterr().out.splitlines()
+    assert code == 0 and lines[0] == '| seed | ST | HO | HP | ST+HO+HP |'
+    rows = [[cell.strip() for cell in line.strip('|').split('|')] for line in lines[2:]]
+    assert [r[0] for r in rows] == ['0', '1', 'mean']
+    per_seed = np.array([[float(v) for v in r[1:]] for r in rows[:2]])
+    assert ((per_seed >= 0) & (per_seed <= 1)).all()
+    np.testing.assert_allclose([float(v) for v in rows[2][1:]], per_seed.mean(0), atol=1e-3)

@@ -17,7 +17,7 @@ and scored on held-out ones.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Mapping, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -115,3 +115,58 @@ def probe_all(features: FeatureSets, train: Mapping[str, np.ndarray], test: Mapp
 def chance_row(train: Mapping[str, np.ndarray], test: Mapping[str, np.ndarray]) -> Dict[str, float]:
     """What a probe that ignores the image scores: R^2 0 (the mean) and the majority class's share."""
     return {cue: 0.0 if PROBES[cue] == 'r2' else majority_share(train[cue], test[cue]) for cue in PROBES}
+
+
+def budget_probes(arch: str, image_size: int, n_train: int, n_test: int, seeds: Sequence[int],
+                  device: str = 'cpu') -> Dict[int, Dict[str, float]]:
+    """Emotion probes of the zoo's ST, HO, HP backbones (``SENTIZOO_HOME``) and of the three together, fitted on
+    the ``n_train`` labelled training images of each downstream seed and scored on its ``n_test`` test images:
+    what the frozen teachers give a linear classifier at a fine-tuning run's label budget."""
+    import timm
+
+    from sentizoo.amalgamation import TEACHER_TAGS
+
+    from sentizoo.datasets import paper_data_config, resize_size
+
+    from .datasets.synthetic import SyntheticEmotion
+    from .downstream import split_transforms
+    transform, size = split_transforms(image_size)['test'], resize_size(paper_data_config(image_size))
+    models = {tag: timm.create_model(f'senti_{arch}.{tag}', pretrained=True) for tag in TEACHER_TAGS}
+    table = {}
+    for seed in seeds:
+        data = {split: SyntheticEmotion(n, split, transform, seed=seed, size=size)
+                for split, n in (('train', n_train), ('test', n_test))}
+        labels = {split: np.array(d.targets) for split, d in data.items()}
+        features = {tag: {split: extract_features(m, d, device=device) for split, d in data.items()}
+                    for tag, m in models.items()}
+        features['+'.join(t.upper() for t in TEACHER_TAGS)] = {
+            split: np.concatenate([features[t][split] for t in TEACHER_TAGS], 1) for split in data}
+        table[seed] = {name: fit_probe('accuracy', f['train'], labels['train'], f['test'], labels['test'])
+                       for name, f in features.items()}
+    return table
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    import argparse
+    import os
+    p = argparse.ArgumentParser(prog='python -m training.probes', description=budget_probes.__doc__ + (
+        ' The images are the synthetic affect world\'s (SYNTHETIC), as in python -m training.study.'))
+    p.add_argument('--zoo', required=True, help='zoo folder holding senti_<arch>.{st,ho,hp} (e.g. runs/study/zoo)')
+    p.add_argument('--arch', default='resnet18', help='backbone (default: resnet18)')
+    p.add_argument('--image-size', type=int, default=64, help='crop size (default: 64, the study\'s)')
+    p.add_argument('--n-train', type=int, default=512, help='labelled training images (default: 512)')
+    p.add_argument('--n-test', type=int, default=1000, help='test images (default: 1000)')
+    p.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2], help='downstream seeds (default: 0 1 2)')
+    args = p.parse_args(argv)
+    os.environ['SENTIZOO_HOME'] = os.path.abspath(args.zoo)
+    table = budget_probes(args.arch, args.image_size, args.n_train, args.n_test, args.seeds)
+    names = list(next(iter(table.values())))
+    print(f'| seed | {" | ".join(n.upper() for n in names)} |\n|---' + '|---' * len(names) + '|')
+    for seed, row in table.items():
+        print(f'| {seed} | ' + ' | '.join(f'{row[n]:.3f}' for n in names) + ' |')
+    print('| mean | ' + ' | '.join(f'{np.mean([r[n] for r in table.values()]):.3f}' for n in names) + ' |')
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())

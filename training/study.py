@@ -142,12 +142,13 @@ def run_probes(arch: str, image_size: int, settings: Mapping[str, Any], device: 
     import numpy as np
     import timm
 
-    from .datasets.common import pretrain_transform
+    from sentizoo.datasets import paper_data_config, resize_size
+
     from .datasets.synthetic import SyntheticImages
+    from .downstream import split_transforms
     from .probes import chance_row, cue_features, cue_targets, extract_features, probe_all
 
-    resize = round(image_size * 256 / 224)
-    transform = pretrain_transform(resize, image_size, train=False)
+    transform, resize = split_transforms(image_size)['test'], resize_size(paper_data_config(image_size))
     data = {split: SyntheticImages(settings[f'n_{split}'], split, transform, seed=settings['seed'], size=resize)
             for split in ('train', 'test')}
     cues = {split: [d.cues(i) for i in range(len(d))] for split, d in data.items()}
