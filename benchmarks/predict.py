@@ -61,10 +61,11 @@ def naive(paths: list, checkpoint: Path) -> tuple:
     return time.perf_counter() - start, labels
 
 
-def predict(folder: Path, checkpoint: Path, out: Path, batch_size=None, workers=None) -> tuple:
+def predict(folder: Path, checkpoint: Path, out: Path, batch_size=None, workers=None, *, model: str = MODEL,
+            device: str = 'cpu', backend: str = 'torch') -> tuple:
     """``sentizoo predict`` with its default batch size and workers unless given."""
-    argv = ['predict', MODEL, str(folder), '--checkpoint', str(checkpoint), '--device', 'cpu', '--format', 'json',
-            '--output', str(out), '--top-k', '1']
+    argv = ['predict', model, str(folder), '--checkpoint', str(checkpoint), '--device', device, '--format', 'json',
+            '--output', str(out), '--top-k', '1', '--backend', backend]
     for option, value in (('--batch-size', batch_size), ('--workers', workers)):
         if value is not None:
             argv += [option, str(value)]
