@@ -15,7 +15,9 @@ import json
 import os
 import tempfile
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Union
 
@@ -26,8 +28,8 @@ from .version import __version__
 from .weights import WEIGHTS_NAME, atomic_write, sha256_file, zoo_home
 
 __all__ = ['BACKENDS', 'DEFAULT_OPSET', 'ATOL', 'RTOL', 'ExportMismatchError', 'export_onnx', 'read_metadata',
-           'onnxruntime_available', 'resolve_backend', 'weights_file', 'cache_path', 'load_session',
-           'backend_session', 'session_forward']
+           'onnxruntime_available', 'resolve_backend', 'weights_file', 'cache_path', 'Threading', 'THREADING',
+           'load_session', 'backend_session', 'session_forward']
 
 BACKENDS = ('auto', 'torch', 'onnxruntime')
 DEFAULT_OPSET = 17
@@ -195,21 +197,42 @@ def cache_path(weights: Path, sha256: str) -> Path:
     return folder / f'{weights.stem}.{sha256}.onnx'
 
 
-def _session(source: Union[str, Path, bytes], threads: int):
+@dataclass(frozen=True)
+class Threading:
+    """How the ONNX Runtime forward shares the cores with predict's decoding workers.
+
+    ``streams`` runs of one session side by side, each on an equal part of the batch, with ``intra_op``
+    threads each (0: torch's thread count divided by ``streams``); ``spinning``: idle runtime threads
+    busy-wait for work instead of sleeping (ONNX Runtime's own default), taking cores from the decoders.
+    """
+    streams: int = 1
+    intra_op: int = 0
+    spinning: bool = False
+
+    def threads(self) -> int:
+        return self.intra_op or max(1, torch.get_num_threads() // self.streams)
+
+
+THREADING = Threading()
+"""The default of ``sentizoo predict`` (measured in BENCHMARKS.md, Predict)."""
+
+
+def _session(source: Union[str, Path, bytes], threading: Threading):
     import onnxruntime
     options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads
+    options.intra_op_num_threads = threading.threads()
     options.inter_op_num_threads = 1
+    options.add_session_config_entry('session.intra_op.allow_spinning', '1' if threading.spinning else '0')
     return onnxruntime.InferenceSession(source if isinstance(source, bytes) else str(source), options,
                                         providers=['CPUExecutionProvider'])
 
 
-def _cached_session(path: Path, sha256: str, data_config: Dict[str, Any], threads: int):
+def _cached_session(path: Path, sha256: str, data_config: Dict[str, Any], threading: Threading):
     """The session of a cached export made from the same weights and preprocessing, else None."""
     if not path.is_file():
         return None
     try:
-        session = _session(path, threads)
+        session = _session(path, threading)
     except Exception:  # a damaged cache file (onnxruntime raises its own exception types): export again
         return None
     metadata = _decode(session.get_modelmeta().custom_metadata_map)
@@ -217,27 +240,28 @@ def _cached_session(path: Path, sha256: str, data_config: Dict[str, Any], thread
     return session if current else None
 
 
-def load_session(model: nn.Module, threads: Optional[int] = None, log: Callable[[str], None] = print):
+def load_session(model: nn.Module, threading: Optional[Threading] = None,
+                 log: Callable[[str], None] = print):
     """An ONNX Runtime session computing ``model``: the cached export of its weights, exported on a miss.
 
     The cache is keyed by the sha256 of the weight file (:func:`weights_file`, :func:`cache_path`); a
-    model without a known weight file is exported to a temporary file each time. ``threads``: the
-    runtime's intra-op threads (default: torch's). ``log`` reports an export.
+    model without a known weight file is exported to a temporary file each time. ``threading``: default
+    :data:`THREADING`. ``log`` reports an export.
     """
-    threads = threads or torch.get_num_threads()
+    threading = threading or THREADING
     weights = weights_file(model)
     if weights is None:
         log('exporting to ONNX (no weight file to cache against)')
         with tempfile.TemporaryDirectory() as tmp:
             export_onnx(model, Path(tmp) / 'model.onnx')
-            return _session((Path(tmp) / 'model.onnx').read_bytes(), threads)
+            return _session((Path(tmp) / 'model.onnx').read_bytes(), threading)
     sha256 = sha256_file(weights)
     path = cache_path(weights, sha256)
-    session = _cached_session(path, sha256, _data_config(model), threads)
+    session = _cached_session(path, sha256, _data_config(model), threading)
     if session is None:
         log(f'exporting to ONNX once, cached at {path}')
         export_onnx(model, path, weights_sha256=sha256)
-        session = _session(path, threads)
+        session = _session(path, threading)
     return session
 
 
@@ -263,10 +287,16 @@ def backend_session(backend: str, model: nn.Module, device: torch.device,
 
 
 @contextmanager
-def session_forward(session) -> Iterator[Callable]:
-    """``images -> logits`` computed by an ONNX Runtime ``session`` on the CPU."""
+def session_forward(session, streams: Optional[int] = None) -> Iterator[Callable]:
+    """``images -> logits`` computed by an ONNX Runtime ``session`` on the CPU, in ``streams`` side-by-side
+    runs on equal parts of the batch (default: :data:`THREADING`'s)."""
+    streams = streams or THREADING.streams
 
-    def forward(images: torch.Tensor) -> torch.Tensor:
+    def run(images: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(session.run(None, {INPUT: images.float().contiguous().cpu().numpy()})[0])
 
-    yield forward
+    if streams == 1:
+        yield run
+        return
+    with ThreadPoolExecutor(streams) as pool:  # the runtime releases the GIL while it computes
+        yield lambda images: torch.cat(list(pool.map(run, images.tensor_split(streams))))

@@ -133,10 +133,16 @@ def test_export_cache_outside_a_read_only_weights_folder(folder, isolated_zoo, m
     assert sonnx.cache_path(folder / 'model.safetensors', 'f' * 64) == isolated_zoo / 'onnx' / f'model.{"f" * 64}.onnx'
 
 
-def test_random_weights_export_without_cache():
-    logged = []
-    session = sonnx.load_session(_tiny(), log=logged.append)
-    assert logged == ['exporting to ONNX (no weight file to cache against)'] and session.get_inputs()[0].name == 'images'
+def test_random_weights_export_without_cache_and_streams():
+    logged, model = [], _tiny()
+    session = sonnx.load_session(model, sonnx.Threading(streams=2, spinning=True), log=logged.append)
+    assert logged == ['exporting to ONNX (no weight file to cache against)']
+    images = torch.randn(5, 3, SIZE, SIZE)
+    with torch.inference_mode():
+        expected = model(images)
+    for streams in (1, 2):  # two side-by-side runs on parts of 3 and 2 images: the same logits
+        with sonnx.session_forward(session, streams) as forward:
+            torch.testing.assert_close(forward(images), expected, atol=sonnx.ATOL, rtol=sonnx.RTOL)
 
 
 def test_auto_falls_back_to_torch_when_the_export_disagrees(monkeypatch):
