@@ -135,6 +135,17 @@ def test_export_cache_is_keyed_by_the_weights_sha256(folder, monkeypatch):
     assert len(logged) == 3 and (folder / f'model.{sha256_file(weights)}.onnx').is_file()
 
 
+def test_weights_file_of_an_hf_hub_model_is_the_cached_file(folder, isolated_zoo, monkeypatch):
+    from conftest import write_hf_cache
+    cache = isolated_zoo.parent / 'hf'
+    snapshot = write_hf_cache(cache, 'me/tiny', {name: folder / name for name in ('model.safetensors', 'config.json')})
+    monkeypatch.setattr('huggingface_hub.constants.HF_HUB_OFFLINE', True)  # read at import, before conftest's env
+    monkeypatch.setattr('huggingface_hub.constants.HF_HUB_CACHE', str(cache))
+    model = timm.create_model('hf-hub:me/tiny', pretrained=True)
+    assert sonnx.weights_file(model) == snapshot / 'model.safetensors'
+    assert sonnx.weights_file(_tiny()) is None  # random weights: nothing to key a cache by
+
+
 def test_export_cache_outside_a_read_only_weights_folder(folder, isolated_zoo, monkeypatch):
     monkeypatch.setattr(sonnx.os, 'access', lambda path, mode: False)
     assert sonnx.cache_path(folder / 'model.safetensors', 'f' * 64) == isolated_zoo / 'onnx' / f'model.{"f" * 64}.onnx'
