@@ -203,20 +203,25 @@ def cache_path(weights: Path, sha256: str) -> Path:
 class Threading:
     """How the ONNX Runtime forward shares the cores with predict's decoding workers.
 
-    ``streams`` runs of one session side by side, each on an equal part of the batch, with ``intra_op``
-    threads each (0: torch's thread count divided by ``streams``); ``spinning``: idle runtime threads
-    busy-wait for work instead of sleeping (ONNX Runtime's own default), taking cores from the decoders.
+    ``streams`` runs of one session side by side, each on an equal part of the batch (0: one per torch
+    thread), with ``intra_op`` threads each (0: torch's thread count divided by the streams); ``spinning``:
+    idle runtime threads busy-wait for work instead of sleeping (ONNX Runtime's own default).
     """
-    streams: int = 1
+    streams: int = 0
     intra_op: int = 0
     spinning: bool = False
 
+    def stream_count(self) -> int:
+        return self.streams or torch.get_num_threads()
+
     def threads(self) -> int:
-        return self.intra_op or max(1, torch.get_num_threads() // self.streams)
+        return self.intra_op or max(1, torch.get_num_threads() // self.stream_count())
 
 
 THREADING = Threading()
-"""The default of ``sentizoo predict`` (measured in BENCHMARKS.md, Predict)."""
+"""The default of ``sentizoo predict``: one single-threaded run per torch thread, no spinning. On 2 cores it
+matched or beat one run with 2 intra-op threads (with or without spinning) at every number of decoding
+workers, and the runtime alone ran 57.8 vs 53.6 images/s (BENCHMARKS.md, Predict)."""
 
 
 def _session(source: Union[str, Path, bytes], threading: Threading):
@@ -292,7 +297,7 @@ def backend_session(backend: str, model: nn.Module, device: torch.device,
 def session_forward(session, streams: Optional[int] = None) -> Iterator[Callable]:
     """``images -> logits`` computed by an ONNX Runtime ``session`` on the CPU, in ``streams`` side-by-side
     runs on equal parts of the batch (default: :data:`THREADING`'s)."""
-    streams = streams or THREADING.streams
+    streams = streams or THREADING.stream_count()
 
     def run(images: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(session.run(None, {INPUT: images.float().contiguous().cpu().numpy()})[0])
@@ -301,4 +306,4 @@ def session_forward(session, streams: Optional[int] = None) -> Iterator[Callable
         yield run
         return
     with ThreadPoolExecutor(streams) as pool:  # the runtime releases the GIL while it computes
-        yield lambda images: torch.cat(list(pool.map(run, images.tensor_split(streams))))
+        yield lambda images: torch.cat(list(pool.map(run, images.tensor_split(min(streams, len(images))))))

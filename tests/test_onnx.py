@@ -161,6 +161,7 @@ def test_random_weights_export_without_cache_and_streams():
     for streams in (1, 2):  # two side-by-side runs on parts of 3 and 2 images: the same logits
         with sonnx.session_forward(session, streams) as forward:
             torch.testing.assert_close(forward(images), expected, atol=sonnx.ATOL, rtol=sonnx.RTOL)
+            torch.testing.assert_close(forward(images[:1]), expected[:1], atol=sonnx.ATOL, rtol=sonnx.RTOL)
 
 
 def test_auto_falls_back_to_torch_when_the_export_disagrees(monkeypatch):
