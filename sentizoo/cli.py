@@ -282,6 +282,7 @@ def _cpu_count() -> int:
 
 
 def add_predict_parser(subparsers) -> None:
+    from .onnx import BACKENDS
     p = subparsers.add_parser(
         'predict', help='top-k labels with probabilities for image files and folders',
         description='Predict the top-k labels of every image in PATHS (files, and folders searched recursively) '
@@ -295,7 +296,7 @@ def add_predict_parser(subparsers) -> None:
                    help='processes decoding images beside the model; 0 decodes in the main process '
                         '(default: %(default)s, the CPU cores up to 8)')
     p.add_argument('--device', help='torch device (default: cuda if available, else cpu)')
-    p.add_argument('--backend', choices=('auto', 'torch', 'onnxruntime'), default='auto',
+    p.add_argument('--backend', choices=BACKENDS, default='auto',
                    help='auto (default): ONNX Runtime on the CPU when the [onnx] extra is installed (the first run '
                         'exports the model, cached beside its weights), PyTorch otherwise and on CUDA')
     p.add_argument('--format', choices=sorted(_WRITERS), default='table', help='output format (default: table)')

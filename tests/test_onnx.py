@@ -205,6 +205,8 @@ def test_predict_backend_usage_errors(capsys, zoo, images, monkeypatch):
     monkeypatch.setitem(sys.modules, 'onnxruntime', None)
     code = main(['predict', MODEL, str(images / 'a_gradient.jpg'), '--backend', 'onnxruntime', '--workers', '0'])
     assert code == 2 and 'pip install "sentizoo[onnx]"' in capsys.readouterr().err
+    assert main(['export-onnx', MODEL, str(images / 'out.onnx')]) == 2
+    assert 'pip install "sentizoo[onnx]"' in capsys.readouterr().err and not (images / 'out.onnx').exists()
 
 
 def test_export_onnx_command(capsys, folder, tmp_path):
