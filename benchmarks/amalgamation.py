@@ -175,9 +175,9 @@ def lever_table(arch: str, common: dict, default: dict, rounds: int) -> list:
 
 
 def write_section(section: str) -> None:
-    """Replace (or append) this benchmark's section of BENCHMARKS.md, leaving the others as they are."""
+    """Replace (or append) the section of BENCHMARKS.md titled by ``section``'s first line, leaving the others."""
     text = BENCHMARKS_MD.read_text() if BENCHMARKS_MD.exists() else '# Benchmarks\n'
-    pattern = re.compile(rf'^{re.escape(SECTION)}\n.*?(?=^## |\Z)', re.S | re.M)
+    pattern = re.compile(rf'^{re.escape(section.splitlines()[0])}\n.*?(?=^## |\Z)', re.S | re.M)
     if pattern.search(text):
         text = pattern.sub(lambda _: section + '\n', text).rstrip('\n') + '\n'
     else:

@@ -2,11 +2,14 @@
 
     python benchmarks/predict.py                 # the recorded run: 300 images, resnet50, 2 CPU cores
     python benchmarks/predict.py --sweep         # tuning: predict alone over batch sizes x workers
+    python benchmarks/predict.py --sweep-onnx    # tuning: predict --backend onnxruntime over threading x workers
 
-Both sides load the same random ``senti_resnet50.fi`` checkpoint (written here with save_pretrained)
-and are timed from model creation to the last prediction, each over all the images. The two sides
-alternate for ``--rounds`` rounds (naive, predict, naive, predict ...) so that both see the same load on a
-shared machine, and each side's fastest round counts.
+All sides load the same random ``senti_resnet50.fi`` checkpoint (written here with save_pretrained)
+and are timed from model creation to the last prediction, each over all the images: the naive loop,
+``sentizoo predict --backend torch`` and ``--backend onnxruntime`` (whose first run, timed separately,
+exports the model into the cache beside the checkpoint). The sides alternate for ``--rounds`` rounds so
+that all see the same load on a shared machine, and each side's fastest round counts. ONNX Runtime alone
+(the cached graph on ready tensors at predict's batch) is measured after them.
 ``sentizoo predict`` runs in-process through ``sentizoo.cli.main`` (so neither side pays the interpreter
 and import start-up); the naive loop is ``PIL.Image.open(path).convert('RGB')`` -> the model's timm eval
 transform -> ``model(x[None])`` under ``torch.no_grad``, one image at a time. Their top-1 labels are
@@ -61,10 +64,11 @@ def naive(paths: list, checkpoint: Path) -> tuple:
     return time.perf_counter() - start, labels
 
 
-def predict(folder: Path, checkpoint: Path, out: Path, batch_size=None, workers=None) -> tuple:
+def predict(folder: Path, checkpoint: Path, out: Path, batch_size=None, workers=None, *, model: str = MODEL,
+            device: str = 'cpu', backend: str = 'torch') -> tuple:
     """``sentizoo predict`` with its default batch size and workers unless given."""
-    argv = ['predict', MODEL, str(folder), '--checkpoint', str(checkpoint), '--device', 'cpu', '--format', 'json',
-            '--output', str(out), '--top-k', '1']
+    argv = ['predict', model, str(folder), '--checkpoint', str(checkpoint), '--device', device, '--format', 'json',
+            '--output', str(out), '--top-k', '1', '--backend', backend]
     for option, value in (('--batch-size', batch_size), ('--workers', workers)):
         if value is not None:
             argv += [option, str(value)]
@@ -75,6 +79,33 @@ def predict(folder: Path, checkpoint: Path, out: Path, batch_size=None, workers=
     return seconds, [row['predictions'][0]['label'] for row in json.loads(out.read_text())]
 
 
+def onnx_model_only(checkpoint: Path, batch_size: int, images: int) -> float:
+    """Images/s of ONNX Runtime alone (the cached export, predict's threading) on ready tensors at ``batch_size``."""
+    from sentizoo.onnx import load_session, session_forward
+    session = load_session(create(checkpoint), log=lambda message: None)
+    x = torch.randn(batch_size, 3, 224, 224)
+    with session_forward(session) as forward:
+        forward(x)  # warm-up
+        start = time.perf_counter()
+        for _ in range(-(-images // batch_size)):
+            forward(x)
+        return -(-images // batch_size) * batch_size / (time.perf_counter() - start)
+
+
+def sweep_onnx(folder: Path, checkpoint: Path, out: Path, images: int, cores: int) -> None:
+    """``sentizoo predict --backend onnxruntime`` once per runtime threading x decoding workers, and the
+    runtime alone per threading."""
+    import sentizoo.onnx as sonnx
+    settings = [sonnx.Threading(1, cores, False), sonnx.Threading(1, cores, True), sonnx.Threading(cores, 1, False),
+                sonnx.Threading(1, 1, False)]
+    for threading, workers in itertools.product(settings, range(cores + 1)):
+        sonnx.THREADING = threading
+        seconds, _ = predict(folder, checkpoint, out, workers=workers, backend='onnxruntime')
+        alone = onnx_model_only(checkpoint, 32, 96) if workers == 0 else None
+        print(f'{threading} workers {workers}: {images / seconds:6.2f} images/s'
+              + (f'; runtime alone {alone:6.2f} images/s' if alone else ''), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--images', type=int, default=300)
@@ -83,6 +114,8 @@ def main() -> None:
     parser.add_argument('--batch-size', type=int, help='default: the CLI default')
     parser.add_argument('--workers', type=int, help='default: the CLI default')
     parser.add_argument('--sweep', action='store_true', help='predict only, once, over batch sizes x workers')
+    parser.add_argument('--sweep-onnx', action='store_true',
+                        help='predict --backend onnxruntime only, once, over runtime threading x workers')
     args = parser.parse_args()
 
     os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:args.cores])
@@ -100,18 +133,31 @@ def main() -> None:
                 seconds, _ = predict(folder, checkpoint, tmp / 'out.json', batch_size, workers)
                 print(f'batch {batch_size:>3} workers {workers}: {args.images / seconds:6.2f} images/s', flush=True)
             return
-        naive_s = predict_s = float('inf')
+        first_onnx_s, _ = predict(folder, checkpoint, tmp / 'out.json', args.batch_size, args.workers,
+                                  backend='onnxruntime')  # exports once, into the cache beside the checkpoint
+        if args.sweep_onnx:
+            sweep_onnx(folder, checkpoint, tmp / 'out.json', args.images, args.cores)
+            return
+        sides = {'naive loop': lambda: naive(sorted(folder.iterdir()), checkpoint),
+                 **{f'predict ({backend})': lambda backend=backend: predict(
+                     folder, checkpoint, tmp / 'out.json', args.batch_size, args.workers, backend=backend)
+                    for backend in ('torch', 'onnxruntime')}}
+        best = dict.fromkeys(sides, float('inf'))
+        labels = {}
         for _ in range(args.rounds):
-            seconds, naive_labels = naive(sorted(folder.iterdir()), checkpoint)
-            naive_s = min(naive_s, seconds)
-            seconds, predict_labels = predict(folder, checkpoint, tmp / 'out.json', args.batch_size, args.workers)
-            predict_s = min(predict_s, seconds)
-        agree = sum(a == b for a, b in zip(naive_labels, predict_labels, strict=True))
+            for side, run in sides.items():
+                seconds, labels[side] = run()
+                best[side] = min(best[side], seconds)
+        alone = onnx_model_only(checkpoint, args.batch_size or 32, args.images)
         workers = 'default' if args.workers is None else args.workers
         settings = f'batch {args.batch_size or "default"}, workers {workers}'
-        print(f'naive loop:       {naive_s:7.1f} s  {args.images / naive_s:6.2f} images/s')
-        print(f'sentizoo predict: {predict_s:7.1f} s  {args.images / predict_s:6.2f} images/s ({settings})')
-        print(f'speed-up: {naive_s / predict_s:.2f}x; top-1 agreement {agree / args.images:.1%}; '
+        for side, seconds in best.items():
+            print(f'{side + ":":<24}{seconds:7.1f} s  {args.images / seconds:6.2f} images/s  '
+                  f'{best["naive loop"] / seconds:.2f}x naive, top-1 agreement with naive '
+                  f'{sum(a == b for a, b in zip(labels["naive loop"], labels[side], strict=True)) / args.images:.1%}')
+        print(f'settings: {settings}; first onnxruntime run, export included: {first_onnx_s:.1f} s; '
+              f'ONNX Runtime alone at batch {args.batch_size or 32}: {alone:.2f} images/s, predict (onnxruntime) '
+              f'reaches {args.images / best["predict (onnxruntime)"] / alone:.0%} of it; '
               f'load average after {os.getloadavg()[0]:.1f}')
 
 

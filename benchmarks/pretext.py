@@ -36,16 +36,20 @@ sys.path.insert(0, str(ROOT / 'tests'))
 from sentizoo.engine import sgd  # noqa: E402  (the optimizer of pretrain and the engine)
 
 
-def fastest_steps(steps: Dict[str, Callable[[], None]], rounds: int) -> Dict[str, float]:
+def fastest_steps(steps: Dict[str, Callable[[], None]], rounds: int,
+                  synchronize: Callable[[], None] = lambda: None) -> Dict[str, float]:
     """Seconds per step of each function: one warm-up each, then ``rounds`` rounds in which every
-    function runs once (interleaved, so all see the same background load); the fastest round counts."""
+    function runs once (interleaved, so all see the same background load); the fastest round counts.
+    ``synchronize`` waits for the device (``torch.cuda.synchronize`` on a GPU)."""
     for step in steps.values():
         step()  # warm-up: allocations, lazy initialisation
+    synchronize()
     best = {name: float('inf') for name in steps}
     for _ in range(rounds):
         for name, step in steps.items():
             t0 = time.perf_counter()
             step()
+            synchronize()
             best[name] = min(best[name], time.perf_counter() - t0)
     return best
 

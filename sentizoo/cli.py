@@ -1,4 +1,4 @@
-"""The ``sentizoo`` command line: ``list``, ``info`` and ``predict`` (plus the training commands).
+"""The ``sentizoo`` command line: ``list``, ``info``, ``predict`` and ``export-onnx`` (plus the training commands).
 
 Every subcommand is added by an ``add_<name>_parser(subparsers)`` function that registers its
 arguments and ``func`` (``args -> exit code``); :func:`build_parser` collects them.
@@ -214,6 +214,17 @@ def _path_text(path: Path) -> str:
     return os.fsencode(path).decode('utf-8', 'backslashreplace')
 
 
+def _backend_forward(model, device, backend: str):
+    """The forward of ``--backend``: an ONNX Runtime session (:mod:`sentizoo.onnx`) or eager PyTorch."""
+    from .onnx import backend_session, session_forward
+    try:
+        session = backend_session(backend, model, device,
+                                  log=lambda message: print(f'{PROG} predict: {message}', file=sys.stderr))
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+    return _forward_function(model, device) if session is None else session_forward(session)
+
+
 def _predict_rows(model, dataset, args: argparse.Namespace) -> List[dict]:
     """One row per file of ``dataset``, in order: ``{'path', 'predictions': [(label, probability)], 'error'}``."""
     import torch
@@ -229,7 +240,7 @@ def _predict_rows(model, dataset, args: argparse.Namespace) -> List[dict]:
                                          collate_fn=collate_images, pin_memory=device.type == 'cuda')
     rows: List[Optional[dict]] = [None] * len(dataset)
     with tqdm(total=len(dataset), unit='img', desc=f'{PROG} predict', file=sys.stderr, disable=None) as bar, \
-            _forward_function(model, device) as forward, torch.inference_mode():
+            _backend_forward(model, device, args.backend) as forward, torch.inference_mode():
         for batch in loader:
             for index, error in batch.failures:
                 bar.write(f'{PROG} predict: error: {error}', file=sys.stderr)
@@ -339,6 +350,7 @@ def _run_predict(args: argparse.Namespace) -> int:
 
 
 def add_predict_parser(subparsers) -> None:
+    from .onnx import BACKENDS
     p = subparsers.add_parser(
         'predict', help='top-k labels with probabilities for image files and folders',
         description='Predict the top-k labels of every image in PATHS (files, and folders searched recursively) '
@@ -354,6 +366,9 @@ def add_predict_parser(subparsers) -> None:
                    help='processes decoding images beside the model; 0 decodes in the main process '
                         '(default: the CPU cores, up to 8)')
     p.add_argument('--device', help='torch device (default: cuda if available, else cpu)')
+    p.add_argument('--backend', choices=BACKENDS, default='auto',
+                   help='auto (default): ONNX Runtime on the CPU when the [onnx] extra is installed (the first run '
+                        'exports the model, cached beside its weights), PyTorch otherwise and on CUDA')
     p.add_argument('--format', choices=sorted(_WRITERS), default='table', help='output format (default: table)')
     p.add_argument('--output', type=Path, help='write the results to this file instead of stdout')
     weights = p.add_mutually_exclusive_group()
@@ -627,6 +642,45 @@ def add_evaluate_parser(subparsers) -> None:
     p.set_defaults(func=_run_evaluate, no_pretrained=False)
 
 
+# ---------------------------------------------------------------------------------------------- export-onnx
+
+def _run_export_onnx(args: argparse.Namespace) -> int:
+    from .onnx import ATOL, RTOL, ExportMismatchError, export_onnx, onnxruntime_available
+    from .weights import WEIGHTS_ERRORS
+
+    if not onnxruntime_available():
+        raise UsageError('onnx and onnxruntime are not installed: pip install "sentizoo[onnx]".')
+    if args.output.suffix != '.onnx' or not args.output.parent.is_dir():
+        raise UsageError(f'OUTPUT {args.output}: expected a .onnx file in an existing folder.')
+    try:
+        model, _ = _create_classifier(args)
+        metadata = export_onnx(model, args.output, opset=args.opset, name=args.model)
+    except (*WEIGHTS_ERRORS, ExportMismatchError) as e:
+        print(f'{PROG} export-onnx: error: {e}', file=sys.stderr)
+        return 1
+    print(f'{PROG} export-onnx: wrote {args.output} (opset {args.opset}, input {metadata["data_config"]["input_size"]},'
+          f' max abs difference to PyTorch {metadata["max_abs_diff"]:.2g}, tolerance {ATOL:g} + {RTOL:g} x |logit|)',
+          file=sys.stderr)
+    return 0
+
+
+def add_export_onnx_parser(subparsers) -> None:
+    from .onnx import DEFAULT_OPSET
+    p = subparsers.add_parser(
+        'export-onnx', help='export a classifier to ONNX (dynamic batch, labels and preprocessing in its metadata)',
+        description='Export MODEL to OUTPUT (.onnx): input "images" (float32 NCHW, dynamic batch, the model\'s input '
+                    'size), output "logits"; the metadata holds the label names, the timm data config and the '
+                    'opset. The graph is checked against eager PyTorch on a batch and not written if it disagrees. '
+                    'Needs the [onnx] extra.')
+    p.add_argument('model', metavar='MODEL', help='a classifier name (senti_<arch>.fi, any timm name with '
+                                                  '--checkpoint), a folder from `sentizoo amalgamate`, or an '
+                                                  'hf-hub:/local-dir: name')
+    p.add_argument('output', metavar='OUTPUT', type=Path, help='the .onnx file to write')
+    p.add_argument('--checkpoint', type=Path, metavar='FILE', help='with a model name: load these weights')
+    p.add_argument('--opset', type=int, default=DEFAULT_OPSET, help='ONNX opset (default: %(default)s)')
+    p.set_defaults(func=_run_export_onnx, no_pretrained=False)
+
+
 # ---------------------------------------------------------------------------------------------- main
 
 def build_parser() -> argparse.ArgumentParser:
@@ -638,7 +692,8 @@ def build_parser() -> argparse.ArgumentParser:
                                f'`{PROG} COMMAND --help` explains each command.')
     parser.add_argument('--version', action='version', version=f'{PROG} {__version__}')
     subparsers = parser.add_subparsers(dest='command', metavar='COMMAND', required=True)
-    for add in (add_list_parser, add_info_parser, add_predict_parser, add_amalgamate_parser, add_evaluate_parser):
+    for add in (add_list_parser, add_info_parser, add_predict_parser, add_amalgamate_parser, add_evaluate_parser,
+                add_export_onnx_parser):
         add(subparsers)
     return parser
 
