@@ -75,6 +75,7 @@ def test_budget_probes_command_prints_each_seed_and_the_mean(tmp_path, capsys, m
     for tag in ('st', 'ho', 'hp'):
         sentizoo.save_pretrained(timm.create_model(f'senti_resnet18.{tag}'), tmp_path / f'senti_resnet18.{tag}')
     monkeypatch.setenv('SENTIZOO_HOME', str(tmp_path))  # restored after the test; main sets it to --zoo
+    capsys.readouterr()  # save_pretrained's own lines
     code = probes.main(['--zoo', str(tmp_path), '--image-size', '32', '--n-train', '40', '--n-test', '16',
                         '--seeds', '0', '1'])
     lines = capsys.readouterr().out.splitlines()
