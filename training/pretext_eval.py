@@ -28,7 +28,7 @@ import dataclasses
 import math
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -70,16 +70,11 @@ class PretextScore:
         return self.value / self.reference if self.reference else math.inf
 
 
-def _to_device(batch: Any, device: torch.device) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device)
-    return type(batch)(_to_device(b, device) for b in batch)
-
-
 def _batches(task: PretextTask, dataset: Dataset, batch_size: int, device: torch.device):
     """``(inputs, targets)`` of ``task`` over ``dataset`` in order, prepared on ``device``."""
+    from .pretrain import _to_device  # the pre-training step's own batch transfer
     for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=task.collate_fn):
-        yield task.prepare(_to_device(batch, device))
+        yield task.prepare(_to_device(batch, device, channels_last=False))
 
 
 def _classification(task: PretextTask, backbone, dataset: Dataset, batch_size: int, device) -> PretextScore:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -115,8 +116,6 @@ def pretrain_model(tag: str, arch: str, out: Path, settings: Mapping[str, Any], 
 
 def _check_same_run(checkpoint: Path, config: Any) -> None:
     """Refuse to continue a checkpoint made with other settings (a finished one would be reused as it is)."""
-    import dataclasses
-
     from .checkpoint import load_checkpoint
     saved = load_checkpoint(checkpoint)['config']
     wanted = dataclasses.asdict(config.resolved())
