@@ -79,8 +79,8 @@ def test_budget_probes_command_prints_each_seed_and_the_mean(tmp_path, capsys, m
     code = probes.main(['--zoo', str(tmp_path), '--image-size', '32', '--n-train', '40', '--n-test', '16',
                         '--seeds', '0', '1'])
     lines = capsys.readouterr().out.splitlines()
-    assert code == 0 and lines[0] == '| seed | ST | HO | HP | ST+HO+HP |'
-    rows = [[cell.strip() for cell in line.strip('|').split('|')] for line in lines[2:]]
+    assert code == 0 and lines[0].startswith('SYNTHETIC: ') and lines[2] == '| seed | ST | HO | HP | ST+HO+HP |'
+    rows = [[cell.strip() for cell in line.strip('|').split('|')] for line in lines[4:]]
     assert [r[0] for r in rows] == ['0', '1', 'mean']
     per_seed = np.array([[float(v) for v in r[1:]] for r in rows[:2]])
     assert ((per_seed >= 0) & (per_seed <= 1)).all()

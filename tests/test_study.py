@@ -89,6 +89,13 @@ def test_quick_study_end_to_end(tmp_path, capsys, monkeypatch, isolated_zoo):
         assert mean == pytest.approx(sum(values) / 2, abs=1e-4)  # printed with 4 decimals
         assert std == pytest.approx(abs(values[0] - values[1]) / 2 ** 0.5, abs=1e-4)
 
+    # the same measurement from the command line, on one checkpoint
+    from training import pretext_eval
+    assert pretext_eval.main([str(out / 'pretrain' / 'ho' / 'final.pt'), '--samples', '4', '--batch-size', '4']) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith('SYNTHETIC: ') and [r.split(' | ')[1] for r in lines[4:]] == ['scene', 'jigsaw']
+    assert pretext_eval.main([str(tmp_path / 'missing.pt')]) == 2 and 'missing.pt' in capsys.readouterr().err
+
     # the zoo loads like published weights
     monkeypatch.setenv('SENTIZOO_HOME', str(out / 'zoo'))
     assert timm.create_model('senti_resnet18.ho', pretrained=True).num_classes == 0

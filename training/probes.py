@@ -161,6 +161,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     os.environ['SENTIZOO_HOME'] = os.path.abspath(args.zoo)
     table = budget_probes(args.arch, args.image_size, args.n_train, args.n_test, args.seeds)
     names = list(next(iter(table.values())))
+    print(f'SYNTHETIC: emotion probes on the synthetic affect world, {args.n_train} labelled images per seed, '
+          f'{args.n_test} test images (held-out accuracy)\n')
     print(f'| seed | {" | ".join(n.upper() for n in names)} |\n|---' + '|---' * len(names) + '|')
     for seed, row in table.items():
         print(f'| {seed} | ' + ' | '.join(f'{row[n]:.3f}' for n in names) + ' |')
