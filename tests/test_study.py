@@ -75,8 +75,8 @@ def test_quick_study_end_to_end(tmp_path, capsys, monkeypatch, isolated_zoo):
     # probes: the four backbones, the true cues, ST+HO+HP (emotion only) and chance
     probes = _table_rows(md, '| features |')
     assert [r[0] for r in probes] == ['random', 'ST', 'HO', 'HP', 'true cues', 'ST+HO+HP', 'chance']
-    assert probes[5][1:6] == ['—'] * 5 and float(probes[5][6]) == pytest.approx(record['probes']['ST+HO+HP']['emotion'],
-                                                                                 abs=5e-4)
+    joint = record['probes']['ST+HO+HP']['emotion']
+    assert probes[5][1:6] == ['—'] * 5 and float(probes[5][6]) == pytest.approx(joint, abs=5e-4)
     assert float(probes[4][4]) > 0.9  # the true scene probes to ~1
 
     # downstream: mean ± std over the two quick seeds, equal to the result files

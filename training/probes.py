@@ -25,7 +25,8 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
 __all__ = ['PROBES', 'COLOUR_CUES', 'CLASS_CUES', 'cue_targets', 'cue_features', 'extract_features', 'fit_probe',
-           'probe_all', 'majority_share', 'chance_row', 'standardise']
+           'probe_all', 'majority_share', 'chance_row', 'standardise', 'heldout_view', 'joint_name',
+           'join_features', 'budget_probes']
 
 COLOUR_CUES = ('temperature', 'saturation', 'brightness')
 CLASS_CUES = ('scene', 'anp', 'emotion')
@@ -117,6 +118,25 @@ def chance_row(train: Mapping[str, np.ndarray], test: Mapping[str, np.ndarray]) 
     return {cue: 0.0 if PROBES[cue] == 'r2' else majority_share(train[cue], test[cue]) for cue in PROBES}
 
 
+def heldout_view(image_size: int) -> Tuple[Callable, int]:
+    """``(transform, render size)`` of the world's images as every evaluation sees them: rendered at the paper's
+    resize for ``image_size`` and centre-cropped (:func:`training.downstream.split_transforms`)."""
+    from sentizoo.datasets import paper_data_config, resize_size
+
+    from .downstream import split_transforms
+    return split_transforms(image_size)['test'], resize_size(paper_data_config(image_size))
+
+
+def joint_name(tags: Sequence[str]) -> str:
+    """The row name of several feature sets side by side, e.g. ``ST+HO+HP``."""
+    return '+'.join(t.upper() for t in tags)
+
+
+def join_features(features: FeatureSets, tags: Sequence[str]) -> Tuple[np.ndarray, np.ndarray]:
+    """The ``(train, test)`` features of ``tags`` concatenated, split by split."""
+    return tuple(np.concatenate(parts, 1) for parts in zip(*(features[t] for t in tags)))
+
+
 def budget_probes(arch: str, image_size: int, n_train: int, n_test: int, seeds: Sequence[int],
                   device: str = 'cpu') -> Dict[int, Dict[str, float]]:
     """Emotion probes of the zoo's ST, HO, HP backbones (``SENTIZOO_HOME``) and of the three together, fitted on
@@ -126,23 +146,18 @@ def budget_probes(arch: str, image_size: int, n_train: int, n_test: int, seeds: 
 
     from sentizoo.amalgamation import TEACHER_TAGS
 
-    from sentizoo.datasets import paper_data_config, resize_size
-
     from .datasets.synthetic import SyntheticEmotion
-    from .downstream import split_transforms
-    transform, size = split_transforms(image_size)['test'], resize_size(paper_data_config(image_size))
+    transform, size = heldout_view(image_size)
     models = {tag: timm.create_model(f'senti_{arch}.{tag}', pretrained=True) for tag in TEACHER_TAGS}
     table = {}
     for seed in seeds:
-        data = {split: SyntheticEmotion(n, split, transform, seed=seed, size=size)
-                for split, n in (('train', n_train), ('test', n_test))}
-        labels = {split: np.array(d.targets) for split, d in data.items()}
-        features = {tag: {split: extract_features(m, d, device=device) for split, d in data.items()}
-                    for tag, m in models.items()}
-        features['+'.join(t.upper() for t in TEACHER_TAGS)] = {
-            split: np.concatenate([features[t][split] for t in TEACHER_TAGS], 1) for split in data}
-        table[seed] = {name: fit_probe('accuracy', f['train'], labels['train'], f['test'], labels['test'])
-                       for name, f in features.items()}
+        data = [SyntheticEmotion(n, split, transform, seed=seed, size=size)
+                for split, n in (('train', n_train), ('test', n_test))]
+        train, test = ({'emotion': np.array(d.targets)} for d in data)
+        features = {tag: tuple(extract_features(m, d, device=device) for d in data) for tag, m in models.items()}
+        features[joint_name(TEACHER_TAGS)] = join_features(features, TEACHER_TAGS)
+        probed = probe_all(features, train, test, cues=('emotion',))
+        table[seed] = {name: row['emotion'] for name, row in probed.items()}
     return table
 
 

@@ -138,16 +138,13 @@ def run_probes(arch: str, image_size: int, settings: Mapping[str, Any], device: 
                ) -> Dict[str, Dict[str, float]]:
     """Probe every cue on the features of a random backbone, ST, HO and HP (from the zoo in
     ``SENTIZOO_HOME``), emotion on ST+HO+HP together; plus the true cues and chance as references."""
-    import numpy as np
     import timm
 
-    from sentizoo.datasets import paper_data_config, resize_size
-
     from .datasets.synthetic import SyntheticImages
-    from .downstream import split_transforms
-    from .probes import chance_row, cue_features, cue_targets, extract_features, probe_all
+    from .probes import (chance_row, cue_features, cue_targets, extract_features, heldout_view, join_features,
+                         joint_name, probe_all)
 
-    transform, resize = split_transforms(image_size)['test'], resize_size(paper_data_config(image_size))
+    transform, resize = heldout_view(image_size)
     data = {split: SyntheticImages(settings[f'n_{split}'], split, transform, seed=settings['seed'], size=resize)
             for split in ('train', 'test')}
     cues = {split: [d.cues(i) for i in range(len(d))] for split, d in data.items()}
@@ -160,16 +157,21 @@ def run_probes(arch: str, image_size: int, settings: Mapping[str, Any], device: 
     features['true cues'] = tuple(cue_features(cues[split]) for split in ('train', 'test'))
     report = lambda name: print(f'      probing {name} features', flush=True)  # noqa: E731
     table = probe_all(features, targets['train'], targets['test'], progress=report)
-    joint = {'+'.join(t.upper() for t in TAGS): tuple(np.concatenate([features[t][i] for t in TAGS], 1)
-                                                      for i in range(2))}
+    joint = {joint_name(TAGS): join_features(features, TAGS)}
     table.update(probe_all(joint, targets['train'], targets['test'], cues=('emotion',), progress=report))
     table['chance'] = chance_row(targets['train'], targets['test'])
     return table
 
 
+def _cue_label(cue: str, separator: str) -> str:
+    """``temperature (R²)``, ``scene (acc.)``: a probed cue with its score."""
+    from .probes import PROBES
+    return f'{cue}{separator}({"R²" if PROBES[cue] == "r2" else "acc."})'
+
+
 def probes_markdown(table: Mapping[str, Mapping[str, float]]) -> str:
     from .probes import PROBES
-    header = '| features | ' + ' | '.join(f'{cue} ({"R²" if kind == "r2" else "acc."})' for cue, kind in PROBES.items())
+    header = '| features | ' + ' | '.join(_cue_label(cue, ' ') for cue in PROBES)
     lines = [header + ' |', '|---' * (len(PROBES) + 1) + '|']
     for name, row in table.items():
         label = name.upper() if name in TAGS else name
@@ -189,8 +191,7 @@ def plot_probes(table: Mapping[str, Mapping[str, float]], path: Path) -> None:
     values = np.array([[table[r].get(c, np.nan) for c in PROBES] for r in rows])
     fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(rows) + 1.6))
     image = ax.imshow(values, cmap='viridis', vmin=0, vmax=1, aspect='auto')
-    ax.set_xticks(range(len(PROBES)), [f'{c}\n({"R²" if k == "r2" else "acc."})' for c, k in PROBES.items()],
-                  fontsize=8)
+    ax.set_xticks(range(len(PROBES)), [_cue_label(cue, '\n') for cue in PROBES], fontsize=8)
     ax.set_yticks(range(len(rows)), [r.upper() if r in TAGS else r for r in rows], fontsize=8)
     for (i, j), v in np.ndenumerate(values):
         if not np.isnan(v):
