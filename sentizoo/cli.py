@@ -137,6 +137,13 @@ def _checkpoint_classes(path: Path, classifier: str, default: int) -> Tuple[int,
         return (f.get_slice(key).get_shape()[0] if key in f.keys() else default), None
 
 
+# MODEL and --checkpoint of predict, evaluate and export-onnx: all three load through _create_classifier
+_MODEL_HELP = ('a classifier: a folder written by `sentizoo amalgamate` (or save_pretrained), an hf-hub: or local-dir: '
+               'name, senti_<arch>.fi, or any timm model name (with --checkpoint: its weights)')
+_CHECKPOINT_HELP = ('with a model name: load these weights (.safetensors; classes and label names from the config.json '
+                    'beside it, else the classifier\'s size) instead of the published ones')
+
+
 def _create_classifier(args: argparse.Namespace):
     """MODEL as the user has it, with its task when known: a zoo folder (written by ``sentizoo amalgamate`` or
     ``save_pretrained``; verified as the zoo is: a valid config.json, only model.safetensors, its sha256), an
@@ -356,9 +363,7 @@ def add_predict_parser(subparsers) -> None:
         description='Predict the top-k labels of every image in PATHS (files, and folders searched recursively) '
                     'with a classifier such as senti_resnet50.fi. Bad files are reported on stderr and as error '
                     'rows; the others are still predicted, and the exit code is 1 if any file failed.')
-    p.add_argument('model', metavar='MODEL',
-                   help='a classifier: a folder written by `sentizoo amalgamate` (or save_pretrained), an hf-hub: or '
-                        'local-dir: name, senti_<arch>.fi, or any timm model name (with --checkpoint: its weights)')
+    p.add_argument('model', metavar='MODEL', help=_MODEL_HELP)
     p.add_argument('paths', metavar='PATHS', nargs='+', type=Path, help='image files and/or folders')
     p.add_argument('--top-k', type=int, default=3, help='labels per image (default: 3)')
     p.add_argument('--batch-size', type=int, default=32, help='images per forward pass (default: 32)')
@@ -372,9 +377,7 @@ def add_predict_parser(subparsers) -> None:
     p.add_argument('--format', choices=sorted(_WRITERS), default='table', help='output format (default: table)')
     p.add_argument('--output', type=Path, help='write the results to this file instead of stdout')
     weights = p.add_mutually_exclusive_group()
-    weights.add_argument('--checkpoint', type=Path, metavar='FILE',
-                         help='load these weights (.safetensors; classes and label names from the config.json '
-                              'beside it, else the classifier\'s size) instead of the published ones')
+    weights.add_argument('--checkpoint', type=Path, metavar='FILE', help=_CHECKPOINT_HELP)
     weights.add_argument('--no-pretrained', action='store_true', help='random weights (testing, timing)')
     p.set_defaults(func=_run_predict)
 
@@ -513,9 +516,9 @@ def _run_amalgamate(args: argparse.Namespace) -> int:
         raise UsageError(str(e)) from e
     if int(os.environ.get('RANK', '0')) == 0:
         how = f'amalgamated with {", ".join(teachers)}' if teachers else 'fine-tuned'
-        model.pretrained_cfg = _trained_cfg(model, config, init, teachers,
-                                            f'{model.pretrained_cfg["architecture"]} {how} on {args.train.name} ({task}), '
-                                            f'starting from {init}.')
+        description = (f'{model.pretrained_cfg["architecture"]} {how} on {args.train.name} ({task}), '
+                       f'starting from {init}.')
+        model.pretrained_cfg = _trained_cfg(model, config, init, teachers, description)
         provenance = dict(task=task, init=init, teachers=teachers)
         try:
             save_pretrained(model, args.output, label_names=labels, extra_config=provenance)
@@ -632,13 +635,12 @@ def add_evaluate_parser(subparsers) -> None:
                     'ldl: Chebyshev, Clark, Canberra, KL, Cosine, Intersection) of MODEL on DATA, with the '
                     'evaluation transform (resize, center crop). MODEL is a folder written by `sentizoo amalgamate` '
                     '(its task is remembered) or a classifier name such as senti_resnet50.fi. ' + _DATA_HELP)
-    p.add_argument('model', metavar='MODEL',
-                   help='a folder from `sentizoo amalgamate`, an hf-hub: or local-dir: name, or a classifier name')
+    p.add_argument('model', metavar='MODEL', help=_MODEL_HELP)
     p.add_argument('data', metavar='DATA', type=Path, help='labelled images (see DATA above)')
     _add_data_arguments(p)
     p.add_argument('--format', choices=('table', 'json'), default='table', help='output format (default: table)')
     p.add_argument('--output', type=Path, help='write the metrics to this file instead of stdout')
-    p.add_argument('--checkpoint', type=Path, metavar='FILE', help='with a model name: load these weights')
+    p.add_argument('--checkpoint', type=Path, metavar='FILE', help=_CHECKPOINT_HELP)
     p.set_defaults(func=_run_evaluate, no_pretrained=False)
 
 
@@ -672,11 +674,9 @@ def add_export_onnx_parser(subparsers) -> None:
                     'size), output "logits"; the metadata holds the label names, the timm data config and the '
                     'opset. The graph is checked against eager PyTorch on a batch and not written if it disagrees. '
                     'Needs the [onnx] extra.')
-    p.add_argument('model', metavar='MODEL', help='a classifier name (senti_<arch>.fi, any timm name with '
-                                                  '--checkpoint), a folder from `sentizoo amalgamate`, or an '
-                                                  'hf-hub:/local-dir: name')
+    p.add_argument('model', metavar='MODEL', help=_MODEL_HELP)
     p.add_argument('output', metavar='OUTPUT', type=Path, help='the .onnx file to write')
-    p.add_argument('--checkpoint', type=Path, metavar='FILE', help='with a model name: load these weights')
+    p.add_argument('--checkpoint', type=Path, metavar='FILE', help=_CHECKPOINT_HELP)
     p.add_argument('--opset', type=int, default=DEFAULT_OPSET, help='ONNX opset (default: %(default)s)')
     p.set_defaults(func=_run_export_onnx, no_pretrained=False)
 
