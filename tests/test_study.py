@@ -23,8 +23,11 @@ def test_settings_merge_quick_and_full_over_the_defaults():
     assert {'sll_512', 'sll_2048', 'ablations_512', 'ldl_512'} == set(full['downstream']['experiments'])
     quick = study.load_study_config(quick=True)
     assert quick['image_size'] == 32 and quick['pretrain']['common']['lr'] == default['pretrain']['common']['lr']
-    assert quick['downstream']['experiments']['sll_512']['runs'] == runs  # runs merge whole, sizes shrink
-    assert 'quick' not in quick and 'full' not in quick
+    assert quick['downstream']['experiments'] == default['downstream']['experiments']  # only the sizes shrink
+    assert 'quick' not in quick and 'full' not in quick and quick['size'] == 'quick'
+    both = study.load_study_config(quick=True, full=True)
+    assert both['downstream']['experiments'] == full['downstream']['experiments'] and both['size'] == 'quick+full'
+    assert both['downstream']['max_data'] == quick['downstream']['max_data']
 
 
 def test_heldout_pretraining_data_is_another_split_centre_cropped():
@@ -49,8 +52,9 @@ def _table_rows(markdown: str, header_start: str):
 
 @pytest.mark.slow
 def test_quick_study_end_to_end(tmp_path, capsys, monkeypatch, isolated_zoo):
+    """``--quick --full``: every experiment of the full study (the ablations and LDL too) at the smallest sizes."""
     out = tmp_path / 'study'
-    record = study.run_study(out, quick=True, progress=False)
+    record = study.run_study(out, quick=True, full=True, progress=False)
     printed = capsys.readouterr().out
     assert printed.startswith('SYNTHETIC: ') and 'Settings (' in printed and '[6/6] Drawing the figures' in printed
 
@@ -79,15 +83,23 @@ def test_quick_study_end_to_end(tmp_path, capsys, monkeypatch, isolated_zoo):
     assert probes[5][1:6] == ['—'] * 5 and float(probes[5][6]) == pytest.approx(joint, abs=5e-4)
     assert float(probes[4][4]) > 0.9  # the true scene probes to ~1
 
-    # downstream: mean ± std over the two quick seeds, equal to the result files
-    rows = _table_rows(md, '| method |')
-    assert [r[0] for r in rows] == ['random_init', 'hp_finetune', 'amalgamation', 'frozen_teachers']
-    for row in rows:
-        values = [json.loads((out / 'results' / f'study_sll_512_seed{s}' / f'{row[0]}.json').read_text())['test']
-                  ['accuracy'] for s in (0, 1)]
-        mean, std = (float(x) for x in re.match(r'([\d.]+) ± ([\d.]+)', row[1]).groups())
-        assert mean == pytest.approx(sum(values) / 2, abs=1e-4)  # printed with 4 decimals
-        assert std == pytest.approx(abs(values[0] - values[1]) / 2 ** 0.5, abs=1e-4)
+    # downstream: mean ± std over the two quick seeds, equal to the result files, for every experiment
+    methods = ['random_init', 'hp_finetune', 'amalgamation', 'frozen_teachers']
+    expected = {'sll_512': methods, 'sll_2048': methods, 'ldl_512': methods[:3],
+                'ablations_512': ['features_only', 'logits_only', 'no_teacher_task_loss']}
+    assert {k: list(v) for k, v in record['downstream'].items()} == expected
+    for experiment, runs in expected.items():
+        rows = _table_rows(md.split(f'**{experiment}**', 1)[1], '| method |')
+        assert [r[0] for r in rows] == runs
+        for row in rows:
+            result = [json.loads((out / 'results' / f'study_{experiment}_seed{s}' / f'{row[0]}.json').read_text())
+                      for s in (0, 1)]
+            assert result[0]['config']['data']['n_train'] == 16  # --quick caps every experiment's data
+            values = [r['test'][r['primary_metric']] for r in result]
+            mean, std = (float(x) for x in re.match(r'([\d.]+) ± ([\d.]+)', row[1]).groups())
+            assert mean == pytest.approx(sum(values) / 2, abs=1e-4)  # printed with 4 decimals
+            assert std == pytest.approx(abs(values[0] - values[1]) / 2 ** 0.5, abs=1e-4)
+    assert record['downstream']['ldl_512']['amalgamation']['metric'] == 'kl' and '(test kl, lower is better' in md
 
     # the same measurement from the command line, on one checkpoint
     from training import pretext_eval

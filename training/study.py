@@ -3,6 +3,7 @@
     python -m training.study                    # the default study: about 40 minutes on 2 CPU cores
     python -m training.study --quick            # seconds: the smallest sizes (what the tests run)
     python -m training.study --full --device cuda   # + a second label budget, the ablations, an LDL run
+    python -m training.study --quick --full     # seconds: every --full experiment at the smallest sizes
 
 No real dataset or weight can be fetched where sentizoo is built, so the procedural affect world of
 :mod:`training.datasets.synthetic` is where the paper's claim is put to the test. Its emotion label
@@ -94,7 +95,8 @@ def load_study_config(path: Path = STUDY_CONFIG, quick: bool = False, full: bool
     for name, wanted in (('full', full), ('quick', quick)):
         if wanted:
             config = merge_config(config, sections[name])
-    config.update(source=str(path), size='quick' if quick else 'full' if full else 'default')
+    config.update(source=str(path), size='+'.join(name for name, wanted in (('quick', quick), ('full', full))
+                                                 if wanted) or 'default')
     return config
 
 
@@ -208,14 +210,17 @@ def plot_probes(table: Mapping[str, Mapping[str, float]], path: Path) -> None:
 def run_downstream(arch: str, settings: Mapping[str, Any], out: Path, device: Optional[str] = None,
                    progress: bool = True) -> List[Dict[str, Any]]:
     """Every experiment of ``settings['experiments']`` once per seed (:func:`training.downstream.run_experiment`,
-    teachers from ``SENTIZOO_HOME``); returns the result dicts."""
+    teachers from ``SENTIZOO_HOME``); returns the result dicts. ``settings['max_data']`` (``--quick``) caps the
+    number of images of each split in every experiment."""
     from .downstream import merge_config, run_experiment
+    cap = settings.get('max_data', {})
     written = []
     for experiment, spec in settings['experiments'].items():
+        data = {k: min(v, cap[k]) if k in cap else v for k, v in spec['data'].items()}
         for seed in settings['seeds']:
             config = merge_config(settings['common'], {k: v for k, v in spec.items() if k != 'data'})
             config.update(name=f'study_{experiment}_seed{seed}', source=f'study:{experiment}', arch=arch,
-                          dataset='synthetic', data=dict(spec['data'], seed=seed),
+                          dataset='synthetic', data=dict(data, seed=seed),
                           train=dict(config['train'], seed=seed))
             print(f'      {experiment}, seed {seed}: {", ".join(spec["runs"])}', flush=True)
             written += run_experiment(config, out=out, device=device, progress=progress)
@@ -245,9 +250,10 @@ def summarise_downstream(results: Sequence[Mapping[str, Any]]) -> Dict[str, Dict
 def downstream_markdown(summary: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> str:
     blocks = []
     for experiment, runs in summary.items():
-        metric = next(iter(runs.values()))['metric']
-        lines = [f'**{experiment}** (test {metric}, mean ± std over seeds; SYNTHETIC)', '',
-                 f'| method | {metric} | per seed | selected epochs (of {next(iter(runs.values()))["epochs"]}) |',
+        first = next(iter(runs.values()))
+        metric, better = first['metric'], 'higher' if first['higher_is_better'] else 'lower'
+        lines = [f'**{experiment}** (test {metric}, {better} is better, mean ± std over seeds; SYNTHETIC)', '',
+                 f'| method | {metric} | per seed | selected epochs (of {first["epochs"]}) |',
                  '|---|---|---|---|']
         for run, cell in runs.items():
             lines.append(f'| {run} | {cell["mean"]:.4f} ± {cell["std"]:.4f} | '
@@ -408,10 +414,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument('--out', type=Path, default=Path('runs/study'), help='output folder (default: runs/study)')
     p.add_argument('--config', type=Path, default=STUDY_CONFIG, help=f'settings file (default: {STUDY_CONFIG.name} '
                                                                      'in training/configs/study/)')
-    size = p.add_mutually_exclusive_group()
-    size.add_argument('--quick', action='store_true', help='the smallest sizes: seconds instead of minutes')
-    size.add_argument('--full', action='store_true', help='also a second label budget, the ablations of Tables 3 '
-                                                          'and 4 and an LDL run (hours on a CPU; a GPU recommended)')
+    p.add_argument('--quick', action='store_true', help='the smallest sizes: seconds instead of minutes (with '
+                                                        '--full: every --full experiment at these sizes, a smoke test)')
+    p.add_argument('--full', action='store_true', help='also a second label budget, the ablations of Tables 3 '
+                                                       'and 4 and an LDL run (hours on a CPU; a GPU recommended)')
     p.add_argument('--device', help="cpu, cuda, cuda:1, ... (default: this process's GPU if any, else CPU)")
     p.add_argument('--threads', type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument('--no-progress', dest='progress', action='store_false', help='no progress bars')
