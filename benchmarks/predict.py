@@ -32,7 +32,7 @@ import timm
 from timm.data import create_transform, resolve_model_data_config
 
 from sentizoo.cli import main as sentizoo_main
-from sentizoo.weights import save_pretrained
+from sentizoo.saving import save_pretrained
 
 MODEL = 'senti_resnet50.fi'
 

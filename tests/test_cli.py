@@ -16,7 +16,7 @@ from timm.data import create_transform, resolve_model_data_config
 from sentizoo.cli import build_parser, main
 from sentizoo.data import load_image
 from sentizoo.models import FI_LABELS
-from sentizoo.weights import save_pretrained
+from sentizoo.saving import save_pretrained
 
 MODEL = 'senti_resnet18.fi'
 BAD = {'truncated.jpg': 'truncated', 'empty.jpg': 'empty', 'text.jpg': 'not an image', 'bomb.png': 'decompression bomb'}

@@ -9,7 +9,8 @@ import torch
 from PIL import Image
 
 import sentizoo  # noqa: F401  (registers senti_*)
-from sentizoo.weights import WeightsNotFoundError, save_pretrained, zoo_home
+from sentizoo.saving import save_pretrained
+from sentizoo.weights import WeightsNotFoundError, zoo_home
 from training import downstream as ds
 from training import paper_results as paper
 from training.report import load_results, render

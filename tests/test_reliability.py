@@ -33,7 +33,8 @@ import sentizoo.engine as engine
 from sentizoo.cli import main
 from sentizoo.data import ImageLoadError, load_image
 from sentizoo.datasets import eval_transform, image_folder
-from sentizoo.weights import atomic_write, save_pretrained
+from sentizoo.saving import save_pretrained
+from sentizoo.weights import atomic_write
 
 # --- images: any decoder failure is the file's error, never the run's ----------------------------------
 
