@@ -147,7 +147,7 @@ def test_eval_transform_resizes_then_centre_crops():
 
 def test_synthetic_datasets_follow_the_protocol():
     c = ds.validate_config(_minimal(image_size=28, data={'n_train': 3, 'n_val': 2, 'n_test': 1}))
-    data = ds.build_datasets(c)
+    data = ds.build_splits(c)
     assert {k: len(v) for k, v in data.items()} == {'train': 3, 'val': 2, 'test': 1}
     assert data['train'].world.size == 32  # images made at 28 * 256 / 224, then cropped to 28
     image, label = data['val'][0]
@@ -158,7 +158,7 @@ def test_synthetic_datasets_follow_the_protocol():
 def test_real_dataset_needs_its_folder():
     c = ds.validate_config({**_minimal(), 'dataset': 'fi', 'source': 'x.json'})
     with pytest.raises(ds.ConfigError, match=r'x\.json: dataset .fi. needs its folder: pass --data-root'):
-        ds.build_datasets(c)
+        ds.build_splits(c)
 
 
 def test_build_target_from_the_zoo_and_random():

@@ -31,7 +31,7 @@ from torchvision.transforms import ToTensor
 
 import sentizoo.engine as engine
 from sentizoo.cli import main
-from sentizoo.data import ImageLoadError, load_image
+from sentizoo.images import ImageLoadError, load_image
 from sentizoo.datasets import eval_transform, image_folder
 from sentizoo.saving import save_pretrained
 from sentizoo.weights import atomic_write

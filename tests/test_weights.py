@@ -31,7 +31,7 @@ def test_every_arch_and_tag_round_trips_through_sentizoo_home(arch, isolated_zoo
     torch.manual_seed(0)
     backbone_dir = isolated_zoo / f'senti_{arch}.hp'
     save_pretrained(timm.create_model(f'senti_{arch}.hp'), backbone_dir, verbose=False)
-    for tag in BACKBONE_TAGS[1:]:  # the three backbones share one architecture: link instead of re-saving
+    for tag in ('ho', 'st'):  # the three backbones share one architecture: link instead of re-saving
         (isolated_zoo / f'senti_{arch}.{tag}').mkdir()
         for name in ('model.safetensors', 'config.json'):
             os.link(backbone_dir / name, isolated_zoo / f'senti_{arch}.{tag}' / name)

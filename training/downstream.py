@@ -45,18 +45,18 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
-from sentizoo.models import ARCHS, BACKBONE_TAGS
+from sentizoo.models import ARCHS, BACKBONE_TAGS, TAGS
+from sentizoo.tasks import DOWNSTREAM_TASKS
 
 __all__ = ['FORMAT', 'CONFIG_DIR', 'ConfigError', 'merge_config', 'load_config', 'validate_config', 'split_transforms',
-           'build_datasets', 'init_weights', 'build_target', 'run_experiment', 'main']
+           'build_splits', 'init_weights', 'build_target', 'run_experiment', 'main']
 
 FORMAT = 'sentizoo.downstream/1'
 """``format`` of every result file (what :mod:`training.report` reads)."""
 CONFIG_DIR = Path(__file__).parent / 'configs'
 SYNTHETIC = 'synthetic'
-TASKS = ('sll', 'mll', 'ldl')
 MODES = ('finetune', 'amalgamate')
-INITS = ('imagenet', 'random') + BACKBONE_TAGS
+INITS = ('imagenet', 'random', *(tag for tag in TAGS if tag in BACKBONE_TAGS))  # the zoo's order: hp first
 _ABLATION = ('feature_stages', 'logits_teachers', 'teacher_task_loss', 'freeze_teachers', 'loss_weights')
 _SET_BY_RUNNER = ('checkpoint_dir', 'history_path', 'device', 'progress', 'resume', 'checkpoint_every')
 _SYNTHETIC_DATA = {'n_train': 1000, 'n_val': 200, 'n_test': 400, 'seed': 0}
@@ -117,7 +117,7 @@ def load_config(path: Union[str, Path]) -> Dict[str, Any]:
 def _check_run(name: str, run: Any, problems: List[str]) -> None:
     from sentizoo.amalgamation import TEACHER_TAGS
     from sentizoo.engine import is_number
-    from sentizoo.stages import STAGES
+    from sentizoo.stages import AMALGAMATION_STAGES
 
     where = f'runs.{name}'
     if not isinstance(run, Mapping):
@@ -135,7 +135,7 @@ def _check_run(name: str, run: Any, problems: List[str]) -> None:
                         f'file, got {init!r}')
     if mode == 'finetune' and set(run) & set(_ABLATION):
         problems.append(f'{where}: {sorted(set(run) & set(_ABLATION))} only apply to "mode": "amalgamate"')
-    for key, allowed in (('feature_stages', STAGES), ('logits_teachers', TEACHER_TAGS)):
+    for key, allowed in (('feature_stages', AMALGAMATION_STAGES), ('logits_teachers', TEACHER_TAGS)):
         value = run.get(key, [])
         if not isinstance(value, list) or not all(v in allowed for v in value):
             problems.append(f'{where}.{key}: a list, subset of {list(allowed)}, got {value!r}')
@@ -163,10 +163,10 @@ def validate_config(config: Mapping[str, Any], source: str = 'config') -> Dict[s
         problems.append(f'arch: one of {ARCHS}, got {c["arch"]!r}')
     if 'dataset' in c and c['dataset'] not in (*DATASET_NAMES, SYNTHETIC):
         problems.append(f'dataset: one of {(*DATASET_NAMES, SYNTHETIC)}, got {c["dataset"]!r}')
-    if 'task' in c and c['task'] not in TASKS:
-        problems.append(f'task: one of {TASKS}, got {c["task"]!r}')
+    if 'task' in c and c['task'] not in DOWNSTREAM_TASKS:
+        problems.append(f'task: one of {tuple(DOWNSTREAM_TASKS)}, got {c["task"]!r}')
     if c['workers'] is None:  # what the machine has: more workers than cores only compete with the model
-        from sentizoo.data import default_workers
+        from sentizoo.images import default_workers
         c['workers'] = default_workers()
     for key, low in (('image_size', 16), ('batch_size', 1), ('workers', 0)):
         if not is_int(c[key], low):
@@ -219,7 +219,7 @@ def split_transforms(image_size: int) -> Dict[str, Any]:
     return {'train': train_transform(config), 'val': eval_transform(config), 'test': eval_transform(config)}
 
 
-def build_datasets(config: Mapping[str, Any], data_root: Optional[str] = None) -> Dict[str, Dataset]:
+def build_splits(config: Mapping[str, Any], data_root: Optional[str] = None) -> Dict[str, Dataset]:
     """``{'train', 'val', 'test'}`` datasets of a validated config, with the paper's transforms."""
     from sentizoo.datasets import paper_data_config, resize_size
     transforms = split_transforms(config['image_size'])
@@ -241,24 +241,21 @@ def build_datasets(config: Mapping[str, Any], data_root: Optional[str] = None) -
 
 def init_weights(arch: str, init: str) -> str:
     """The weights a run's ``init`` names: ``'senti_resnet50.hp'``, ``'resnet50.tv_in1k'``, ``'random'`` or the file."""
-    from sentizoo.models import imagenet_name
-    if init in BACKBONE_TAGS:
-        return f'senti_{arch}.{init}'
-    return imagenet_name(arch) if init == 'imagenet' else init
+    from sentizoo.amalgamation import TARGET_INITS, target_weights
+    return target_weights(arch, init) if init in TARGET_INITS else init
 
 
 def build_target(arch: str, init: str, num_classes: int, seed: int = 0) -> nn.Module:
     """The model to fine-tune: ``arch`` with a fresh ``num_classes`` head (seeded) and its backbone from
-    ``init``: ``'imagenet'`` (torchvision's weights, timm's ``<arch>.tv_in1k``), ``'random'``, a zoo tag (``'hp'``: the
-    zoo's ``senti_<arch>.hp`` backbone, the official amalgamation target) or a weight file."""
+    ``init``: a zoo tag (``'hp'``: the zoo's ``senti_<arch>.hp`` backbone, the official amalgamation target) or
+    ``'random'`` (:func:`sentizoo.amalgamation.create_target`), ``'imagenet'`` (torchvision's weights, timm's
+    ``<arch>.tv_in1k``, read as pre-training reads them: :func:`training.pretrain.init_backbone`) or a weight file."""
     import timm
 
-    import sentizoo  # noqa: F401  (registers senti_*; the VGGs get the paper's head, sentizoo.models.PaperVGG)
+    from sentizoo.amalgamation import create_target
     torch.manual_seed(seed)
-    if init in BACKBONE_TAGS:
-        return timm.create_model(f'senti_{arch}.{init}', pretrained=True, num_classes=num_classes)
-    if init == 'random':
-        return timm.create_model(f'senti_{arch}', num_classes=num_classes)
+    if init in BACKBONE_TAGS or init == 'random':
+        return create_target(arch, num_classes, init)
     from .pretrain import init_backbone
     model = timm.create_model(f'senti_{arch}', num_classes=0)
     init_backbone(model, arch, init)
@@ -295,7 +292,7 @@ def run_experiment(config: Union[str, Path, Mapping[str, Any]], *, out: Union[st
     missing = [r for r in selected if r not in c['runs']]
     if missing:
         raise ConfigError(f'{c["source"]}: no run(s) {missing}; the config has {list(c["runs"])}.')
-    data = build_datasets(c, data_root)
+    data = build_splits(c, data_root)
     num_classes = len(data['train'].classes)
     loaders = {split: DataLoader(ds, batch_size=c['batch_size'] if split == 'train' else c['eval_batch_size'],
                                  shuffle=split == 'train', num_workers=c['workers'])

@@ -24,7 +24,7 @@ from typing import Callable, ClassVar, Dict, List, Mapping, Optional, Sequence, 
 
 import torch
 
-from sentizoo.data import list_images
+from sentizoo.images import list_images
 
 from .common import DatasetFormatError, ImageDataset, PathLike, split_indices, split_per_class
 
@@ -156,7 +156,7 @@ def check_files_exist(paths: Sequence[Path], dataset: str, listed_in: Path) -> N
 
 def class_folder_files(base: Path, classes: Sequence[str], dataset: str) -> Dict[str, int]:
     """``{posix path relative to base: class index}`` of the images under ``base/<class>/`` (any depth; hidden
-    files and folders skipped, as :func:`sentizoo.data.list_images`).
+    files and folders skipped, as :func:`sentizoo.images.list_images`).
 
     Classes are indexed by their position in ``classes``, never by the order the filesystem lists
     folders in. A missing or empty class folder is an error naming it.
