@@ -1,6 +1,6 @@
 """Downstream experiments of the paper (Tables 1, 3 and 4): baseline and amalgamation runs from one config.
 
-    python -m training.downstream --config training/configs/table1_resnet50_fi_sll.json --data-root /data/FI
+    python -m training.downstream --config table1_resnet50_fi_sll --data-root /data/FI
     python -m training.downstream --config training/configs/synthetic_ablation_tiny.json --out results/
     python -m training.downstream --config ... --run amalgamation --device cuda:1
 
@@ -11,7 +11,8 @@ baseline starts from ImageNet) or an amalgamation (``"mode": "amalgamate"``,
 from the zoo by tag) with the ablation switches of Tables 3 and 4. ``"extends": "<file>"`` reads a base
 config first (relative to the file); the file's keys replace the base's, dictionaries merge key by key
 except ``runs``, which is replaced whole. Every key is checked, and the datasets, initial weights and
-teachers are loaded, before anything trains.
+teachers are loaded, before anything trains. The 30 configs of Table 1, ``table1_<arch>_<dataset>_<task>``, are
+no files: each is ``_paper.json`` on one cell of the paper's table (:func:`table1_configs`).
 
 The protocol is the paper's (:func:`sentizoo.datasets.paper_data_config`, the ``senti_*`` weights' own
 preprocessing): train images resized to a square of ``floor(image_size / 0.875)`` (256 for 224), randomly
@@ -49,7 +50,7 @@ from sentizoo.models import ARCHS, BACKBONE_TAGS, TAGS
 from sentizoo.tasks import DOWNSTREAM_TASKS
 
 __all__ = ['FORMAT', 'CONFIG_DIR', 'ConfigError', 'merge_config', 'load_config', 'validate_config', 'split_transforms',
-           'build_splits', 'init_weights', 'build_target', 'run_experiment', 'main']
+           'table1_configs', 'config_names', 'build_splits', 'init_weights', 'build_target', 'run_experiment', 'main']
 
 FORMAT = 'sentizoo.downstream/1'
 """``format`` of every result file (what :mod:`training.report` reads)."""
@@ -59,6 +60,9 @@ MODES = ('finetune', 'amalgamate')
 INITS = ('imagenet', 'random', *(tag for tag in TAGS if tag in BACKBONE_TAGS))  # the zoo's order: hp first
 _ABLATION = ('feature_stages', 'logits_teachers', 'teacher_task_loss', 'freeze_teachers', 'loss_weights')
 _SET_BY_RUNNER = ('checkpoint_dir', 'history_path', 'device', 'progress', 'resume', 'checkpoint_every')
+# The schedule a paper table's config trains with unless it says otherwise: TrainOptions' defaults, which are the
+# paper's; written into the config so that every result file states it.
+_PAPER_SCHEDULE = ('epochs', 'lr', 'momentum', 'weight_decay', 'step_size', 'gamma', 'seed')
 _SYNTHETIC_DATA = {'n_train': 1000, 'n_val': 200, 'n_test': 400, 'seed': 0}
 _DEFAULTS: Dict[str, Any] = {'description': '', 'table': None, 'data_root': None, 'data': {}, 'image_size': 224,
                              'batch_size': 32, 'eval_batch_size': None, 'workers': None, 'checkpoints': True,
@@ -101,12 +105,33 @@ def _read(path: Path, seen: Sequence[Path] = ()) -> Dict[str, Any]:
     return merge_config(_read((path.parent / base).resolve(), (*seen, path)), data)
 
 
+def table1_configs() -> Dict[str, Dict[str, Any]]:
+    """The configs of Table 1 by name, ``table1_<arch>_<dataset>_<task>``: the paper's protocol
+    (``_paper.json``) on each (arch, dataset, task) cell of the paper's table, in its order."""
+    from . import paper_results as paper
+    return {f'table1_{arch}_{dataset}_{task}': {'extends': '_paper.json', 'table': 1, 'arch': arch,
+                                                 'dataset': dataset, 'task': task}
+            for dataset, task, _ in paper.TABLE1_ROWS for arch in paper.ARCHS}
+
+
+def config_names() -> List[str]:
+    """Every shipped config that :func:`load_config` takes by name: the files of :data:`CONFIG_DIR` (but the
+    ``_`` bases) and :func:`table1_configs`."""
+    files = [p.stem for p in sorted(CONFIG_DIR.glob('*.json')) if not p.stem.startswith('_')]
+    return [*table1_configs(), *files]
+
+
 def load_config(path: Union[str, Path]) -> Dict[str, Any]:
     """Read, resolve (``extends``) and validate the config at ``path``; a bare name is looked up in
-    :data:`CONFIG_DIR`. Returns the complete config (defaults filled in) with ``name`` (default: the
-    file's stem) and ``source``."""
+    :data:`CONFIG_DIR`, then in :func:`table1_configs`. Returns the complete config (defaults filled in) with
+    ``name`` (default: the file's stem) and ``source``."""
     path = Path(path)
     if not path.is_file() and not path.suffix:
+        generated = table1_configs().get(str(path))
+        if generated is not None:
+            data = dict(generated, name=str(path), source=str(path))
+            data = merge_config(_read(CONFIG_DIR / data.pop('extends')), data)
+            return validate_config(data, str(path))
         path = CONFIG_DIR / f'{path}.json'
     data = _read(path.resolve())
     data.setdefault('name', path.stem)
@@ -195,6 +220,9 @@ def validate_config(config: Mapping[str, Any], source: str = 'config') -> Dict[s
             TrainOptions(**train)
         except ValueError as e:
             problems.append(f'train: {e}')
+        if c['table'] is not None:
+            paper = {f.name: f.default for f in dataclasses.fields(TrainOptions) if f.name in _PAPER_SCHEDULE}
+            c['train'] = {**paper, **train}
     runs = c.get('runs')
     if 'runs' in c and not (isinstance(runs, Mapping) and runs):
         problems.append(f'runs: a non-empty object of run name -> run, got {runs!r}')
