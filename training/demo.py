@@ -124,8 +124,8 @@ def run_demo(out: Path = Path('runs/demo'), zoo: Optional[Path] = None, quick: b
     with phase('data', 'Generating the synthetic affect world (colour, layout, object + state -> emotion)'):
         d = config['data']
         print(f'      {d["n_train"]}/{d["n_val"]}/{d["n_test"]} train/val/test images for the emotion task and '
-              f'{"/".join(str(pretrain[t]["max_samples"]) for t in BACKBONE_TAGS)} per ST/HO/HP pretext task, rendered on '
-              f'the fly (seed {seed}); sample sheet: {out / "synthetic_samples.png"}')
+              f'{"/".join(str(pretrain[t]["max_samples"]) for t in BACKBONE_TAGS)} per ST/HO/HP pretext task, '
+              f'rendered on the fly (seed {seed}); sample sheet: {out / "synthetic_samples.png"}')
         _sample_sheet(out / 'synthetic_samples.png', seed=seed)
     checkpoints: Dict[str, Path] = {}
     with phase('pretrain', f'Pre-training small ST, HO and HP {ARCH} models on synthetic pretext tasks'):

@@ -172,11 +172,29 @@ def _check_run(name: str, run: Any, problems: List[str]) -> None:
         problems.append(f'{where}.loss_weights: an object of term -> number, e.g. {{"feat/st": 0.5}}, got {weights!r}')
 
 
+def _checked_train(train: Any, table: Optional[int], problems: List[str]) -> Any:
+    """``train`` checked as :class:`~sentizoo.engine.TrainOptions` (problems appended); a paper table's with the
+    paper's schedule filled in."""
+    from sentizoo.engine import TrainOptions
+
+    fields = {f.name for f in dataclasses.fields(TrainOptions)} - set(_SET_BY_RUNNER)
+    if not isinstance(train, Mapping) or set(train) - fields:
+        problems.append(f'train: an object with keys among {sorted(fields)}, got {train!r}')
+        return train
+    try:
+        TrainOptions(**train)
+    except ValueError as e:
+        problems.append(f'train: {e}')
+    if table is None:
+        return train
+    return {**{f.name: f.default for f in dataclasses.fields(TrainOptions) if f.name in _PAPER_SCHEDULE}, **train}
+
+
 def validate_config(config: Mapping[str, Any], source: str = 'config') -> Dict[str, Any]:
     """Check every key of ``config`` and fill in the defaults; raises :class:`ConfigError` listing all problems."""
-    from sentizoo.engine import TrainOptions, is_int
+    from sentizoo.engine import is_int
 
-    from .datasets.downstream import DATASET_NAMES
+    from .datasets.emotion import DATASET_NAMES
 
     problems: List[str] = [f'missing required key "{key}"' for key in _REQUIRED if key not in config]
     known = {*_REQUIRED, *_DEFAULTS, 'name', 'source'}
@@ -211,18 +229,7 @@ def validate_config(config: Mapping[str, Any], source: str = 'config') -> Dict[s
                      if k.startswith('n_') and not is_int(v, 1)]
     if c['data_root'] is not None and not isinstance(c['data_root'], str):
         problems.append(f'data_root: a folder path, got {c["data_root"]!r}')
-    train = c['train']
-    fields = {f.name for f in dataclasses.fields(TrainOptions)} - set(_SET_BY_RUNNER)
-    if not isinstance(train, Mapping) or set(train) - fields:
-        problems.append(f'train: an object with keys among {sorted(fields)}, got {train!r}')
-    else:
-        try:
-            TrainOptions(**train)
-        except ValueError as e:
-            problems.append(f'train: {e}')
-        if c['table'] is not None:
-            paper = {f.name: f.default for f in dataclasses.fields(TrainOptions) if f.name in _PAPER_SCHEDULE}
-            c['train'] = {**paper, **train}
+    c['train'] = _checked_train(c['train'], c['table'], problems)
     runs = c.get('runs')
     if 'runs' in c and not (isinstance(runs, Mapping) and runs):
         problems.append(f'runs: a non-empty object of run name -> run, got {runs!r}')
@@ -258,7 +265,7 @@ def build_splits(config: Mapping[str, Any], data_root: Optional[str] = None) -> 
         return {split: SyntheticEmotion(d[f'n_{split}'], split, transform, seed=d['seed'], size=size,
                                         view=config['task'])
                 for split, transform in transforms.items()}
-    from .datasets.downstream import get_dataset
+    from .datasets.emotion import get_dataset
     root = data_root or config['data_root']
     if not root:
         raise ConfigError(f'{config["source"]}: dataset {config["dataset"]!r} needs its folder: pass --data-root '
@@ -300,6 +307,22 @@ def _versions() -> Dict[str, str]:
     import sentizoo
     return {'python': platform.python_version(), 'torch': torch.__version__, 'torchvision': torchvision.__version__,
             'timm': timm.__version__, 'sentizoo': sentizoo.__version__}
+
+
+def _result(c: Mapping[str, Any], name: str, history: Dict[str, Any], test: Dict[str, float], seconds: float,
+            samples: Dict[str, int]) -> Dict[str, Any]:
+    """The result file of run ``name`` of config ``c`` (what :mod:`training.report` reads)."""
+    run, best = c['runs'][name], history['best_epoch']
+    return {'format': FORMAT, 'experiment': c['name'], 'run': name, 'mode': run['mode'], 'init': run['init'],
+            'init_weights': init_weights(c['arch'], run['init']),
+            'table': c['table'], 'arch': c['arch'], 'dataset': c['dataset'], 'task': c['task'],
+            'synthetic': c['dataset'] == SYNTHETIC, 'best_epoch': best,
+            'val': history['epochs'][best - 1]['val'] if best else None, 'test': test,
+            'primary_metric': history['primary_metric'], 'higher_is_better': history['higher_is_better'],
+            'wall_seconds': round(seconds, 3), 'samples': samples,
+            'history': history, 'config': c, 'versions': _versions(),
+            'command': shlex.join(['python', '-m', 'training.downstream', '--config', c['source'], '--run', name]),
+            'finished': datetime.now(timezone.utc).isoformat(timespec='milliseconds')}
 
 
 def run_experiment(config: Union[str, Path, Mapping[str, Any]], *, out: Union[str, Path] = 'results',
@@ -348,25 +371,13 @@ def run_experiment(config: Union[str, Path, Mapping[str, Any]], *, out: Union[st
         else:
             model = finetune(targets.pop(name), loaders['train'], task=c['task'], val_loader=loaders['val'],
                              **options)
-        history = model.sentizoo_history
-        best = history['best_epoch']
         test = evaluate(model, loaders['test'], c['task'], device=device, channels_last=c['train'].get('channels_last'))
-        result = {'format': FORMAT, 'experiment': c['name'], 'run': name, 'mode': run['mode'], 'init': run['init'],
-                  'init_weights': init_weights(c['arch'], run['init']),
-                  'table': c['table'], 'arch': c['arch'], 'dataset': c['dataset'], 'task': c['task'],
-                  'synthetic': c['dataset'] == SYNTHETIC, 'best_epoch': best,
-                  'val': history['epochs'][best - 1]['val'] if best else None, 'test': test,
-                  'primary_metric': history['primary_metric'], 'higher_is_better': history['higher_is_better'],
-                  'wall_seconds': round(time.perf_counter() - started, 3),
-                  'samples': {split: len(ds) for split, ds in data.items()},
-                  'history': history, 'config': c, 'versions': _versions(),
-                  'command': shlex.join(['python', '-m', 'training.downstream', '--config', c['source'],
-                                         '--run', name]),
-                  'finished': datetime.now(timezone.utc).isoformat(timespec='milliseconds')}
+        result = _result(c, name, model.sentizoo_history, test, time.perf_counter() - started,
+                         {split: len(ds) for split, ds in data.items()})
         path = folder / f'{name}.json'
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(result, indent=2) + '\n')
-        _logger.info('%s/%s: best epoch %s, test %s = %.4f (%.1f s) -> %s', c['name'], name, best,
+        _logger.info('%s/%s: best epoch %s, test %s = %.4f (%.1f s) -> %s', c['name'], name, result['best_epoch'],
                      result['primary_metric'], test[result['primary_metric']], result['wall_seconds'], path)
         written.append(path)
     return written

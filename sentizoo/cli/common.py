@@ -7,7 +7,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional, Tuple, Type
 
-__all__ = ['PROG', 'UsageError', 'usage_errors', 'MODEL_HELP', 'CHECKPOINT_HELP', 'DATA_HELP', 'create_classifier',
+__all__ = ['PROG', 'UsageError', 'usage_errors', 'DATA_HELP', 'add_classifier_parser',
+           'create_classifier',
            'check_output', 'check_writable_dir', 'add_data_arguments', 'open_labelled', 'task_for', 'loader',
            'data_config']
 
@@ -32,13 +33,28 @@ def usage_errors(*kinds: Type[Exception]) -> Iterator[None]:
 
 
 # MODEL and --checkpoint of predict, evaluate and export-onnx: all three load through create_classifier
-MODEL_HELP = ('a classifier: a folder written by `sentizoo amalgamate` (or save_pretrained), an hf-hub: or local-dir: '
+_MODEL_HELP = ('a classifier: a folder written by `sentizoo amalgamate` (or save_pretrained), an hf-hub: or local-dir: '
               'name, senti_<arch>.fi, or any timm model name (with --checkpoint: its weights)')
-CHECKPOINT_HELP = ('with a model name: load these weights (.safetensors; classes and label names from the config.json '
+_CHECKPOINT_HELP = ('with a model name: load these weights (.safetensors; classes and label names from the config.json '
                    'beside it, else the classifier\'s size) instead of the published ones')
 DATA_HELP = ('DATA is a folder of class folders (single-label, classes in sorted order: root/<class>/*.jpg) or a '
              'CSV file with a header "path,<label 1>,...,<label C>" and one row per image: its path (relative '
              'to the CSV) and C numbers, 0/1 labels (--task mll) or a distribution (--task ldl).')
+
+
+def add_classifier_parser(subparsers, name: str, *, random_weights: bool = False,
+                          **kwargs: str) -> argparse.ArgumentParser:
+    """The parser of a subcommand that takes MODEL, a classifier, and ``--checkpoint`` (both loaded by
+    :func:`create_classifier`); ``random_weights``: also ``--no-pretrained``, instead of ``--checkpoint``."""
+    p = subparsers.add_parser(name, **kwargs)
+    p.add_argument('model', metavar='MODEL', help=_MODEL_HELP)
+    weights = p.add_mutually_exclusive_group() if random_weights else p
+    weights.add_argument('--checkpoint', type=Path, metavar='FILE', help=_CHECKPOINT_HELP)
+    if random_weights:
+        weights.add_argument('--no-pretrained', action='store_true', help='random weights (testing, timing)')
+    else:
+        p.set_defaults(no_pretrained=False)
+    return p
 
 
 def create_classifier(args: argparse.Namespace) -> Tuple[object, Optional[str]]:

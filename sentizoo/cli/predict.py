@@ -8,8 +8,7 @@ import sys
 from pathlib import Path
 from typing import List, TextIO
 
-from .common import (CHECKPOINT_HELP, MODEL_HELP, PROG, UsageError, check_output, create_classifier,
-                     usage_errors)
+from .common import PROG, UsageError, add_classifier_parser, check_output, create_classifier, usage_errors
 
 __all__ = ['add_predict_parser', 'add_export_onnx_parser']
 
@@ -97,12 +96,11 @@ def _run_predict(args: argparse.Namespace) -> int:
 
 def add_predict_parser(subparsers) -> None:
     from ..onnx import BACKENDS
-    p = subparsers.add_parser(
-        'predict', help='top-k labels with probabilities for image files and folders',
+    p = add_classifier_parser(
+        subparsers, 'predict', random_weights=True, help='top-k labels with probabilities for image files and folders',
         description='Predict the top-k labels of every image in PATHS (files, and folders searched recursively) '
                     'with a classifier such as senti_resnet50.fi. Bad files are reported on stderr and as error '
                     'rows; the others are still predicted, and the exit code is 1 if any file failed.')
-    p.add_argument('model', metavar='MODEL', help=MODEL_HELP)
     p.add_argument('paths', metavar='PATHS', nargs='+', type=Path, help='image files and/or folders')
     p.add_argument('--top-k', type=int, default=3, help='labels per image (default: 3)')
     p.add_argument('--batch-size', type=int, default=32, help='images per forward pass (default: 32)')
@@ -115,9 +113,6 @@ def add_predict_parser(subparsers) -> None:
                         'exports the model, cached beside its weights), PyTorch otherwise and on CUDA')
     p.add_argument('--format', choices=sorted(_WRITERS), default='table', help='output format (default: table)')
     p.add_argument('--output', type=Path, help='write the results to this file instead of stdout')
-    weights = p.add_mutually_exclusive_group()
-    weights.add_argument('--checkpoint', type=Path, metavar='FILE', help=CHECKPOINT_HELP)
-    weights.add_argument('--no-pretrained', action='store_true', help='random weights (testing, timing)')
     p.set_defaults(func=_run_predict)
 
 
@@ -143,14 +138,13 @@ def _run_export_onnx(args: argparse.Namespace) -> int:
 
 def add_export_onnx_parser(subparsers) -> None:
     from ..onnx import DEFAULT_OPSET
-    p = subparsers.add_parser(
-        'export-onnx', help='export a classifier to ONNX (dynamic batch, labels and preprocessing in its metadata)',
+    p = add_classifier_parser(
+        subparsers, 'export-onnx',
+        help='export a classifier to ONNX (dynamic batch, labels and preprocessing in its metadata)',
         description='Export MODEL to OUTPUT (.onnx): input "images" (float32 NCHW, dynamic batch, the model\'s input '
                     'size), output "logits"; the metadata holds the label names, the timm data config and the '
                     'opset. The graph is checked against eager PyTorch on a batch and not written if it disagrees. '
                     'Needs the [onnx] extra.')
-    p.add_argument('model', metavar='MODEL', help=MODEL_HELP)
     p.add_argument('output', metavar='OUTPUT', type=Path, help='the .onnx file to write')
-    p.add_argument('--checkpoint', type=Path, metavar='FILE', help=CHECKPOINT_HELP)
     p.add_argument('--opset', type=int, default=DEFAULT_OPSET, help='ONNX opset (default: %(default)s)')
-    p.set_defaults(func=_run_export_onnx, no_pretrained=False)
+    p.set_defaults(func=_run_export_onnx)

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List
 
-from .common import (CHECKPOINT_HELP, DATA_HELP, MODEL_HELP, PROG, UsageError, add_data_arguments, check_output,
+from .common import (DATA_HELP, PROG, UsageError, add_classifier_parser, add_data_arguments, check_output,
                      check_writable_dir, create_classifier, data_config, loader, open_labelled, task_for, usage_errors)
 
 __all__ = ['add_amalgamate_parser', 'add_evaluate_parser']
@@ -210,16 +210,14 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
 
 def add_evaluate_parser(subparsers) -> None:
-    p = subparsers.add_parser(
-        'evaluate', help='score a classifier on a labelled image folder or CSV',
+    p = add_classifier_parser(
+        subparsers, 'evaluate', help='score a classifier on a labelled image folder or CSV',
         description='Compute the task\'s metrics (sll: accuracy; mll: Hamming loss, ranking loss, micro/macro F1; '
                     'ldl: Chebyshev, Clark, Canberra, KL, Cosine, Intersection) of MODEL on DATA, with the '
                     'evaluation transform (resize, center crop). MODEL is a folder written by `sentizoo amalgamate` '
                     '(its task is remembered) or a classifier name such as senti_resnet50.fi. ' + DATA_HELP)
-    p.add_argument('model', metavar='MODEL', help=MODEL_HELP)
     p.add_argument('data', metavar='DATA', type=Path, help='labelled images (see DATA above)')
     add_data_arguments(p)
     p.add_argument('--format', choices=('table', 'json'), default='table', help='output format (default: table)')
     p.add_argument('--output', type=Path, help='write the metrics to this file instead of stdout')
-    p.add_argument('--checkpoint', type=Path, metavar='FILE', help=CHECKPOINT_HELP)
-    p.set_defaults(func=_run_evaluate, no_pretrained=False)
+    p.set_defaults(func=_run_evaluate)

@@ -1,4 +1,5 @@
-"""Downstream datasets of the paper (Table 1): the shared reader base and :func:`get_dataset`.
+"""The emotion datasets of the paper's downstream experiments (Table 1): the shared reader base and
+:func:`get_dataset` (the experiments themselves: :mod:`training.downstream`).
 
 Every reader is a :class:`DownstreamDataset` (an :class:`~training.datasets.common.ImageDataset`, so
 it shares its bad-image policy): ``dataset[i]`` is ``(transform(image), target)`` with the target
