@@ -2,7 +2,7 @@
 
 Written out as data so that publishing a checkpoint is a one-line change here: ``python -m training.export``
 prints the line to replace. A published sha256 also tells ``sentizoo info`` and the error messages that the
-weights can be downloaded from the Hugging Face hub. No imports: every module may read this table.
+weights can be downloaded from the Hugging Face hub. It imports nothing of sentizoo: any module may read it.
 """
 from typing import Dict, Optional
 
