@@ -520,7 +520,7 @@ def test_a_failed_save_after_training_points_to_the_checkpoints(capsys, tmp_path
     def disk_full(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr('sentizoo.weights.save_pretrained', disk_full)
+    monkeypatch.setattr('sentizoo.saving.save_pretrained', disk_full)
     code, _, err = _run(capsys, 'amalgamate', 'resnet18', tmp_path / 'data', '--output', tmp_path / 'out', *COMMON)
     assert code == 1 and 'No space left on device' in err and f'safe in {tmp_path / "out" / "checkpoints"}' in err
     assert (tmp_path / 'out' / 'checkpoints' / engine.CHECKPOINT_NAME).is_file()
