@@ -114,3 +114,11 @@ def test_sentizoo_never_imports_training():
     for name, path in _modules('sentizoo').items():
         training = sorted(m for m in _imports(name, path) if m.split('.')[0] in ('training', 'benchmarks', 'tests'))
         assert not training, f'{name} imports {training}'
+
+
+def test_training_uses_no_private_name_of_sentizoo():
+    for name, path in _modules('training').items():
+        private = sorted(f'{node.module}.{alias.name}' for node in ast.walk(ast.parse(path.read_text()))
+                         if isinstance(node, ast.ImportFrom) and (node.module or '').split('.')[0] == 'sentizoo'
+                         for alias in node.names if alias.name.startswith('_'))
+        assert not private, f'{name} imports {private}'
