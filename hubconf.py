@@ -3,7 +3,7 @@ dependencies = ['torch', 'timm', 'huggingface_hub', 'safetensors']
 
 import timm  # noqa: E402
 
-import sentizoo  # noqa: E402,F401  (registers the senti_* models in timm)
+import sentizoo  # noqa: E402  (registers the senti_* models in timm)
 
 
 def _entrypoint(arch: str):
@@ -27,22 +27,10 @@ senti_resnet50 = _entrypoint('senti_resnet50')
 senti_resnet101 = _entrypoint('senti_resnet101')
 
 
-def amalgamator(arch: str = 'resnet50', num_classes: int = 8, task: str = 'sll', pretrained: bool = True, **kwargs):
-    """The paper's amalgamation module: an ``arch`` target plus the ST, HO and HP teachers; the same as
-    ``timm.create_model(f'amalgamator_senti_{arch}', ...)``.
-
-    Every model gets a fresh ``num_classes`` head; the target starts from the HP backbone (the official
-    recipe). Train it like any module: in train mode ``forward(images, targets)`` returns the target's
-    logits, the loss and every loss term; ``.target`` is the model to keep.
-
-    Args:
-        arch: resnet18/50/101, vgg16_bn or vgg19_bn.
-        num_classes: outputs of the downstream task.
-        task: ``sll``, ``mll`` or ``ldl``.
-        pretrained: load the teachers' sentiment-pretrained weights (else random, for testing).
-        **kwargs: :class:`sentizoo.Amalgamator` options (``feature_stages``, ``logits_teachers``,
-            ``teacher_task_loss``, ``freeze_teachers``, ``loss_weights``, ``side_by_side``).
-    """
-    from sentizoo.models import senti_name
-    return timm.create_model(f'amalgamator_{senti_name(arch)}', pretrained=pretrained, num_classes=num_classes,
-                             task=task, **kwargs)
+def amalgamator(arch: str = 'resnet50', pretrained: bool = True, **kwargs):
+    """The paper's amalgamation module: an ``arch`` target started from the HP backbone, plus the ST, HO and HP
+    teachers (``pretrained``: their sentiment-pretrained weights, else random for testing); the same as
+    ``timm.create_model(f'amalgamator_senti_{arch}', pretrained=True, ...)``. The other keyword arguments and
+    their defaults are :func:`sentizoo.amalgamation.create_amalgamator`'s (``num_classes``, ``task`` and every
+    :class:`sentizoo.Amalgamator` option)."""
+    return timm.create_model(f'amalgamator_{sentizoo.senti_name(arch)}', pretrained=pretrained, **kwargs)

@@ -69,11 +69,11 @@ def predict_rate(arch: str, images: int, batch: int, device: str, tmp: Path) -> 
     """Images/s of ``sentizoo predict`` over ``images`` generated JPEGs, model creation included."""
     import timm
 
-    from sentizoo.weights import save_pretrained
+    from sentizoo.saving import save_pretrained
     name = f'senti_{arch}.fi'
     folder = make_images(tmp / 'predict', images)
     save_pretrained(timm.create_model(name), tmp / 'weights', verbose=False)
-    seconds, _ = predict(folder, tmp / 'weights' / 'model.safetensors', tmp / 'out.json', model=name,
+    seconds, _ = predict(folder, tmp / 'weights' / 'model.safetensors', model=name,
                          batch_size=batch, device=device, backend='torch', workers=0 if device == 'cpu' else None)
     return images / seconds
 

@@ -10,15 +10,14 @@ and are timed from model creation to the last prediction, each over all the imag
 exports the model into the cache beside the checkpoint). The sides alternate for ``--rounds`` rounds so
 that all see the same load on a shared machine, and each side's fastest round counts. ONNX Runtime alone
 (the cached graph on ready tensors at predict's batch) is measured after them.
-``sentizoo predict`` runs in-process through ``sentizoo.cli.main`` (so neither side pays the interpreter
-and import start-up); the naive loop is ``PIL.Image.open(path).convert('RGB')`` -> the model's timm eval
-transform -> ``model(x[None])`` under ``torch.no_grad``, one image at a time. Their top-1 labels are
+``sentizoo predict`` runs in-process through ``sentizoo.predict``, the function behind the command (so
+neither side pays the interpreter and import start-up); the naive loop is
+``PIL.Image.open(path).convert('RGB')`` -> the model's timm eval transform -> ``model(x[None])`` under ``torch.no_grad``, one image at a time. Their top-1 labels are
 checked to agree. The process is pinned to ``--cores`` CPUs (DataLoader workers inherit the pinning)
 and torch uses that many threads.
 """
 import argparse
 import itertools
-import json
 import os
 import platform
 import tempfile
@@ -31,8 +30,8 @@ from PIL import Image
 import timm
 from timm.data import create_transform, resolve_model_data_config
 
-from sentizoo.cli import main as sentizoo_main
-from sentizoo.weights import save_pretrained
+import sentizoo
+from sentizoo.saving import save_pretrained
 
 MODEL = 'senti_resnet50.fi'
 
@@ -64,19 +63,15 @@ def naive(paths: list, checkpoint: Path) -> tuple:
     return time.perf_counter() - start, labels
 
 
-def predict(folder: Path, checkpoint: Path, out: Path, batch_size=None, workers=None, *, model: str = MODEL,
+def predict(folder: Path, checkpoint: Path, batch_size=None, workers=None, *, model: str = MODEL,
             device: str = 'cpu', backend: str = 'torch') -> tuple:
-    """``sentizoo predict`` with its default batch size and workers unless given."""
-    argv = ['predict', model, str(folder), '--checkpoint', str(checkpoint), '--device', device, '--format', 'json',
-            '--output', str(out), '--top-k', '1', '--backend', backend]
-    for option, value in (('--batch-size', batch_size), ('--workers', workers)):
-        if value is not None:
-            argv += [option, str(value)]
+    """``sentizoo.predict`` (``sentizoo predict``) with its default batch size and workers unless given."""
+    sizes = {key: value for key, value in (('batch_size', batch_size), ('workers', workers)) if value is not None}
     start = time.perf_counter()
-    code = sentizoo_main(argv)
+    rows = sentizoo.predict(model, folder, checkpoint=checkpoint, device=device, backend=backend, top_k=1, **sizes)
     seconds = time.perf_counter() - start
-    assert code == 0, f'sentizoo predict exited with {code}'
-    return seconds, [row['predictions'][0]['label'] for row in json.loads(out.read_text())]
+    assert all(row['error'] is None for row in rows), 'sentizoo.predict could not read some images'
+    return seconds, [row['predictions'][0][0] for row in rows]
 
 
 def onnx_model_only(checkpoint: Path, batch_size: int, images: int) -> float:
@@ -92,7 +87,7 @@ def onnx_model_only(checkpoint: Path, batch_size: int, images: int) -> float:
         return -(-images // batch_size) * batch_size / (time.perf_counter() - start)
 
 
-def sweep_onnx(folder: Path, checkpoint: Path, out: Path, images: int, cores: int) -> None:
+def sweep_onnx(folder: Path, checkpoint: Path, images: int, cores: int) -> None:
     """``sentizoo predict --backend onnxruntime`` once per runtime threading x decoding workers, and the
     runtime alone per threading."""
     import sentizoo.onnx as sonnx
@@ -100,7 +95,7 @@ def sweep_onnx(folder: Path, checkpoint: Path, out: Path, images: int, cores: in
                 sonnx.Threading(1, 1, False)]
     for threading, workers in itertools.product(settings, range(cores + 1)):
         sonnx.THREADING = threading
-        seconds, _ = predict(folder, checkpoint, out, workers=workers, backend='onnxruntime')
+        seconds, _ = predict(folder, checkpoint, workers=workers, backend='onnxruntime')
         alone = onnx_model_only(checkpoint, 32, 96) if workers == 0 else None
         print(f'{threading} workers {workers}: {images / seconds:6.2f} images/s'
               + (f'; runtime alone {alone:6.2f} images/s' if alone else ''), flush=True)
@@ -130,17 +125,17 @@ def main() -> None:
               f'{args.images} JPEGs 500x375, {args.rounds} rounds; load average {os.getloadavg()[0]:.1f}')
         if args.sweep:
             for batch_size, workers in itertools.product((8, 16, 32, 64), (0, 1, 2)):
-                seconds, _ = predict(folder, checkpoint, tmp / 'out.json', batch_size, workers)
+                seconds, _ = predict(folder, checkpoint, batch_size, workers)
                 print(f'batch {batch_size:>3} workers {workers}: {args.images / seconds:6.2f} images/s', flush=True)
             return
-        first_onnx_s, _ = predict(folder, checkpoint, tmp / 'out.json', args.batch_size, args.workers,
+        first_onnx_s, _ = predict(folder, checkpoint, args.batch_size, args.workers,
                                   backend='onnxruntime')  # exports once, into the cache beside the checkpoint
         if args.sweep_onnx:
-            sweep_onnx(folder, checkpoint, tmp / 'out.json', args.images, args.cores)
+            sweep_onnx(folder, checkpoint, args.images, args.cores)
             return
         sides = {'naive loop': lambda: naive(sorted(folder.iterdir()), checkpoint),
                  **{f'predict ({backend})': lambda backend=backend: predict(
-                     folder, checkpoint, tmp / 'out.json', args.batch_size, args.workers, backend=backend)
+                     folder, checkpoint, args.batch_size, args.workers, backend=backend)
                     for backend in ('torch', 'onnxruntime')}}
         best = dict.fromkeys(sides, float('inf'))
         labels = {}

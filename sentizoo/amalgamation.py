@@ -21,21 +21,26 @@ import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.models import generate_default_cfgs, register_model
+from timm.models._builder import resolve_pretrained_cfg
 
 from .branches import run_branches, side_by_side_default
-from .models import senti_name
-from .stages import STAGES, stage_channels, stage_features
+from .models import ARCHS, BACKBONE_TAGS, amalgamator_cfg, imagenet_name, paper_arch, senti_name, stock_name
+from .stages import AMALGAMATION_STAGES, stage_channels, stage_features
 from .tasks import Task, get_task
 
-__all__ = ['TEACHER_TAGS', 'STAGE_TEACHER', 'AmalgamationOutput', 'Amalgamator', 'needed_teachers',
-           'load_teachers', 'init_target_from', 'create_amalgamator']
+__all__ = ['TEACHER_TAGS', 'STAGE_TEACHER', 'TARGET_INITS', 'AmalgamationOutput', 'Amalgamator', 'needed_teachers',
+           'load_teachers', 'init_target_from', 'target_weights', 'create_target', 'create_amalgamator']
 
-TEACHER_TAGS = ('st', 'ho', 'hp')
-STAGE_TEACHER = {1: 'st', 2: 'ho', 3: 'hp'}
+TEACHER_TAGS = BACKBONE_TAGS
+"""The teachers are the three sentiment-pretrained backbones, in stage order (ST, HO, HP)."""
+STAGE_TEACHER = dict(zip(AMALGAMATION_STAGES, TEACHER_TAGS))
 """The teacher whose features regularise each target stage (paper: low-, mid-, high-level)."""
+TARGET_INITS = (*BACKBONE_TAGS, 'imagenet', 'random')
+"""Where :func:`create_target` takes the target's backbone from (``'hp'``: the official recipe)."""
 
 
-def needed_teachers(feature_stages: Sequence[int] = STAGES, logits_teachers: Sequence[str] = ('hp',)
+def needed_teachers(feature_stages: Sequence[int] = AMALGAMATION_STAGES, logits_teachers: Sequence[str] = ('hp',)
                     ) -> Tuple[str, ...]:
     """The teachers that these terms use, in :data:`TEACHER_TAGS` order (defaults: :class:`Amalgamator`'s)."""
     used = {STAGE_TEACHER[s] for s in feature_stages if s in STAGE_TEACHER} | set(logits_teachers)
@@ -92,7 +97,7 @@ class Amalgamator(nn.Module):
     """
 
     def __init__(self, target: nn.Module, teachers: Optional[Mapping[str, nn.Module]] = None,
-                 task: Union[str, Task] = 'sll', *, feature_stages: Sequence[int] = STAGES,
+                 task: Union[str, Task] = 'sll', *, feature_stages: Sequence[int] = AMALGAMATION_STAGES,
                  logits_teachers: Sequence[str] = ('hp',), teacher_task_loss: bool = True,
                  freeze_teachers: bool = False, loss_weights: Optional[Mapping[str, float]] = None,
                  side_by_side: Optional[bool] = None):
@@ -101,8 +106,8 @@ class Amalgamator(nn.Module):
         num_classes = num_outputs(target)
         self.feature_stages = tuple(sorted(set(feature_stages)))
         self.logits_teachers = tuple(t for t in TEACHER_TAGS if t in set(logits_teachers))
-        if set(self.feature_stages) - set(STAGES):
-            raise ValueError(f'feature_stages must be a subset of {STAGES}; got {tuple(feature_stages)}.')
+        if set(self.feature_stages) - set(AMALGAMATION_STAGES):
+            raise ValueError(f'feature_stages must be a subset of {AMALGAMATION_STAGES}; got {tuple(feature_stages)}.')
         if set(logits_teachers) - set(TEACHER_TAGS):
             raise ValueError(f'logits_teachers must be a subset of {TEACHER_TAGS}; got {tuple(logits_teachers)}.')
         needed = needed_teachers(self.feature_stages, self.logits_teachers)
@@ -269,11 +274,91 @@ def create_amalgamator(arch: str = 'resnet50', num_classes: int = 8, task: Union
         **options: every :class:`Amalgamator` option (``feature_stages``, ``logits_teachers``,
             ``teacher_task_loss``, ``freeze_teachers``, ``loss_weights``, ``side_by_side``).
     """
-    from .models import paper_arch
-
     # Only the teachers the terms use (Amalgamator refuses unused ones), plus HP to initialise the target.
     tags = needed_teachers(**{k: options[k] for k in ('feature_stages', 'logits_teachers') if k in options})
     models = load_teachers(arch, num_classes, tuple(t for t in TEACHER_TAGS if t in tags or t == 'hp'),
                            pretrained=pretrained)
-    target = init_target_from(timm.create_model(paper_arch(arch), num_classes=num_classes), models['hp'])
+    target = create_target(arch, num_classes, 'hp', source=models['hp'])
     return Amalgamator(target, {t: models[t] for t in tags}, task, **options)
+
+
+def target_weights(arch: str, init: str = 'hp') -> str:
+    """The weights a target of ``arch`` starts from with ``init``, as a timm name: ``'senti_resnet50.hp'`` for a
+    zoo tag, torchvision's ImageNet weights ``'resnet50.tv_in1k'`` for ``'imagenet'`` (as the paper and
+    ``training.pretrain``; an architecture outside the zoo: timm's default weights), ``'random'`` for none.
+
+    Raises:
+        ValueError: an unknown ``init``, or a zoo tag for an architecture without senti weights.
+    """
+    if init in BACKBONE_TAGS:
+        return f'{senti_name(arch)}.{init}'
+    if init == 'imagenet':
+        return imagenet_name(arch) if stock_name(arch) in ARCHS else stock_name(arch)
+    if init == 'random':
+        return init
+    raise ValueError(f'init must be one of {TARGET_INITS}; got {init!r}.')
+
+
+def create_target(arch: str, num_classes: int, init: str = 'hp', *, source: Optional[nn.Module] = None
+                  ) -> nn.Module:
+    """The model to fine-tune or amalgamate: ``arch`` as the paper builds it (:func:`sentizoo.models.paper_arch`:
+    the VGGs with the paper's head) with a fresh ``num_classes`` head, its backbone copied from
+    :func:`target_weights` (``init='hp'``: the HP backbone, the official recipe; ``'random'``: none).
+
+    Args:
+        arch: ``'resnet50'``, ``'senti_resnet50'`` or any timm architecture (``init`` then ``'imagenet'`` or
+            ``'random'``).
+        num_classes: outputs of the task.
+        init: one of :data:`TARGET_INITS`.
+        source: a model that already holds those weights (e.g. the HP teacher), copied instead of loading them.
+
+    The head is drawn first, so the same ``torch.manual_seed`` gives the same head whatever ``init`` is.
+    """
+    name = target_weights(arch, init)
+    target = timm.create_model(paper_arch(stock_name(arch)), num_classes=num_classes)
+    if init == 'random':
+        return target
+    return init_target_from(target, source if source is not None else timm.create_model(name, pretrained=True))
+
+
+# The Amalgamator as timm models, ``amalgamator_senti_<arch>`` (registered here, not in sentizoo.models, which
+# this module imports); named so that timm.list_models('senti_*') lists the backbones only.
+default_cfgs = generate_default_cfgs({f'amalgamator_senti_{arch}.zoo': amalgamator_cfg(arch) for arch in ARCHS})
+
+
+def _create_amalgamator(variant: str, pretrained: bool = False, pretrained_cfg=None, pretrained_cfg_overlay=None,
+                        cache_dir=None, **kwargs) -> nn.Module:
+    cfg = resolve_pretrained_cfg(variant, pretrained_cfg=pretrained_cfg, pretrained_cfg_overlay=pretrained_cfg_overlay)
+    module = create_amalgamator(stock_name(variant.removeprefix('amalgamator_')), pretrained=pretrained, **kwargs)
+    module.pretrained_cfg = cfg.to_dict()
+    return module
+
+
+@register_model
+def amalgamator_senti_vgg16_bn(pretrained: bool = False, **kwargs) -> nn.Module:
+    """The paper's amalgamation module for VGG16-BN (:func:`sentizoo.amalgamation.create_amalgamator`)."""
+    return _create_amalgamator('amalgamator_senti_vgg16_bn', pretrained, **kwargs)
+
+
+@register_model
+def amalgamator_senti_vgg19_bn(pretrained: bool = False, **kwargs) -> nn.Module:
+    """The paper's amalgamation module for VGG19-BN (:func:`sentizoo.amalgamation.create_amalgamator`)."""
+    return _create_amalgamator('amalgamator_senti_vgg19_bn', pretrained, **kwargs)
+
+
+@register_model
+def amalgamator_senti_resnet18(pretrained: bool = False, **kwargs) -> nn.Module:
+    """The paper's amalgamation module for ResNet-18 (:func:`sentizoo.amalgamation.create_amalgamator`)."""
+    return _create_amalgamator('amalgamator_senti_resnet18', pretrained, **kwargs)
+
+
+@register_model
+def amalgamator_senti_resnet50(pretrained: bool = False, **kwargs) -> nn.Module:
+    """The paper's amalgamation module for ResNet-50 (:func:`sentizoo.amalgamation.create_amalgamator`)."""
+    return _create_amalgamator('amalgamator_senti_resnet50', pretrained, **kwargs)
+
+
+@register_model
+def amalgamator_senti_resnet101(pretrained: bool = False, **kwargs) -> nn.Module:
+    """The paper's amalgamation module for ResNet-101 (:func:`sentizoo.amalgamation.create_amalgamator`)."""
+    return _create_amalgamator('amalgamator_senti_resnet101', pretrained, **kwargs)

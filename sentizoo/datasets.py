@@ -8,7 +8,7 @@ Two layouts, chosen by :func:`open_dataset` from the path:
   row per image with its path (relative to the CSV's folder, or absolute) and C numbers: 0/1 for MLL,
   a distribution summing to 1 for LDL.
 
-Images are read with :func:`sentizoo.data.load_image`; a bad file raises its ``ImageLoadError``.
+Images are read with :func:`sentizoo.images.load_image`; a bad file raises its ``ImageLoadError``.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch.utils.data import Dataset
 
-from .data import list_images, load_image
+from .images import list_images, load_image
 from .tasks import Task
 
 __all__ = ['LabelledImages', 'image_folder', 'image_csv', 'open_dataset', 'paper_data_config', 'resize_size',

@@ -15,7 +15,7 @@ Tags, one Hugging Face repo each (``sentizoo/<arch>.<tag>``):
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Union
 
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -27,12 +27,15 @@ from timm.models.vgg import cfgs as vgg_cfgs
 
 from .weights import resolve_weights, weights_mismatch
 
-__all__ = ['ARCHS', 'TAGS', 'FI_LABELS', 'SHA256', 'PREPROCESSING', 'PaperVGG', 'senti_name', 'stock_name',
-           'imagenet_name', 'paper_arch']
+__all__ = ['ARCHS', 'BACKBONE_TAGS', 'TAGS', 'FI_LABELS', 'PREPROCESSING', 'PaperVGG', 'senti_name', 'stock_name',
+           'imagenet_name', 'paper_arch', 'amalgamator_cfg']
 
 ARCHS = ('vgg16_bn', 'vgg19_bn', 'resnet18', 'resnet50', 'resnet101')
-BACKBONE_TAGS = ('hp', 'ho', 'st')
-TAGS = BACKBONE_TAGS + ('fi',)
+BACKBONE_TAGS = ('st', 'ho', 'hp')
+"""The three sentiment-pretrained models, ST, HO and HP: the one definition every module derives from. The
+order is the paper's perception pipeline (stimuli -> holistic -> high-level), which is also the amalgamation's:
+target stage k is regularised towards the k-th (:data:`sentizoo.amalgamation.STAGE_TEACHER`)."""
+TAGS = (*BACKBONE_TAGS[::-1], 'fi')  # hp first: timm makes the first tag of an architecture its default
 FI_LABELS = ('amusement', 'anger', 'awe', 'contentment', 'disgust', 'excitement', 'fear', 'sadness')
 
 PREPROCESSING = dict(crop_pct=0.875, crop_mode='squash', interpolation='bilinear', mean=IMAGENET_DEFAULT_MEAN,
@@ -51,12 +54,11 @@ _DESCRIPTIONS = {
 }
 
 
-def _cfg(arch: str, tag: str, sha256: Optional[str] = None) -> Dict[str, Any]:
+def _cfg(arch: str, tag: str) -> Dict[str, Any]:
     is_classifier = tag not in BACKBONE_TAGS
     return dict(
         hf_hub_id=f'sentizoo/senti_{arch}.{tag}',
         hf_hub_filename='model.safetensors',
-        sha256=sha256,  # set when the checkpoint is published; split off below
         num_classes=len(FI_LABELS) if is_classifier else 0,
         label_names=FI_LABELS if is_classifier else None,
         input_size=(3, 224, 224), pool_size=(7, 7), **PREPROCESSING,
@@ -69,10 +71,10 @@ def _cfg(arch: str, tag: str, sha256: Optional[str] = None) -> Dict[str, Any]:
     )
 
 
-def _amalgamator_cfg(arch: str) -> Dict[str, Any]:
-    """What ``amalgamator_senti_<arch>`` is: no weight file of its own; the teachers and the target's start
-    resolve by tag (``senti_<arch>.st/.ho/.hp``)."""
-    cfg = {k: v for k, v in _cfg(arch, 'hp').items() if k not in ('hf_hub_id', 'hf_hub_filename', 'sha256')}
+def amalgamator_cfg(arch: str) -> Dict[str, Any]:
+    """The pretrained config of ``amalgamator_senti_<arch>`` (registered by :mod:`sentizoo.amalgamation`): no
+    weight file of its own; the teachers and the target's start resolve by tag (``senti_<arch>.st/.ho/.hp``)."""
+    cfg = {k: v for k, v in _cfg(arch, 'hp').items() if k not in ('hf_hub_id', 'hf_hub_filename')}
     return dict(cfg, num_classes=len(FI_LABELS), label_names=None, first_conv=f'target.{cfg["first_conv"]}',
                 classifier=f'target.{cfg["classifier"]}',
                 description=f'The paper\'s amalgamation module for {arch}: the target starts from senti_{arch}.hp '
@@ -80,12 +82,8 @@ def _amalgamator_cfg(arch: str) -> Dict[str, Any]:
                             f'.target.')
 
 
-# Weights as data: one entry per published checkpoint; the first tag of each arch is its default.
-_weights = {f'senti_{arch}.{tag}': _cfg(arch, tag) for arch in ARCHS for tag in TAGS}
-SHA256: Dict[str, Optional[str]] = {name: cfg.pop('sha256') for name, cfg in _weights.items()}
-# The Amalgamator entries are named so that timm.list_models('senti_*') lists the backbones only.
-default_cfgs = generate_default_cfgs({**_weights, **{f'amalgamator_senti_{arch}.zoo': _amalgamator_cfg(arch)
-                                                     for arch in ARCHS}})
+# One entry per weight file (their sha256: sentizoo.published); the first tag of each arch is its default.
+default_cfgs = generate_default_cfgs({f'senti_{arch}.{tag}': _cfg(arch, tag) for arch in ARCHS for tag in TAGS})
 
 
 def stock_name(name: str) -> str:
@@ -187,43 +185,3 @@ def senti_resnet50(pretrained: bool = False, **kwargs) -> nn.Module:
 def senti_resnet101(pretrained: bool = False, **kwargs) -> nn.Module:
     """ResNet-101 with sentiment-oriented pre-training (tags: hp, ho, st, fi)."""
     return _create('senti_resnet101', pretrained, **kwargs)
-
-
-def _create_amalgamator(variant: str, pretrained: bool = False, pretrained_cfg=None, pretrained_cfg_overlay=None,
-                        cache_dir=None, **kwargs) -> nn.Module:
-    from .amalgamation import create_amalgamator  # the training machinery, imported on first use
-
-    cfg = resolve_pretrained_cfg(variant, pretrained_cfg=pretrained_cfg, pretrained_cfg_overlay=pretrained_cfg_overlay)
-    module = create_amalgamator(stock_name(variant.removeprefix('amalgamator_')), pretrained=pretrained, **kwargs)
-    module.pretrained_cfg = cfg.to_dict()
-    return module
-
-
-@register_model
-def amalgamator_senti_vgg16_bn(pretrained: bool = False, **kwargs) -> nn.Module:
-    """The paper's amalgamation module for VGG16-BN (:func:`sentizoo.amalgamation.create_amalgamator`)."""
-    return _create_amalgamator('amalgamator_senti_vgg16_bn', pretrained, **kwargs)
-
-
-@register_model
-def amalgamator_senti_vgg19_bn(pretrained: bool = False, **kwargs) -> nn.Module:
-    """The paper's amalgamation module for VGG19-BN (:func:`sentizoo.amalgamation.create_amalgamator`)."""
-    return _create_amalgamator('amalgamator_senti_vgg19_bn', pretrained, **kwargs)
-
-
-@register_model
-def amalgamator_senti_resnet18(pretrained: bool = False, **kwargs) -> nn.Module:
-    """The paper's amalgamation module for ResNet-18 (:func:`sentizoo.amalgamation.create_amalgamator`)."""
-    return _create_amalgamator('amalgamator_senti_resnet18', pretrained, **kwargs)
-
-
-@register_model
-def amalgamator_senti_resnet50(pretrained: bool = False, **kwargs) -> nn.Module:
-    """The paper's amalgamation module for ResNet-50 (:func:`sentizoo.amalgamation.create_amalgamator`)."""
-    return _create_amalgamator('amalgamator_senti_resnet50', pretrained, **kwargs)
-
-
-@register_model
-def amalgamator_senti_resnet101(pretrained: bool = False, **kwargs) -> nn.Module:
-    """The paper's amalgamation module for ResNet-101 (:func:`sentizoo.amalgamation.create_amalgamator`)."""
-    return _create_amalgamator('amalgamator_senti_resnet101', pretrained, **kwargs)

@@ -18,9 +18,9 @@ import torch
 import torch.nn as nn
 from timm.models import VGG, ResNet
 
-__all__ = ['STAGES', 'stage_features', 'stage_channels']
+__all__ = ['AMALGAMATION_STAGES', 'stage_features', 'stage_channels']
 
-STAGES = (1, 2, 3)
+AMALGAMATION_STAGES = (1, 2, 3)
 _TIMM_INDEX = {1: 2, 2: 3, 3: 4}  # amalgamation stage -> forward_intermediates index
 
 
@@ -31,7 +31,7 @@ def _check(model: nn.Module) -> None:
                          '(unwrap DistributedDataParallel / torch.compile first).')
 
 
-def stage_features(model: nn.Module, x: torch.Tensor, stages: Sequence[int] = STAGES,
+def stage_features(model: nn.Module, x: torch.Tensor, stages: Sequence[int] = AMALGAMATION_STAGES,
                    with_logits: bool = True) -> Tuple[List[torch.Tensor], Optional[torch.Tensor]]:
     """One forward pass of ``model`` returning the stage taps and the logits.
 
@@ -47,7 +47,8 @@ def stage_features(model: nn.Module, x: torch.Tensor, stages: Sequence[int] = ST
     """
     _check(model)
     if any(s not in _TIMM_INDEX for s in stages) or not (stages or with_logits):
-        raise ValueError(f'stages must be a subset of {STAGES} (non-empty unless with_logits); got {tuple(stages)}.')
+        raise ValueError(f'stages must be a subset of {AMALGAMATION_STAGES} (non-empty unless with_logits); '
+                         f'got {tuple(stages)}.')
     if not stages:
         return [], model(x)
     ordered = sorted(set(stages))  # forward_intermediates returns taps in network order

@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-__all__ = ['Task', 'Metrics', 'SLL', 'MLL', 'LDL', 'TASKS', 'get_task']
+__all__ = ['Task', 'Metrics', 'SLL', 'MLL', 'LDL', 'DOWNSTREAM_TASKS', 'get_task']
 
 
 class Metrics(ABC):
@@ -282,7 +282,7 @@ class LDL(Task):
                                          '(normalise vote counts with target / target.sum(1, keepdim=True))')
 
 
-TASKS = {task.name: task for task in (SLL(), MLL(), LDL())}
+DOWNSTREAM_TASKS = {task.name: task for task in (SLL(), MLL(), LDL())}
 
 
 def get_task(name: Union[str, Task]) -> Task:
@@ -290,6 +290,6 @@ def get_task(name: Union[str, Task]) -> Task:
     if isinstance(name, Task):
         return name
     try:
-        return TASKS[name.lower()]
+        return DOWNSTREAM_TASKS[name.lower()]
     except (KeyError, AttributeError):
-        raise ValueError(f'Unknown task {name!r}; choose one of {", ".join(TASKS)}.') from None
+        raise ValueError(f'Unknown task {name!r}; choose one of {", ".join(DOWNSTREAM_TASKS)}.') from None

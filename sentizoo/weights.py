@@ -1,4 +1,4 @@
-"""Weight files of the zoo: resolve -> verify (sha256) -> load, and the writer of the zoo format.
+"""Weight files of the zoo: resolve -> verify (sha256) -> load (the writer is :mod:`sentizoo.saving`).
 
 Resolution order for ``senti_<arch>.<tag>``:
 
@@ -18,16 +18,17 @@ import json
 import os
 import secrets
 import stat
-import tempfile
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch.nn as nn
 
+from .published import SHA256
+
 __all__ = ['WEIGHTS_NAME', 'CONFIG_NAME', 'WeightsNotFoundError', 'ChecksumMismatchError', 'InvalidWeightsError',
            'WEIGHTS_ERRORS', 'zoo_home', 'sha256_file', 'read_config', 'check_safetensors', 'load_weights',
-           'weights_mismatch', 'load_folder', 'find_local', 'resolve_weights', 'save_pretrained', 'atomic_write',
-           'remove_stale_temps', 'hf_offline']
+           'weights_mismatch', 'load_folder', 'find_local', 'resolve_weights', 'atomic_write', 'remove_stale_temps',
+           'hf_offline']
 
 WEIGHTS_NAME = 'model.safetensors'
 CONFIG_NAME = 'config.json'
@@ -247,7 +248,7 @@ def resolve_weights(name: str, cfg: Any = None, sha256: Optional[str] = None, do
     Args:
         name: the tagged model name.
         cfg: its pretrained config (``PretrainedCfg`` or dict); looked up in timm's registry if omitted.
-        sha256: the published checksum; ``None`` uses the registry's (``sentizoo.models.SHA256``), else the
+        sha256: the published checksum; ``None`` uses the registry's (:data:`sentizoo.published.SHA256`), else the
             one recorded in a local config.json.
         download: try the Hugging Face hub when nothing is local (``False``: report only, never download).
 
@@ -260,7 +261,6 @@ def resolve_weights(name: str, cfg: Any = None, sha256: Optional[str] = None, do
         from timm.models import get_pretrained_cfg
         cfg = get_pretrained_cfg(name)
     if sha256 is None:
-        from .models import SHA256  # deferred: models imports this module
         sha256 = SHA256.get(name)
     explicit = _cfg_get(cfg, 'file')
     if explicit:
@@ -304,32 +304,6 @@ def resolve_weights(name: str, cfg: Any = None, sha256: Optional[str] = None, do
         f'(or `python -m training.demo` for small synthetic ones); or pass pretrained_cfg_overlay=dict(file=...)'
         + ('. No checkpoint of it is published yet.' if not sha256  # the registry's sha256 marks a published one
            else '; or, with network access, unset HF_HUB_OFFLINE to download from the hub.' if hf_offline() else '.'))
-
-
-def _config_for(model: nn.Module, label_names: Optional[Sequence[str]], extra: Optional[Dict[str, Any]]) -> Dict:
-    """timm's own ``config.json`` for ``model`` (``save_config_for_hf``: ``model_args``, ``global_pool``, the data
-    config at the model's input channels ...) with the stock architecture name, so stock timm rebuilds it; a
-    VGG with the paper's head (:class:`~sentizoo.models.PaperVGG`) keeps its ``senti_`` name, which needs
-    ``import sentizoo``."""
-    from timm.models._hub import save_config_for_hf
-
-    cfg = getattr(model, 'pretrained_cfg', None) or {}
-    if not cfg.get('architecture'):
-        raise ValueError(f'{type(model).__name__} has no pretrained_cfg["architecture"]: save_pretrained writes '
-                         f'timm models (create them with timm.create_model).')
-    from .models import PaperVGG, stock_name  # deferred: models imports this module
-    label_names = list(label_names) if label_names is not None else cfg.get('label_names')
-    num_classes = getattr(model, 'num_classes', cfg.get('num_classes'))
-    if label_names is not None and len(label_names) != num_classes:
-        raise ValueError(f'label_names has {len(label_names)} entries but the model has {num_classes} classes.')
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / CONFIG_NAME
-        save_config_for_hf(model, str(path), model_config=dict(label_names=label_names) if label_names else None)
-        config = json.loads(path.read_text())
-    if not isinstance(model, PaperVGG):  # the stock name loads even without `import sentizoo`
-        config['architecture'] = stock_name(config['architecture'])
-    config.update(extra or {})
-    return config
 
 
 def _temp_name(path: Path) -> str:
@@ -383,26 +357,3 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
-
-
-def save_pretrained(model: nn.Module, folder: Union[str, Path], *, label_names: Optional[Sequence[str]] = None,
-                    extra_config: Optional[Dict[str, Any]] = None, verbose: bool = True) -> str:
-    """Write ``model`` in the zoo format: ``model.safetensors`` + timm ``config.json``. Returns the sha256.
-
-    The config names the stock timm architecture, so ``timm.create_model('hf-hub:<repo>', pretrained=True)``
-    loads an uploaded folder without sentizoo installed. Both files are written atomically.
-    """
-    from safetensors.torch import save_file
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    config = _config_for(model, label_names, extra_config)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    weights = folder / WEIGHTS_NAME
-    atomic_write(weights, lambda tmp: save_file(state, tmp, metadata={'format': 'pt'}))
-    digest = sha256_file(weights)
-    config['sha256'] = digest
-    atomic_write(folder / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2) + '\n'))
-    if verbose:
-        print(f'{weights}  sha256={digest}')
-    return digest

@@ -7,7 +7,8 @@ import torch.nn.functional as F
 
 from sentizoo.amalgamation import Amalgamator, init_target_from, load_teachers
 from sentizoo.tasks import get_task
-from sentizoo.weights import WeightsNotFoundError, save_pretrained, zoo_home
+from sentizoo.saving import save_pretrained
+from sentizoo.weights import WeightsNotFoundError, zoo_home
 
 NUM_CLASSES = 3
 FULL_TERMS = {'task/target', 'task/st', 'task/ho', 'task/hp', 'feat/st', 'feat/ho', 'feat/hp', 'logits/hp'}

@@ -14,9 +14,9 @@ from PIL import Image
 from timm.data import create_transform, resolve_model_data_config
 
 from sentizoo.cli import build_parser, main
-from sentizoo.data import load_image
+from sentizoo.images import load_image
 from sentizoo.models import FI_LABELS
-from sentizoo.weights import save_pretrained
+from sentizoo.saving import save_pretrained
 
 MODEL = 'senti_resnet18.fi'
 BAD = {'truncated.jpg': 'truncated', 'empty.jpg': 'empty', 'text.jpg': 'not an image', 'bomb.png': 'decompression bomb'}
@@ -232,7 +232,7 @@ def test_output_into_a_closed_pipe_exits_quietly(zoo):
 
 
 def test_workers_default_to_the_cores(monkeypatch):
-    from sentizoo.data import default_workers
+    from sentizoo.images import default_workers
     from training.downstream import validate_config
 
     monkeypatch.setattr(os, 'sched_getaffinity', lambda pid: {0, 1}, raising=False)

@@ -12,7 +12,7 @@ from fixtures_downstream import (EMOSET_LABEL2IDX, FI_CLASSES, UNBIASEDEMO_CLASS
                                  write_image, write_lines)
 from sentizoo.models import FI_LABELS
 from training.datasets.common import DatasetFormatError
-from training.datasets.downstream import (DATASET_NAMES, distribution_to_multi_hot, get_dataset,
+from training.datasets.emotion import (DATASET_NAMES, distribution_to_multi_hot, get_dataset,
                                           load_or_make_split)
 from training.datasets.emotic import CATEGORIES
 

@@ -8,6 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 import sentizoo  # noqa: F401  (registers senti_*)
+from sentizoo.models import BACKBONE_TAGS
 from training import demo
 
 
@@ -37,7 +38,7 @@ def test_quick_demo_end_to_end(tmp_path, capsys, monkeypatch, isolated_zoo):
     zoo = out / 'zoo'
     assert os.environ['SENTIZOO_HOME'] == str(isolated_zoo)  # restored after the demo
     monkeypatch.setenv('SENTIZOO_HOME', str(zoo))
-    for tag in demo.TAGS:
+    for tag in BACKBONE_TAGS:
         folder = zoo / f'senti_resnet18.{tag}'
         assert {'model.safetensors', 'config.json', 'README.md'} <= {p.name for p in folder.iterdir()}
         assert json.loads((folder / 'config.json').read_text())['architecture'] == 'resnet18'

@@ -9,7 +9,8 @@ import torch
 from PIL import Image
 
 import sentizoo  # noqa: F401  (registers senti_*)
-from sentizoo.weights import WeightsNotFoundError, save_pretrained, zoo_home
+from sentizoo.saving import save_pretrained
+from sentizoo.weights import WeightsNotFoundError, zoo_home
 from training import downstream as ds
 from training import paper_results as paper
 from training.report import load_results, render
@@ -107,7 +108,7 @@ def test_extends_merges_objects_and_replaces_runs(tmp_path):
 
 
 def test_shipped_configs_cover_the_papers_tables():
-    configs = {p.stem: ds.load_config(p) for p in sorted(ds.CONFIG_DIR.glob('*.json')) if not p.stem.startswith('_')}
+    configs = {name: ds.load_config(name) for name in ds.config_names()}
     table1 = {(c['dataset'], c['task'], c['arch']) for c in configs.values() if c['table'] == 1}
     assert table1 == {(d, t, a) for d, t, _ in paper.TABLE1_ROWS for a in paper.ARCHS}
     assert len(table1) == 30
@@ -146,7 +147,7 @@ def test_eval_transform_resizes_then_centre_crops():
 
 def test_synthetic_datasets_follow_the_protocol():
     c = ds.validate_config(_minimal(image_size=28, data={'n_train': 3, 'n_val': 2, 'n_test': 1}))
-    data = ds.build_datasets(c)
+    data = ds.build_splits(c)
     assert {k: len(v) for k, v in data.items()} == {'train': 3, 'val': 2, 'test': 1}
     assert data['train'].world.size == 32  # images made at 28 * 256 / 224, then cropped to 28
     image, label = data['val'][0]
@@ -157,7 +158,7 @@ def test_synthetic_datasets_follow_the_protocol():
 def test_real_dataset_needs_its_folder():
     c = ds.validate_config({**_minimal(), 'dataset': 'fi', 'source': 'x.json'})
     with pytest.raises(ds.ConfigError, match=r'x\.json: dataset .fi. needs its folder: pass --data-root'):
-        ds.build_datasets(c)
+        ds.build_splits(c)
 
 
 def test_build_target_from_the_zoo_and_random():
@@ -212,3 +213,13 @@ def test_cli(tmp_path, capsys):
     assert ds.main(['--config', TINY, '--run', 'nope', '--out', str(tmp_path / 'out')]) == 2
     assert "no run(s) ['nope']; the config has ['none', 'feat_all', 'logits_hp']" in capsys.readouterr().err
     assert not (tmp_path / 'out').exists()
+
+
+def test_table1_configs_are_generated_from_the_papers_cells(capsys):
+    assert not list(ds.CONFIG_DIR.glob('table1_*'))  # no file per cell: _paper.json on (arch, dataset, task)
+    c = ds.load_config('table1_vgg16_bn_emotion6_ldl')
+    assert (c['name'], c['source'], c['table']) == ('table1_vgg16_bn_emotion6_ldl', 'table1_vgg16_bn_emotion6_ldl', 1)
+    assert (c['arch'], c['dataset'], c['task']) == ('vgg16_bn', 'emotion6', 'ldl')
+    assert c['train']['lr'] == 1e-3 and c['train']['epochs'] == 30  # the paper's schedule: TrainOptions' defaults
+    assert ds.main(['--config', 'table1_resnet50_fi_sll', '--check']) == 0
+    assert 'valid (baseline, amalgamation)' in capsys.readouterr().out

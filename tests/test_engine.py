@@ -20,7 +20,8 @@ import sentizoo.engine as engine
 from sentizoo.amalgamation import TEACHER_TAGS
 from sentizoo.cli import main as cli_main
 from sentizoo.tasks import get_task
-from sentizoo.weights import WeightsNotFoundError, save_pretrained
+from sentizoo.saving import save_pretrained
+from sentizoo.weights import WeightsNotFoundError
 
 TESTS = Path(__file__).resolve().parent
 # Runs one tiny training in a fresh interpreter: python -c WORKER '<json kwargs of train_tiny>'.

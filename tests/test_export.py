@@ -184,3 +184,14 @@ def test_model_card_main_writes_into_a_new_folder(tmp_path):
     names = sentizoo.list_models(pretrained=True)
     assert sorted(p.name for p in out.iterdir()) == sorted(f'{n}.md' for n in names)
     assert (out / f'{names[0]}.md').read_text(encoding='utf-8') == planned_card(names[0])
+
+
+def test_the_published_table_has_the_line_export_names():
+    from sentizoo.models import ARCHS, TAGS
+    from sentizoo.published import SHA256
+    from training.export import published_line
+
+    assert list(SHA256) == [f'senti_{arch}.{tag}' for arch in ARCHS for tag in TAGS]  # one line per weight file
+    path, number = published_line('senti_resnet50.fi').split(':')
+    line = (Path(__file__).resolve().parents[1] / path).read_text().splitlines()[int(number) - 1]
+    assert line.strip() == "'senti_resnet50.fi': None,"

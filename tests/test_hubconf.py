@@ -5,7 +5,7 @@ from pathlib import Path
 import timm
 import torch
 
-from sentizoo.weights import save_pretrained
+from sentizoo.saving import save_pretrained
 
 REPO = Path(__file__).resolve().parents[1]
 

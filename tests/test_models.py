@@ -61,7 +61,7 @@ def test_vggs_have_the_papers_head(arch):
 
 def test_vgg_experiments_use_the_papers_head(tmp_path):
     from sentizoo.amalgamation import create_amalgamator, init_target_from
-    from sentizoo.weights import save_pretrained
+    from sentizoo.saving import save_pretrained
     from training.downstream import build_target
 
     module = create_amalgamator('vgg16_bn', num_classes=3, pretrained=False, side_by_side=False)

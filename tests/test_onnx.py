@@ -13,7 +13,8 @@ from timm.data import resolve_model_data_config
 
 import sentizoo.onnx as sonnx
 from sentizoo.cli import main
-from sentizoo.weights import save_pretrained, sha256_file
+from sentizoo.saving import save_pretrained
+from sentizoo.weights import sha256_file
 from test_cli import BAD, MODEL, bomb_limit, images, weights_dir, zoo  # noqa: F401  (fixtures)
 
 LABELS = ['calm', 'happy', 'sad', 'tense']

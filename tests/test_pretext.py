@@ -7,7 +7,7 @@ import timm
 import torch
 import torch.nn.functional as F
 
-from training.pretext import TASKS, get_task_class
+from training.pretext import PRETEXT_TASKS, get_task_class
 from training.pretext.anp import ANPClassification
 from training.pretext.base import imagenet_normalize
 from training.pretext.captioning import EOS, PAD, SOS, UNK, Captioning, Vocabulary, tokenize
@@ -274,7 +274,7 @@ def test_greedy_decoding_reproduces_memorised_captions(backbone):
 
 # --------------------------------------------------------------------------------------- every task alike
 
-@pytest.mark.parametrize('name', list(TASKS))
+@pytest.mark.parametrize('name', list(PRETEXT_TASKS))
 def test_loss_decreases_on_a_fixed_batch(name, backbone):
     task, batch = _tiny(name, backbone)
     torch.manual_seed(0)

@@ -31,9 +31,10 @@ from torchvision.transforms import ToTensor
 
 import sentizoo.engine as engine
 from sentizoo.cli import main
-from sentizoo.data import ImageLoadError, load_image
+from sentizoo.images import ImageLoadError, load_image
 from sentizoo.datasets import eval_transform, image_folder
-from sentizoo.weights import atomic_write, save_pretrained
+from sentizoo.saving import save_pretrained
+from sentizoo.weights import atomic_write
 
 # --- images: any decoder failure is the file's error, never the run's ----------------------------------
 
@@ -519,7 +520,7 @@ def test_a_failed_save_after_training_points_to_the_checkpoints(capsys, tmp_path
     def disk_full(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr('sentizoo.weights.save_pretrained', disk_full)
+    monkeypatch.setattr('sentizoo.saving.save_pretrained', disk_full)
     code, _, err = _run(capsys, 'amalgamate', 'resnet18', tmp_path / 'data', '--output', tmp_path / 'out', *COMMON)
     assert code == 1 and 'No space left on device' in err and f'safe in {tmp_path / "out" / "checkpoints"}' in err
     assert (tmp_path / 'out' / 'checkpoints' / engine.CHECKPOINT_NAME).is_file()

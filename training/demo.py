@@ -49,12 +49,11 @@ from typing import Any, Dict, Optional, Sequence
 
 import torch
 
-from sentizoo.amalgamation import TEACHER_TAGS
+from sentizoo.models import BACKBONE_TAGS
 
 __all__ = ['PRETRAIN_STEPS', 'QUICK', 'pretrain_settings', 'run_demo', 'main']
 
 ARCH = 'resnet18'
-TAGS = TEACHER_TAGS  # the three pre-trained models, ST, HO, HP
 PRETRAIN_STEPS = {'st': 60, 'ho': 50, 'hp': 65}
 """Pre-training steps per epoch of each model (4 epochs); every other setting is the synthetic study's."""
 QUICK: Dict[str, Any] = {
@@ -101,6 +100,8 @@ def _sample_sheet(path: Path, n: int = 16, seed: int = 0, size: int = 64) -> Non
 def run_demo(out: Path = Path('runs/demo'), zoo: Optional[Path] = None, quick: bool = False, seed: int = 0,
              progress: bool = True) -> Dict[str, Any]:
     """Run the six phases; returns ``{'results': [result dicts], 'table': markdown, 'seconds': {phase: s}}``."""
+    # One function over 60 lines: the six phases read top to bottom, as the README tells them, and share the
+    # settings and the timer; each phase is a few calls into the training modules.
     import timm
 
     import sentizoo
@@ -114,7 +115,7 @@ def run_demo(out: Path = Path('runs/demo'), zoo: Optional[Path] = None, quick: b
 
     out = Path(out)
     zoo = Path(zoo) if zoo is not None else out / 'zoo'
-    pretrain = {tag: pretrain_settings(tag, quick) for tag in TAGS}
+    pretrain = {tag: pretrain_settings(tag, quick) for tag in BACKBONE_TAGS}
     config = load_config('demo')
     config = validate_config(merge_config(config, QUICK['downstream']) if quick else config, config['source'])
     config['train']['seed'] = seed
@@ -125,25 +126,25 @@ def run_demo(out: Path = Path('runs/demo'), zoo: Optional[Path] = None, quick: b
     with phase('data', 'Generating the synthetic affect world (colour, layout, object + state -> emotion)'):
         d = config['data']
         print(f'      {d["n_train"]}/{d["n_val"]}/{d["n_test"]} train/val/test images for the emotion task and '
-              f'{"/".join(str(pretrain[t]["max_samples"]) for t in TAGS)} per ST/HO/HP pretext task, rendered on '
-              f'the fly (seed {seed}); sample sheet: {out / "synthetic_samples.png"}')
+              f'{"/".join(str(pretrain[t]["max_samples"]) for t in BACKBONE_TAGS)} per ST/HO/HP pretext task, '
+              f'rendered on the fly (seed {seed}); sample sheet: {out / "synthetic_samples.png"}')
         _sample_sheet(out / 'synthetic_samples.png', seed=seed)
     checkpoints: Dict[str, Path] = {}
     with phase('pretrain', f'Pre-training small ST, HO and HP {ARCH} models on synthetic pretext tasks'):
-        for tag in TAGS:
+        for tag in BACKBONE_TAGS:
             checkpoints[tag] = pretrain_model(tag, ARCH, out / 'pretrain' / tag, pretrain[tag], seed=seed,
                                               progress=progress)
             scores = measure_pretext(checkpoints[tag], QUICK['pretext_samples'] if quick else PRETEXT_SAMPLES, 100)
             print(f'      {tag.upper()} on held-out images: {format_scores(scores)}', flush=True)
     with phase('export', f'Exporting the backbones into the zoo {zoo}'):
-        for tag in TAGS:
+        for tag in BACKBONE_TAGS:
             with contextlib.redirect_stdout(io.StringIO()):  # export prints the registry line for maintainers
                 exported = export(checkpoints[tag], tag, out=zoo / f'senti_{ARCH}.{tag}')
             print(f'      {exported.name}: {exported.folder} (sha256 {exported.sha256[:12]}…)')
     with zoo_home(zoo):
         with phase('load', f"Loading them back: timm.create_model('senti_{ARCH}.<tag>', pretrained=True), "
                            f'SENTIZOO_HOME={zoo}'):
-            for tag in TAGS:
+            for tag in BACKBONE_TAGS:
                 name = f'senti_{ARCH}.{tag}'
                 model = timm.create_model(name, pretrained=True)
                 params = sum(p.numel() for p in model.parameters()) / 1e6

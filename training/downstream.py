@@ -1,6 +1,6 @@
 """Downstream experiments of the paper (Tables 1, 3 and 4): baseline and amalgamation runs from one config.
 
-    python -m training.downstream --config training/configs/table1_resnet50_fi_sll.json --data-root /data/FI
+    python -m training.downstream --config table1_resnet50_fi_sll --data-root /data/FI
     python -m training.downstream --config training/configs/synthetic_ablation_tiny.json --out results/
     python -m training.downstream --config ... --run amalgamation --device cuda:1
 
@@ -11,7 +11,8 @@ baseline starts from ImageNet) or an amalgamation (``"mode": "amalgamate"``,
 from the zoo by tag) with the ablation switches of Tables 3 and 4. ``"extends": "<file>"`` reads a base
 config first (relative to the file); the file's keys replace the base's, dictionaries merge key by key
 except ``runs``, which is replaced whole. Every key is checked, and the datasets, initial weights and
-teachers are loaded, before anything trains.
+teachers are loaded, before anything trains. The 30 configs of Table 1, ``table1_<arch>_<dataset>_<task>``, are
+no files: each is ``_paper.json`` on one cell of the paper's table (:func:`table1_configs`).
 
 The protocol is the paper's (:func:`sentizoo.datasets.paper_data_config`, the ``senti_*`` weights' own
 preprocessing): train images resized to a square of ``floor(image_size / 0.875)`` (256 for 224), randomly
@@ -45,20 +46,23 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
-from sentizoo.models import ARCHS, BACKBONE_TAGS
+from sentizoo.models import ARCHS, BACKBONE_TAGS, TAGS
+from sentizoo.tasks import DOWNSTREAM_TASKS
 
 __all__ = ['FORMAT', 'CONFIG_DIR', 'ConfigError', 'merge_config', 'load_config', 'validate_config', 'split_transforms',
-           'build_datasets', 'init_weights', 'build_target', 'run_experiment', 'main']
+           'table1_configs', 'config_names', 'build_splits', 'init_weights', 'build_target', 'run_experiment', 'main']
 
 FORMAT = 'sentizoo.downstream/1'
 """``format`` of every result file (what :mod:`training.report` reads)."""
 CONFIG_DIR = Path(__file__).parent / 'configs'
 SYNTHETIC = 'synthetic'
-TASKS = ('sll', 'mll', 'ldl')
 MODES = ('finetune', 'amalgamate')
-INITS = ('imagenet', 'random') + BACKBONE_TAGS
+INITS = ('imagenet', 'random', *(tag for tag in TAGS if tag in BACKBONE_TAGS))  # the zoo's order: hp first
 _ABLATION = ('feature_stages', 'logits_teachers', 'teacher_task_loss', 'freeze_teachers', 'loss_weights')
 _SET_BY_RUNNER = ('checkpoint_dir', 'history_path', 'device', 'progress', 'resume', 'checkpoint_every')
+# The schedule a paper table's config trains with unless it says otherwise: TrainOptions' defaults, which are the
+# paper's; written into the config so that every result file states it.
+_PAPER_SCHEDULE = ('epochs', 'lr', 'momentum', 'weight_decay', 'step_size', 'gamma', 'seed')
 _SYNTHETIC_DATA = {'n_train': 1000, 'n_val': 200, 'n_test': 400, 'seed': 0}
 _DEFAULTS: Dict[str, Any] = {'description': '', 'table': None, 'data_root': None, 'data': {}, 'image_size': 224,
                              'batch_size': 32, 'eval_batch_size': None, 'workers': None, 'checkpoints': True,
@@ -101,12 +105,33 @@ def _read(path: Path, seen: Sequence[Path] = ()) -> Dict[str, Any]:
     return merge_config(_read((path.parent / base).resolve(), (*seen, path)), data)
 
 
+def table1_configs() -> Dict[str, Dict[str, Any]]:
+    """The configs of Table 1 by name, ``table1_<arch>_<dataset>_<task>``: the paper's protocol
+    (``_paper.json``) on each (arch, dataset, task) cell of the paper's table, in its order."""
+    from . import paper_results as paper
+    return {f'table1_{arch}_{dataset}_{task}': {'extends': '_paper.json', 'table': 1, 'arch': arch,
+                                                 'dataset': dataset, 'task': task}
+            for dataset, task, _ in paper.TABLE1_ROWS for arch in paper.ARCHS}
+
+
+def config_names() -> List[str]:
+    """Every shipped config that :func:`load_config` takes by name: the files of :data:`CONFIG_DIR` (but the
+    ``_`` bases) and :func:`table1_configs`."""
+    files = [p.stem for p in sorted(CONFIG_DIR.glob('*.json')) if not p.stem.startswith('_')]
+    return [*table1_configs(), *files]
+
+
 def load_config(path: Union[str, Path]) -> Dict[str, Any]:
     """Read, resolve (``extends``) and validate the config at ``path``; a bare name is looked up in
-    :data:`CONFIG_DIR`. Returns the complete config (defaults filled in) with ``name`` (default: the
-    file's stem) and ``source``."""
+    :data:`CONFIG_DIR`, then in :func:`table1_configs`. Returns the complete config (defaults filled in) with
+    ``name`` (default: the file's stem) and ``source``."""
     path = Path(path)
     if not path.is_file() and not path.suffix:
+        generated = table1_configs().get(str(path))
+        if generated is not None:
+            data = dict(generated, name=str(path), source=str(path))
+            data = merge_config(_read(CONFIG_DIR / data.pop('extends')), data)
+            return validate_config(data, str(path))
         path = CONFIG_DIR / f'{path}.json'
     data = _read(path.resolve())
     data.setdefault('name', path.stem)
@@ -117,7 +142,7 @@ def load_config(path: Union[str, Path]) -> Dict[str, Any]:
 def _check_run(name: str, run: Any, problems: List[str]) -> None:
     from sentizoo.amalgamation import TEACHER_TAGS
     from sentizoo.engine import is_number
-    from sentizoo.stages import STAGES
+    from sentizoo.stages import AMALGAMATION_STAGES
 
     where = f'runs.{name}'
     if not isinstance(run, Mapping):
@@ -135,7 +160,7 @@ def _check_run(name: str, run: Any, problems: List[str]) -> None:
                         f'file, got {init!r}')
     if mode == 'finetune' and set(run) & set(_ABLATION):
         problems.append(f'{where}: {sorted(set(run) & set(_ABLATION))} only apply to "mode": "amalgamate"')
-    for key, allowed in (('feature_stages', STAGES), ('logits_teachers', TEACHER_TAGS)):
+    for key, allowed in (('feature_stages', AMALGAMATION_STAGES), ('logits_teachers', TEACHER_TAGS)):
         value = run.get(key, [])
         if not isinstance(value, list) or not all(v in allowed for v in value):
             problems.append(f'{where}.{key}: a list, subset of {list(allowed)}, got {value!r}')
@@ -147,11 +172,29 @@ def _check_run(name: str, run: Any, problems: List[str]) -> None:
         problems.append(f'{where}.loss_weights: an object of term -> number, e.g. {{"feat/st": 0.5}}, got {weights!r}')
 
 
+def _checked_train(train: Any, table: Optional[int], problems: List[str]) -> Any:
+    """``train`` checked as :class:`~sentizoo.engine.TrainOptions` (problems appended); a paper table's with the
+    paper's schedule filled in."""
+    from sentizoo.engine import TrainOptions
+
+    fields = {f.name for f in dataclasses.fields(TrainOptions)} - set(_SET_BY_RUNNER)
+    if not isinstance(train, Mapping) or set(train) - fields:
+        problems.append(f'train: an object with keys among {sorted(fields)}, got {train!r}')
+        return train
+    try:
+        TrainOptions(**train)
+    except ValueError as e:
+        problems.append(f'train: {e}')
+    if table is None:
+        return train
+    return {**{f.name: f.default for f in dataclasses.fields(TrainOptions) if f.name in _PAPER_SCHEDULE}, **train}
+
+
 def validate_config(config: Mapping[str, Any], source: str = 'config') -> Dict[str, Any]:
     """Check every key of ``config`` and fill in the defaults; raises :class:`ConfigError` listing all problems."""
-    from sentizoo.engine import TrainOptions, is_int
+    from sentizoo.engine import is_int
 
-    from .datasets.downstream import DATASET_NAMES
+    from .datasets.emotion import DATASET_NAMES
 
     problems: List[str] = [f'missing required key "{key}"' for key in _REQUIRED if key not in config]
     known = {*_REQUIRED, *_DEFAULTS, 'name', 'source'}
@@ -163,10 +206,10 @@ def validate_config(config: Mapping[str, Any], source: str = 'config') -> Dict[s
         problems.append(f'arch: one of {ARCHS}, got {c["arch"]!r}')
     if 'dataset' in c and c['dataset'] not in (*DATASET_NAMES, SYNTHETIC):
         problems.append(f'dataset: one of {(*DATASET_NAMES, SYNTHETIC)}, got {c["dataset"]!r}')
-    if 'task' in c and c['task'] not in TASKS:
-        problems.append(f'task: one of {TASKS}, got {c["task"]!r}')
+    if 'task' in c and c['task'] not in DOWNSTREAM_TASKS:
+        problems.append(f'task: one of {tuple(DOWNSTREAM_TASKS)}, got {c["task"]!r}')
     if c['workers'] is None:  # what the machine has: more workers than cores only compete with the model
-        from sentizoo.data import default_workers
+        from sentizoo.images import default_workers
         c['workers'] = default_workers()
     for key, low in (('image_size', 16), ('batch_size', 1), ('workers', 0)):
         if not is_int(c[key], low):
@@ -186,15 +229,7 @@ def validate_config(config: Mapping[str, Any], source: str = 'config') -> Dict[s
                      if k.startswith('n_') and not is_int(v, 1)]
     if c['data_root'] is not None and not isinstance(c['data_root'], str):
         problems.append(f'data_root: a folder path, got {c["data_root"]!r}')
-    train = c['train']
-    fields = {f.name for f in dataclasses.fields(TrainOptions)} - set(_SET_BY_RUNNER)
-    if not isinstance(train, Mapping) or set(train) - fields:
-        problems.append(f'train: an object with keys among {sorted(fields)}, got {train!r}')
-    else:
-        try:
-            TrainOptions(**train)
-        except ValueError as e:
-            problems.append(f'train: {e}')
+    c['train'] = _checked_train(c['train'], c['table'], problems)
     runs = c.get('runs')
     if 'runs' in c and not (isinstance(runs, Mapping) and runs):
         problems.append(f'runs: a non-empty object of run name -> run, got {runs!r}')
@@ -219,7 +254,7 @@ def split_transforms(image_size: int) -> Dict[str, Any]:
     return {'train': train_transform(config), 'val': eval_transform(config), 'test': eval_transform(config)}
 
 
-def build_datasets(config: Mapping[str, Any], data_root: Optional[str] = None) -> Dict[str, Dataset]:
+def build_splits(config: Mapping[str, Any], data_root: Optional[str] = None) -> Dict[str, Dataset]:
     """``{'train', 'val', 'test'}`` datasets of a validated config, with the paper's transforms."""
     from sentizoo.datasets import paper_data_config, resize_size
     transforms = split_transforms(config['image_size'])
@@ -230,7 +265,7 @@ def build_datasets(config: Mapping[str, Any], data_root: Optional[str] = None) -
         return {split: SyntheticEmotion(d[f'n_{split}'], split, transform, seed=d['seed'], size=size,
                                         view=config['task'])
                 for split, transform in transforms.items()}
-    from .datasets.downstream import get_dataset
+    from .datasets.emotion import get_dataset
     root = data_root or config['data_root']
     if not root:
         raise ConfigError(f'{config["source"]}: dataset {config["dataset"]!r} needs its folder: pass --data-root '
@@ -241,24 +276,21 @@ def build_datasets(config: Mapping[str, Any], data_root: Optional[str] = None) -
 
 def init_weights(arch: str, init: str) -> str:
     """The weights a run's ``init`` names: ``'senti_resnet50.hp'``, ``'resnet50.tv_in1k'``, ``'random'`` or the file."""
-    from sentizoo.models import imagenet_name
-    if init in BACKBONE_TAGS:
-        return f'senti_{arch}.{init}'
-    return imagenet_name(arch) if init == 'imagenet' else init
+    from sentizoo.amalgamation import TARGET_INITS, target_weights
+    return target_weights(arch, init) if init in TARGET_INITS else init
 
 
 def build_target(arch: str, init: str, num_classes: int, seed: int = 0) -> nn.Module:
     """The model to fine-tune: ``arch`` with a fresh ``num_classes`` head (seeded) and its backbone from
-    ``init``: ``'imagenet'`` (torchvision's weights, timm's ``<arch>.tv_in1k``), ``'random'``, a zoo tag (``'hp'``: the
-    zoo's ``senti_<arch>.hp`` backbone, the official amalgamation target) or a weight file."""
+    ``init``: a zoo tag (``'hp'``: the zoo's ``senti_<arch>.hp`` backbone, the official amalgamation target) or
+    ``'random'`` (:func:`sentizoo.amalgamation.create_target`), ``'imagenet'`` (torchvision's weights, timm's
+    ``<arch>.tv_in1k``, read as pre-training reads them: :func:`training.pretrain.init_backbone`) or a weight file."""
     import timm
 
-    import sentizoo  # noqa: F401  (registers senti_*; the VGGs get the paper's head, sentizoo.models.PaperVGG)
+    from sentizoo.amalgamation import create_target
     torch.manual_seed(seed)
-    if init in BACKBONE_TAGS:
-        return timm.create_model(f'senti_{arch}.{init}', pretrained=True, num_classes=num_classes)
-    if init == 'random':
-        return timm.create_model(f'senti_{arch}', num_classes=num_classes)
+    if init in BACKBONE_TAGS or init == 'random':
+        return create_target(arch, num_classes, init)
     from .pretrain import init_backbone
     model = timm.create_model(f'senti_{arch}', num_classes=0)
     init_backbone(model, arch, init)
@@ -275,6 +307,22 @@ def _versions() -> Dict[str, str]:
     import sentizoo
     return {'python': platform.python_version(), 'torch': torch.__version__, 'torchvision': torchvision.__version__,
             'timm': timm.__version__, 'sentizoo': sentizoo.__version__}
+
+
+def _result(c: Mapping[str, Any], name: str, history: Dict[str, Any], test: Dict[str, float], seconds: float,
+            samples: Dict[str, int]) -> Dict[str, Any]:
+    """The result file of run ``name`` of config ``c`` (what :mod:`training.report` reads)."""
+    run, best = c['runs'][name], history['best_epoch']
+    return {'format': FORMAT, 'experiment': c['name'], 'run': name, 'mode': run['mode'], 'init': run['init'],
+            'init_weights': init_weights(c['arch'], run['init']),
+            'table': c['table'], 'arch': c['arch'], 'dataset': c['dataset'], 'task': c['task'],
+            'synthetic': c['dataset'] == SYNTHETIC, 'best_epoch': best,
+            'val': history['epochs'][best - 1]['val'] if best else None, 'test': test,
+            'primary_metric': history['primary_metric'], 'higher_is_better': history['higher_is_better'],
+            'wall_seconds': round(seconds, 3), 'samples': samples,
+            'history': history, 'config': c, 'versions': _versions(),
+            'command': shlex.join(['python', '-m', 'training.downstream', '--config', c['source'], '--run', name]),
+            'finished': datetime.now(timezone.utc).isoformat(timespec='milliseconds')}
 
 
 def run_experiment(config: Union[str, Path, Mapping[str, Any]], *, out: Union[str, Path] = 'results',
@@ -295,7 +343,7 @@ def run_experiment(config: Union[str, Path, Mapping[str, Any]], *, out: Union[st
     missing = [r for r in selected if r not in c['runs']]
     if missing:
         raise ConfigError(f'{c["source"]}: no run(s) {missing}; the config has {list(c["runs"])}.')
-    data = build_datasets(c, data_root)
+    data = build_splits(c, data_root)
     num_classes = len(data['train'].classes)
     loaders = {split: DataLoader(ds, batch_size=c['batch_size'] if split == 'train' else c['eval_batch_size'],
                                  shuffle=split == 'train', num_workers=c['workers'])
@@ -323,25 +371,13 @@ def run_experiment(config: Union[str, Path, Mapping[str, Any]], *, out: Union[st
         else:
             model = finetune(targets.pop(name), loaders['train'], task=c['task'], val_loader=loaders['val'],
                              **options)
-        history = model.sentizoo_history
-        best = history['best_epoch']
         test = evaluate(model, loaders['test'], c['task'], device=device, channels_last=c['train'].get('channels_last'))
-        result = {'format': FORMAT, 'experiment': c['name'], 'run': name, 'mode': run['mode'], 'init': run['init'],
-                  'init_weights': init_weights(c['arch'], run['init']),
-                  'table': c['table'], 'arch': c['arch'], 'dataset': c['dataset'], 'task': c['task'],
-                  'synthetic': c['dataset'] == SYNTHETIC, 'best_epoch': best,
-                  'val': history['epochs'][best - 1]['val'] if best else None, 'test': test,
-                  'primary_metric': history['primary_metric'], 'higher_is_better': history['higher_is_better'],
-                  'wall_seconds': round(time.perf_counter() - started, 3),
-                  'samples': {split: len(ds) for split, ds in data.items()},
-                  'history': history, 'config': c, 'versions': _versions(),
-                  'command': shlex.join(['python', '-m', 'training.downstream', '--config', c['source'],
-                                         '--run', name]),
-                  'finished': datetime.now(timezone.utc).isoformat(timespec='milliseconds')}
+        result = _result(c, name, model.sentizoo_history, test, time.perf_counter() - started,
+                         {split: len(ds) for split, ds in data.items()})
         path = folder / f'{name}.json'
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(result, indent=2) + '\n')
-        _logger.info('%s/%s: best epoch %s, test %s = %.4f (%.1f s) -> %s', c['name'], name, best,
+        _logger.info('%s/%s: best epoch %s, test %s = %.4f (%.1f s) -> %s', c['name'], name, result['best_epoch'],
                      result['primary_metric'], test[result['primary_metric']], result['wall_seconds'], path)
         written.append(path)
     return written

@@ -26,12 +26,13 @@ import torch
 import torch.nn as nn
 
 from sentizoo.models import ARCHS, BACKBONE_TAGS, TAGS, senti_name, stock_name
-from sentizoo.weights import save_pretrained, zoo_home
+from sentizoo.saving import save_pretrained
+from sentizoo.weights import zoo_home
 
 from .checkpoint import load_checkpoint, read_state_dict
 from .model_card import _fmt, base_model, pretrain_recipe, render_card, validate_results
 
-__all__ = ['Exported', 'export', 'find_prefix', 'push_to_hub', 'load_results', 'main']
+__all__ = ['Exported', 'export', 'find_prefix', 'push_to_hub', 'load_card_results', 'published_line', 'main']
 
 PathLike = Union[str, Path]
 
@@ -68,7 +69,7 @@ def find_prefix(state: Mapping[str, torch.Tensor], model: nn.Module, prefix: Opt
     raise ValueError(f'several models in the checkpoint fit: prefixes {fitting}; choose one with --prefix')
 
 
-def load_results(paths: Sequence[PathLike]) -> List[Dict[str, Any]]:
+def load_card_results(paths: Sequence[PathLike]) -> List[Dict[str, Any]]:
     """Evaluation records from JSON files: a list of records or ``{"results": [...]}``."""
     results: List[Dict[str, Any]] = []
     for path in paths:
@@ -166,8 +167,17 @@ def export(checkpoint: PathLike, tag: str, *, arch: Optional[str] = None, out: O
                        image_size=cfg['input_size'][-1],
                        base_model=None if synthetic else base_model(stock_name(name), tag, str(ckpt.get('init', ''))))
     (folder / 'README.md').write_text(card, encoding='utf-8')
-    print(f"registry entry for sentizoo/models.py SHA256:  '{name}': '{sha256}',")
+    print(f'to publish it, upload {folder} and set its line in {published_line(name)}:  \'{name}\': \'{sha256}\',')
     return Exported(name, folder, sha256)
+
+
+def published_line(name: str) -> str:
+    """``sentizoo/published.py:<line>``: where the sha256 of ``name`` goes once its weights are published."""
+    import sentizoo.published
+
+    path = Path(sentizoo.published.__file__)
+    number = next(i for i, line in enumerate(path.read_text().splitlines(), 1) if line.strip().startswith(f"'{name}':"))
+    return f'sentizoo/published.py:{number}'
 
 
 def push_to_hub(folder: PathLike, repo_id: str, *, dry_run: bool = False, api: Any = None) -> List[str]:
@@ -214,7 +224,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     command = shlex.join(['python', '-m', 'training.export', *(sys.argv[1:] if argv is None else argv)])
-    exported = export(args.checkpoint, args.tag, arch=args.arch, out=args.out, results=load_results(args.results),
+    exported = export(args.checkpoint, args.tag, arch=args.arch, out=args.out, results=load_card_results(args.results),
                       label_names=args.label_names, prefix=args.prefix, command=command)
     if args.push:
         push_to_hub(exported.folder, args.repo_id or f'sentizoo/{exported.name}', dry_run=args.dry_run)

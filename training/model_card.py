@@ -13,13 +13,15 @@ from functools import lru_cache
 from string import Template
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from sentizoo.models import BACKBONE_TAGS
+
 __all__ = ['TEMPLATE', 'CARDS', 'RESULT_KEYS', 'TASK_NAMES', 'SYNTHETIC_DATA', 'render_card', 'planned_card',
            'pretrain_recipe', 'validate_results', 'model_stats', 'main']
 
 CARDS = Path(__file__).resolve().parents[1] / 'model_cards'
 TEMPLATE = CARDS / 'template.md'
-TASK_NAMES = {'st': 'colorization + super-resolution', 'ho': 'scene recognition + jigsaw puzzles',
-              'hp': 'ANP classification + affective captioning'}
+TASK_NAMES = dict(zip(BACKBONE_TAGS, ('colorization + super-resolution', 'scene recognition + jigsaw puzzles',
+                                     'ANP classification + affective captioning')))
 _DATA = {'places365': 'Places365-Standard train split (1,803,460 images, 365 scene classes)',
          'vso+artemis': 'VSO/SentiBank CC images (ANP classes = the ANP folders found) + ArtEmis utterances over '
                         'WikiArt (split 85/5/10 by painting, seed 2021)'}
@@ -255,7 +257,7 @@ def planned_card(name: str) -> str:
 def base_model(arch: str, tag: str, init: str) -> Optional[str]:
     """The hub id of the weights ``senti_<arch>.<tag>`` starts from: the HP backbone for a classifier, the
     ImageNet weights for a backbone pre-trained from them (``init`` names them), else None."""
-    from sentizoo.models import BACKBONE_TAGS, imagenet_name
+    from sentizoo.models import imagenet_name
 
     if tag not in BACKBONE_TAGS:
         return f'sentizoo/senti_{arch}.hp'

@@ -5,7 +5,7 @@ Mechanism", CVPR 2023. Only numbers printed in the paper are here; nothing is de
 
 * **Table 1**: ``TABLE1[(dataset, task, metric, arch)] = (imagenet, ours)``, "ImageNet initialisation,
   plain fine-tuning" on the left of the paper's arrow and "the proposed method" on the right. Dataset and
-  metric names are sentizoo's (:func:`training.datasets.downstream.get_dataset`, :mod:`sentizoo.tasks`):
+  metric names are sentizoo's (:func:`training.datasets.emotion.get_dataset`, :mod:`sentizoo.tasks`):
   the paper's "EM" is Emotic, "E6" Emotion6, "AB" Abstract, "UB" UnBiasedEmo; its "Vgg16"/"Vgg19" are the
   batch-normalised VGGs of the zoo.
 * **Table 3** (ResNet50, FI accuracy): ``TABLE3[run]`` for the run names of

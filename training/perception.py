@@ -28,7 +28,7 @@ import timm
 import torch
 import torch.nn as nn
 
-from sentizoo.models import paper_arch
+from sentizoo.models import BACKBONE_TAGS, paper_arch
 
 from .checkpoint import read_state_dict
 from .pretext import get_task_class
@@ -36,7 +36,9 @@ from .pretext.base import PretextTask
 
 __all__ = ['PerceptionModel', 'build_perception_model', 'load_backbone', 'PERCEPTION_TASKS']
 
-PERCEPTION_TASKS = {'st': ('colorization', 'super_resolution'), 'ho': ('scene', 'jigsaw'), 'hp': ('anp', 'captioning')}
+PERCEPTION_TASKS = dict(zip(BACKBONE_TAGS, (('colorization', 'super_resolution'), ('scene', 'jigsaw'),
+                                            ('anp', 'captioning'))))
+"""The pretext tasks of each model (ST, HO, HP), in the order their losses are logged."""
 _CLASSIFIER_PREFIXES = ('fc.', 'head.fc.', 'classifier.', 'pre_logits.')  # pre_logits: a stock VGG's fc6/fc7
 
 

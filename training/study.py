@@ -46,13 +46,12 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
 
 import torch
 
-from sentizoo.amalgamation import TEACHER_TAGS
+from sentizoo.models import BACKBONE_TAGS
 
 __all__ = ['STUDY_CONFIG', 'Phases', 'zoo_home', 'load_study_config', 'pretrain_model', 'measure_pretext',
            'run_probes', 'run_downstream', 'summarise_downstream', 'run_study', 'main']
 
 STUDY_CONFIG = Path(__file__).parent / 'configs' / 'study' / 'default.json'
-TAGS = TEACHER_TAGS  # ST, HO, HP
 SYNTHETIC_BANNER = ('SYNTHETIC: every number here comes from the procedural affect world of '
                     'training.datasets.synthetic; it tests this implementation, says nothing about real visual '
                     "sentiment and is not comparable with the paper's results.")
@@ -153,13 +152,13 @@ def run_probes(arch: str, image_size: int, settings: Mapping[str, Any], device: 
     targets = {split: cue_targets(c) for split, c in cues.items()}
     torch.manual_seed(settings['seed'])
     backbones = {'random': timm.create_model(arch, num_classes=0)}
-    backbones.update({tag: timm.create_model(f'senti_{arch}.{tag}', pretrained=True) for tag in TAGS})
+    backbones.update({tag: timm.create_model(f'senti_{arch}.{tag}', pretrained=True) for tag in BACKBONE_TAGS})
     features = {name: tuple(extract_features(model, data[split], device=device or 'cpu') for split in ('train', 'test'))
                 for name, model in backbones.items()}
     features['true cues'] = tuple(cue_features(cues[split]) for split in ('train', 'test'))
     report = lambda name: print(f'      probing {name} features', flush=True)  # noqa: E731
     table = probe_all(features, targets['train'], targets['test'], progress=report)
-    joint = {joint_name(TAGS): join_features(features, TAGS)}
+    joint = {joint_name(BACKBONE_TAGS): join_features(features, BACKBONE_TAGS)}
     table.update(probe_all(joint, targets['train'], targets['test'], cues=('emotion',), progress=report))
     table['chance'] = chance_row(targets['train'], targets['test'])
     return table
@@ -176,7 +175,7 @@ def probes_markdown(table: Mapping[str, Mapping[str, float]]) -> str:
     header = '| features | ' + ' | '.join(_cue_label(cue, ' ') for cue in PROBES)
     lines = [header + ' |', '|---' * (len(PROBES) + 1) + '|']
     for name, row in table.items():
-        label = name.upper() if name in TAGS else name
+        label = name.upper() if name in BACKBONE_TAGS else name
         lines.append(f'| {label} | ' + ' | '.join(f'{row[c]:.3f}' if c in row else '—' for c in PROBES) + ' |')
     return '\n'.join(lines)
 
@@ -194,7 +193,7 @@ def plot_probes(table: Mapping[str, Mapping[str, float]], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(rows) + 1.6))
     image = ax.imshow(values, cmap='viridis', vmin=0, vmax=1, aspect='auto')
     ax.set_xticks(range(len(PROBES)), [_cue_label(cue, '\n') for cue in PROBES], fontsize=8)
-    ax.set_yticks(range(len(rows)), [r.upper() if r in TAGS else r for r in rows], fontsize=8)
+    ax.set_yticks(range(len(rows)), [r.upper() if r in BACKBONE_TAGS else r for r in rows], fontsize=8)
     for (i, j), v in np.ndenumerate(values):
         if not np.isnan(v):
             ax.text(j, i, f'{v:.2f}', ha='center', va='center', fontsize=7, color='white' if v < 0.6 else 'black')
@@ -327,7 +326,7 @@ def run_study(out: Path = Path('runs/study'), config: Optional[Mapping[str, Any]
     checkpoints: Dict[str, Path] = {}
     p = config['pretrain']
     with phase('pretrain', f'Pre-training ST, HO and HP {arch} on the synthetic pretext tasks ({size} px)'):
-        for tag in TAGS:
+        for tag in BACKBONE_TAGS:
             settings = dict(p['common'], **p[tag], image_size=size)
             # a study stopped mid-way picks each model up from its last checkpoint
             checkpoints[tag] = pretrain_model(tag, arch, out / 'pretrain' / tag, settings, seed=p['seed'],
@@ -335,11 +334,11 @@ def run_study(out: Path = Path('runs/study'), config: Optional[Mapping[str, Any]
     pretext: Dict[str, list] = {}
     with phase('pretext', 'Measuring each pretext task on held-out images, beside its reference'):
         e = config['pretext_eval']
-        for tag in TAGS:
+        for tag in BACKBONE_TAGS:
             pretext[tag] = measure_pretext(checkpoints[tag], e['samples'], e['batch_size'], device)
         print(scores_table(pretext), flush=True)
     with phase('export', f'Exporting the backbones into the zoo {zoo}'):
-        for tag in TAGS:
+        for tag in BACKBONE_TAGS:
             with contextlib.redirect_stdout(io.StringIO()):  # export prints the registry line for maintainers
                 export(checkpoints[tag], tag, out=zoo / f'senti_{arch}.{tag}')
     with zoo_home(zoo):

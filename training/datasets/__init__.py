@@ -3,7 +3,7 @@
 Pre-training: :mod:`.places365` (ST, HO), :mod:`.vso` (HP ANPs), :mod:`.artemis` (HP captions) and
 :mod:`.synthetic`, the procedural affect world that stands in for all of them (and for the downstream
 sets) without any download. Downstream: :mod:`.fi`, :mod:`.emoset`, :mod:`.unbiasedemo`, :mod:`.emotic`,
-:mod:`.emotion6`, :mod:`.abstract`, built by name with :func:`get_dataset` (:mod:`.downstream`).
+:mod:`.emotion6`, :mod:`.abstract`, built by name with :func:`get_dataset` (:mod:`.emotion`).
 Shared pieces (the bad-image policy, fail-fast parsing, seeded splits, the pre-training transform)
 live in :mod:`.common`.
 
@@ -17,8 +17,8 @@ _LAZY = {
     'split_artworks': 'artemis', 'ImageDataset': 'common', 'DatasetFormatError': 'common',
     'pretrain_transform': 'common', 'AffectWorld': 'synthetic', 'SyntheticImages': 'synthetic',
     'SyntheticScenes': 'synthetic', 'SyntheticANP': 'synthetic', 'SyntheticCaptions': 'synthetic',
-    'SyntheticEmotion': 'synthetic', 'write_image_folder': 'synthetic', 'get_dataset': 'downstream',
-    'DATASET_NAMES': 'downstream',
+    'SyntheticEmotion': 'synthetic', 'write_image_folder': 'synthetic', 'get_dataset': 'emotion',
+    'DATASET_NAMES': 'emotion',
 }
 __all__ = list(_LAZY)
 

@@ -8,7 +8,7 @@ FI order, so :attr:`Abstract.classes` is :data:`sentizoo.models.FI_LABELS`.
 
 - LDL target: votes / total votes.
 - MLL target: an emotion is positive when it got at least 1/8 of the votes, the uniform share
-  (``mll_threshold``; :func:`~training.datasets.downstream.distribution_to_multi_hot`).
+  (``mll_threshold``; :func:`~training.datasets.emotion.distribution_to_multi_hot`).
 - A painting with zero votes has no distribution: it is left out with a warning that names its lines.
 
 No split is published: a seeded 72/8/20 train/val/test split (80/20 with a tenth of train for
@@ -20,7 +20,7 @@ from typing import Callable, Dict, List, Optional
 from sentizoo.models import FI_LABELS
 
 from .common import DatasetFormatError, read_table
-from .downstream import DEFAULT_SEED, DistributionDataset, PathLike
+from .emotion import DEFAULT_SEED, DistributionDataset, PathLike
 
 HEADER = ('Amusement', 'Anger', 'Awe', 'Content', 'Disgust', 'Excitement', 'Fear', 'Sad')
 

@@ -1,7 +1,7 @@
 """Shared pieces of the dataset readers in ``training/datasets``.
 
 * :class:`ImageDataset`: ``(transform(image), target)`` over parallel lists of paths and targets, images
-  read with :func:`sentizoo.data.load_image`. **Bad-file policy**: an image that fails to load is
+  read with :func:`sentizoo.images.load_image`. **Bad-file policy**: an image that fails to load is
   logged once (per process) with its path and reason, recorded in ``bad_files``, and replaced by the
   next sample in index order (wrapping around), so an epoch never crashes on one corrupt file and the
   batch keeps its size. After ``max_bad_in_a_row`` consecutive failures the dataset raises instead,
@@ -30,7 +30,7 @@ import torch
 from torch.utils.data import Dataset
 from torchvision import transforms as T
 
-from sentizoo.data import IMAGE_EXTENSIONS, ImageLoadError, load_image
+from sentizoo.images import IMAGE_EXTENSIONS, ImageLoadError, load_image
 
 PathLike = Union[str, Path]
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

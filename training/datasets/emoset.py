@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
 from .common import DatasetFormatError, require_path
-from .downstream import DownstreamDataset, PathLike, check_files_exist, index_targets
+from .emotion import DownstreamDataset, PathLike, check_files_exist, index_targets
 
 ATTRIBUTES = ('brightness', 'colorfulness', 'scene', 'object', 'facial_expression', 'human_action')
 

@@ -22,7 +22,7 @@ from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Set, Tu
 import numpy as np
 
 from .common import DatasetFormatError, require_path
-from .downstream import DownstreamDataset, PathLike, check_files_exist, multi_hot
+from .emotion import DownstreamDataset, PathLike, check_files_exist, multi_hot
 
 CATEGORIES = ('Affection', 'Anger', 'Annoyance', 'Anticipation', 'Aversion', 'Confidence', 'Disapproval',
               'Disconnection', 'Disquietment', 'Doubt/Confusion', 'Embarrassment', 'Engagement', 'Esteem',

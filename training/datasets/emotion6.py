@@ -8,7 +8,7 @@ sadness, surprise, neutral). ``file`` is relative to ``images/``.
 - LDL target: the 7 probabilities renormalised to sum to 1 (the published ones are rounded).
 - MLL target: an emotion is positive when its probability is at least ``mll_threshold`` (default
   1/7, the uniform share), so the dominant emotion(s) are always positive
-  (:func:`~training.datasets.downstream.distribution_to_multi_hot`).
+  (:func:`~training.datasets.emotion.distribution_to_multi_hot`).
 
 No split is published: a seeded 80/20 train/test split with a tenth of train held out for validation
 (72/8/20), saved as ``<root>/splits/emotion6_seed0.json`` and reloaded when present.
@@ -16,7 +16,7 @@ No split is published: a seeded 80/20 train/test split with a tenth of train hel
 from typing import Callable, Dict, List, Optional
 
 from .common import DatasetFormatError, read_table
-from .downstream import DEFAULT_SEED, DistributionDataset, PathLike
+from .emotion import DEFAULT_SEED, DistributionDataset, PathLike
 
 
 class Emotion6(DistributionDataset):

@@ -10,14 +10,14 @@ Accepted layouts under ``root``:
   when the test folder holds 15%), because model selection must never look at the test split.
 
 The split is saved as a file list (default ``<root>/splits/fi_seed0.json``, seed
-:data:`~training.datasets.downstream.DEFAULT_SEED`) and reloaded when present.
+:data:`~training.datasets.emotion.DEFAULT_SEED`) and reloaded when present.
 Class indices follow :data:`sentizoo.models.FI_LABELS` (alphabetical), never the filesystem order.
 """
 from typing import Callable, Optional
 
 from sentizoo.models import FI_LABELS
 
-from .downstream import (DEFAULT_SEED, DownstreamDataset, PathLike, class_folder_files, index_targets,
+from .emotion import (DEFAULT_SEED, DownstreamDataset, PathLike, class_folder_files, index_targets,
                          load_or_make_split)
 
 

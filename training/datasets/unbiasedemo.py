@@ -12,7 +12,7 @@ present.
 from typing import Callable, Optional
 
 from .common import require_path
-from .downstream import (DEFAULT_SEED, EIGHTY_TWENTY, DownstreamDataset, PathLike, class_folder_files,
+from .emotion import (DEFAULT_SEED, EIGHTY_TWENTY, DownstreamDataset, PathLike, class_folder_files,
                          index_targets, load_or_make_split)
 
 

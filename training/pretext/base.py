@@ -27,11 +27,11 @@ import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import VGG, ResNet
 
-__all__ = ['PretextTask', 'ClassificationTask', 'STAGES', 'LAST_STAGE', 'images_of', 'imagenet_normalize',
-           'stage_channels', 'stage_maps', 'pooled_dim']
+__all__ = ['PretextTask', 'ClassificationTask', 'STAGE_INDICES', 'LAST_STAGE_INDEX', 'images_of',
+           'imagenet_normalize', 'stage_channels', 'stage_maps', 'pooled_dim']
 
-STAGES = (1, 2, 3, 4)  # forward_intermediates indices of stages 0..3 (docs/method.md)
-LAST_STAGE = STAGES[-1]
+STAGE_INDICES = (1, 2, 3, 4)  # timm forward_intermediates indices of the four stages (docs/method.md)
+LAST_STAGE_INDEX = STAGE_INDICES[-1]
 
 
 def _check_backbone(backbone: nn.Module) -> None:
@@ -41,13 +41,13 @@ def _check_backbone(backbone: nn.Module) -> None:
                          f'or similar (unwrap DistributedDataParallel / torch.compile first).')
 
 
-def stage_channels(backbone: nn.Module, indices: Sequence[int] = STAGES) -> List[int]:
+def stage_channels(backbone: nn.Module, indices: Sequence[int] = STAGE_INDICES) -> List[int]:
     """Channels of the ``forward_intermediates`` taps ``indices`` of a timm ResNet / VGG."""
     _check_backbone(backbone)
     return [backbone.feature_info[i]['num_chs'] for i in indices]
 
 
-def stage_maps(backbone: nn.Module, x: torch.Tensor, indices: Sequence[int] = STAGES) -> List[torch.Tensor]:
+def stage_maps(backbone: nn.Module, x: torch.Tensor, indices: Sequence[int] = STAGE_INDICES) -> List[torch.Tensor]:
     """The feature maps at ``indices`` (in network order); the forward stops at the last one."""
     return backbone.forward_intermediates(x, indices=list(indices), intermediates_only=True, stop_early=True)
 

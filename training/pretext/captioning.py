@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import LAST_STAGE, PretextTask, imagenet_normalize, images_of, stage_channels, stage_maps
+from .base import LAST_STAGE_INDEX, PretextTask, imagenet_normalize, images_of, stage_channels, stage_maps
 
 __all__ = ['Captioning', 'ShowAttendTellDecoder', 'SoftAttention', 'Vocabulary', 'tokenize',
            'PAD', 'SOS', 'EOS', 'UNK', 'SPECIAL_TOKENS']
@@ -197,7 +197,7 @@ class Captioning(PretextTask):
                             f'got {type(vocab).__name__}')
         self.vocab, self.alpha_c = vocab, alpha_c
         self.collate_fn = vocab.collate
-        self.head = ShowAttendTellDecoder(stage_channels(backbone, [LAST_STAGE])[0], len(vocab), embed_dim,
+        self.head = ShowAttendTellDecoder(stage_channels(backbone, [LAST_STAGE_INDEX])[0], len(vocab), embed_dim,
                                           hidden_dim, attention_dim, dropout)
 
     def prepare(self, batch: Sequence[torch.Tensor]) -> Tuple[Tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -211,7 +211,7 @@ class Captioning(PretextTask):
 
     def encode(self, backbone: nn.Module, images: torch.Tensor) -> torch.Tensor:
         """Normalised images -> the last stage's features as a sequence of positions (N, H*W, C)."""
-        return stage_maps(backbone, images, [LAST_STAGE])[0].flatten(2).transpose(1, 2)
+        return stage_maps(backbone, images, [LAST_STAGE_INDEX])[0].flatten(2).transpose(1, 2)
 
     def forward(self, backbone: nn.Module, inputs: Tuple[torch.Tensor, torch.Tensor]
                 ) -> Tuple[torch.Tensor, torch.Tensor]:

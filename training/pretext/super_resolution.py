@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import LAST_STAGE, PretextTask, imagenet_normalize, images_of, stage_channels, stage_maps
+from .base import LAST_STAGE_INDEX, PretextTask, imagenet_normalize, images_of, stage_channels, stage_maps
 
 __all__ = ['SuperResolution', 'SRHead', 'GemmConvTranspose2d']
 
@@ -67,7 +67,7 @@ class SuperResolution(PretextTask):
         if scale < 1:
             raise ValueError(f'SuperResolution: scale must be >= 1, got {scale}')
         self.scale = scale
-        self.head = SRHead(stage_channels(backbone, [LAST_STAGE])[0])
+        self.head = SRHead(stage_channels(backbone, [LAST_STAGE_INDEX])[0])
 
     def prepare(self, batch: Any) -> Tuple[torch.Tensor, torch.Tensor]:
         """RGB in [0, 1] -> (normalised input (N, 3, H/s, W/s), target (N, 3, H, W) in [0, 1]).
@@ -86,7 +86,7 @@ class SuperResolution(PretextTask):
         return imagenet_normalize(small), target
 
     def forward(self, backbone: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
-        feat = stage_maps(backbone, inputs, [LAST_STAGE])[0]
+        feat = stage_maps(backbone, inputs, [LAST_STAGE_INDEX])[0]
         return self.head(feat, tuple(d * self.scale for d in inputs.shape[-2:]))
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

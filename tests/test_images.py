@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from sentizoo.data import IMAGE_EXTENSIONS, ImageFiles, ImageLoadError, collate_images, list_images, load_image
+from sentizoo.images import IMAGE_EXTENSIONS, ImageFiles, ImageLoadError, collate_images, list_images, load_image
 
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
 

@@ -1,4 +1,5 @@
-"""Downstream datasets of the paper (Table 1): the shared reader base and :func:`get_dataset`.
+"""The emotion datasets of the paper's downstream experiments (Table 1): the shared reader base and
+:func:`get_dataset` (the experiments themselves: :mod:`training.downstream`).
 
 Every reader is a :class:`DownstreamDataset` (an :class:`~training.datasets.common.ImageDataset`, so
 it shares its bad-image policy): ``dataset[i]`` is ``(transform(image), target)`` with the target
@@ -24,7 +25,7 @@ from typing import Callable, ClassVar, Dict, List, Mapping, Optional, Sequence, 
 
 import torch
 
-from sentizoo.data import list_images
+from sentizoo.images import list_images
 
 from .common import DatasetFormatError, ImageDataset, PathLike, split_indices, split_per_class
 
@@ -156,7 +157,7 @@ def check_files_exist(paths: Sequence[Path], dataset: str, listed_in: Path) -> N
 
 def class_folder_files(base: Path, classes: Sequence[str], dataset: str) -> Dict[str, int]:
     """``{posix path relative to base: class index}`` of the images under ``base/<class>/`` (any depth; hidden
-    files and folders skipped, as :func:`sentizoo.data.list_images`).
+    files and folders skipped, as :func:`sentizoo.images.list_images`).
 
     Classes are indexed by their position in ``classes``, never by the order the filesystem lists
     folders in. A missing or empty class folder is an error naming it.
