@@ -264,7 +264,7 @@ class Loop:
         self.dir = Path(opts.checkpoint_dir) if opts.checkpoint_dir else None
         self.resume_from, self.check_batch, self.facts = resume_from, check_batch, dict(facts or {})
         self.keep_epochs, self.label = keep_epochs, label
-        self.loggers = list(loggers) if self.rank == 0 else []
+        self.loggers = as_loggers(loggers, self.dir and str(self.dir / 'tensorboard')) if self.rank == 0 else []
         self.fingerprint = json.loads(json.dumps(dict(
             opts.trajectory(), task=task and task.name, world_size=self.world,
             **describe_loaders(list(loaders.values())), **(describe or {})), default=repr))

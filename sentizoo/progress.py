@@ -73,18 +73,22 @@ class TensorBoardLogger(Logger):
     metrics under ``epoch/train/<name>`` and ``epoch/val/<name>`` (x: the epoch) in TensorBoard.
 
     ``writer``: a ``torch.utils.tensorboard.SummaryWriter`` (or anything with ``add_scalar`` and ``flush``);
-    default a new one writing to ``log_dir`` (needs the ``tensorboard`` package, imported only then).
+    default a new one writing to ``log_dir``, made when training starts (on rank 0 only). That needs the
+    ``tensorboard`` package, which is imported only then (and checked here, before anything trains).
     """
 
     def __init__(self, writer: Any = None, log_dir: Optional[str] = None):
-        self.own = writer is None
+        self.own, self.writer, self.log_dir = writer is None, writer, log_dir
         if writer is None:
             try:
-                from torch.utils.tensorboard import SummaryWriter
+                from torch.utils.tensorboard import SummaryWriter  # noqa: F401
             except ImportError as e:
                 raise ImportError('the TensorBoard logger needs the tensorboard package: pip install tensorboard') from e
-            writer = SummaryWriter(log_dir=log_dir)
-        self.writer = writer
+
+    def start(self, global_step: int, steps_per_epoch: int) -> None:
+        if self.writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+            self.writer = SummaryWriter(log_dir=self.log_dir)
 
     def log_step(self, row: Mapping[str, float]) -> None:
         for name, value in row.items():
@@ -98,6 +102,8 @@ class TensorBoardLogger(Logger):
         self.writer.flush()
 
     def close(self) -> None:
+        if self.writer is None:
+            return
         self.writer.flush()
         if self.own:
             self.writer.close()

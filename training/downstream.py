@@ -116,7 +116,7 @@ def load_config(path: Union[str, Path]) -> Dict[str, Any]:
 
 def _check_run(name: str, run: Any, problems: List[str]) -> None:
     from sentizoo.amalgamation import TEACHER_TAGS
-    from sentizoo.engine import is_number
+    from sentizoo.options import is_number
     from sentizoo.stages import STAGES
 
     where = f'runs.{name}'
@@ -149,7 +149,7 @@ def _check_run(name: str, run: Any, problems: List[str]) -> None:
 
 def validate_config(config: Mapping[str, Any], source: str = 'config') -> Dict[str, Any]:
     """Check every key of ``config`` and fill in the defaults; raises :class:`ConfigError` listing all problems."""
-    from sentizoo.engine import TrainOptions, is_int
+    from sentizoo.options import TrainOptions, is_int
 
     from .datasets.downstream import DATASET_NAMES
 

@@ -72,9 +72,9 @@ class PretextScore:
 
 def _batches(task: PretextTask, dataset: Dataset, batch_size: int, device: torch.device):
     """``(inputs, targets)`` of ``task`` over ``dataset`` in order, prepared on ``device``."""
-    from .pretrain import _to_device  # the pre-training step's own batch transfer
+    from sentizoo.runtime import to_device  # the training step's own batch transfer
     for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=task.collate_fn):
-        yield task.prepare(_to_device(batch, device, channels_last=False))
+        yield task.prepare(to_device(batch, device))
 
 
 def _classification(task: PretextTask, backbone, dataset: Dataset, batch_size: int, device) -> PretextScore:

@@ -104,6 +104,8 @@ class PretrainConfig:
     log_every: int = _opt(1, 'write a log.csv row (and refresh the progress bar) every N steps')
     max_samples: Optional[int] = _opt(None, 'use at most this many samples of each task dataset (quick runs)')
     progress: bool = _opt(True, 'show a progress bar (rank 0)')
+    tensorboard: bool = _opt(False, 'also log every step and epoch to TensorBoard in <out-dir>/tensorboard (needs the '
+                                    'tensorboard package)')
 
     def resolved(self) -> 'PretrainConfig':
         """A copy with the model-dependent defaults filled in and every option checked (fails fast)."""
@@ -354,11 +356,13 @@ def _versions() -> Dict[str, str]:
     return {'sentizoo': str(sentizoo.__version__), 'torch': str(torch.__version__), 'timm': str(timm.__version__)}
 
 
-def pretrain(config: Union[PretrainConfig, argparse.Namespace, Mapping[str, Any], Sequence[str]]) -> Path:
+def pretrain(config: Union[PretrainConfig, argparse.Namespace, Mapping[str, Any], Sequence[str]],
+             loggers: Sequence[Any] = ()) -> Path:
     """Pre-train one perception model; returns the path of the final checkpoint (``<out_dir>/final.pt``).
 
     ``config`` is a :class:`PretrainConfig`, the argparse namespace of :func:`parse_args`, a mapping of
     its fields, or a list of command-line arguments. Every option is checked before anything runs.
+    ``loggers``: more :class:`sentizoo.progress.Logger` hooks (rank 0), besides ``log.csv`` and TensorBoard.
     Under ``torchrun`` the process group is created here (and destroyed at the end) unless the caller
     already made one.
     """
@@ -371,10 +375,10 @@ def pretrain(config: Union[PretrainConfig, argparse.Namespace, Mapping[str, Any]
     config = config.resolved()
     device = resolve_device(config.device)  # this rank's GPU (LOCAL_RANK) if any, else the CPU
     with process_group(device):
-        return _train(config, device)
+        return _train(config, device, loggers)
 
 
-def _train(config: PretrainConfig, device: torch.device) -> Path:
+def _train(config: PretrainConfig, device: torch.device, loggers: Sequence[Any]) -> Path:
     rank, world = rank_world()
     out = Path(config.out_dir)
     last_path, final_path = out / checkpoint.CHECKPOINT_NAME, out / 'final.pt'
@@ -404,7 +408,8 @@ def _train(config: PretrainConfig, device: torch.device) -> Path:
              'tasks': [name for name, _, _ in tasks], 'versions': _versions()}
     same_run = {k: getattr(config, k) for k in ('model', 'arch', 'dataset', 'image_size', 'max_samples')}
     loop = Loop(model, loaders, opts, device=device, describe=dict(mode='pretrain', **same_run), resume_from=resume,
-                steps_per_epoch=config.steps_per_epoch, loggers=[RunLog(out, config.log_every)], facts=facts,
+                steps_per_epoch=config.steps_per_epoch, loggers=[RunLog(out, config.log_every), *loggers, *['tensorboard'] * config.tensorboard],
+                facts=facts,
                 keep_epochs=config.keep_epochs, label=f'{config.model.upper()} ')
     if rank == 0:
         _logger.info('pre-training %s/%s on %s: %d epochs x %d steps, batch %d x %d process(es), %s, init: %s',
