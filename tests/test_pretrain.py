@@ -1,5 +1,6 @@
 """training.pretrain: fail-fast config, initialisation, resumable task streams, end-to-end ST/HO/HP runs
 (export + timm load), exact resume, and a 2-process gloo run. Everything tiny: resnet18 at 32-64 px."""
+import csv
 import json
 import os
 import socket
@@ -200,6 +201,21 @@ def test_non_finite_loss_stops_with_the_engine_error(tmp_path, monkeypatch):
     monkeypatch.setattr(Jigsaw, 'loss', lambda self, logits, index: logits.sum() * float('nan'))
     with pytest.raises(NonFiniteLossError, match=r'Non-finite loss at step 1 \(epoch 1, batch 1/2\): jigsaw=nan'):
         pt.pretrain(tiny('ho', tmp_path / 'run'))
+
+
+@pytest.mark.filterwarnings('ignore:pre-training resnet18 from a random initialisation')
+def test_loggers_get_the_rows_of_log_csv_and_history_json(tmp_path):
+    from test_progress import Recorder
+    recorder = Recorder()
+    pt.pretrain(tiny('hp', tmp_path / 'run', epochs=2, log_every=2, steps_per_epoch=3), loggers=[recorder])
+    with open(tmp_path / 'run' / 'log.csv') as f:
+        csv_rows = list(csv.DictReader(f))
+    assert [r['step'] for r in csv_rows] == ['2', '3', '4', '6']  # every 2nd step and each epoch's last
+    by_step = {r['step']: r for r in recorder.rows}
+    assert [{k: str(v) for k, v in by_step[int(r['step'])].items()} for r in csv_rows] == csv_rows
+    history = json.loads((tmp_path / 'run' / 'history.json').read_text())
+    assert [dict(epoch=r['epoch'], lr=r['lr'], steps=3, **r['train']) for r in recorder.records] == history
+    assert history[0]['loss'] == pytest.approx(sum(by_step[s]['loss'] for s in (1, 2, 3)) / 3, rel=1e-12)
 
 
 @pytest.mark.filterwarnings('ignore:pre-training resnet18 from a random initialisation')
