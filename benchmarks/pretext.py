@@ -80,8 +80,8 @@ def _pretext_steps(kind: str, arch: str, batch: int, size: int, device: torch.de
                             max_samples=max(batch, 64), workers=0, init='random').resolved()
     model, tasks, _ = build_model_and_data(config)
     model.to(device).train()
-    batches = [to_device(Stream(DataLoader(data, batch, shuffle=True, drop_last=True, collate_fn=collate), seed=0).next(),
-                         device) for name, data, collate in tasks]
+    loaders = [DataLoader(data, batch, shuffle=True, drop_last=True, collate_fn=collate) for _, data, collate in tasks]
+    batches = [to_device(Stream(loader, seed=0).next(), device) for loader in loaders]
     opt = sgd(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
 
     def step() -> None:

@@ -3,30 +3,24 @@
 ``amalgamate`` trains the target inside an :class:`~sentizoo.amalgamation.Amalgamator` (the paper's four
 models and loss); ``finetune`` trains the target alone with the task loss (the paper's baseline);
 ``python -m training.pretrain`` runs the same loop over the two pretext tasks of a perception model.
-What they share:
+All share the paper's defaults (:class:`~sentizoo.options.TrainOptions`: SGD lr 1e-3, momentum 0.9, weight
+decay 1e-4, StepLR every 10 epochs by 0.1, 30 epochs; one optimizer over every trainable parameter), model
+selection on ``val_loader``'s primary metric (the returned model holds the best epoch's weights, the last
+ones without ``val_loader``), the history (``model.sentizoo_history``, ``history_path``,
+``<checkpoint_dir>/history.json``; ``loggers`` such as TensorBoard get every step's and epoch's values,
+:mod:`sentizoo.progress`), and:
 
-* **Paper defaults** (:class:`~sentizoo.options.TrainOptions`): SGD lr 1e-3, momentum 0.9, weight decay
-  1e-4, StepLR every 10 epochs by 0.1, 30 epochs; one optimizer over every trainable parameter of all models.
-* **Model selection** on ``val_loader``'s primary metric (:attr:`Task.primary_metric`); the returned
-  model holds the best epoch's weights. Without ``val_loader`` the last epoch's weights are returned.
-* **History**: ``model.sentizoo_history`` (a JSON-ready dict: per epoch the mean of every loss term and
-  the validation metrics, plus ``best_epoch``), also written to ``history_path`` and
-  ``<checkpoint_dir>/history.json``; ``loggers`` (:mod:`sentizoo.progress`, e.g. TensorBoard) get every
-  step's and epoch's values.
 * **Reproducible data** (:mod:`sentizoo.sampling`): the loader is rebuilt around the user's dataset with
-  the order of a :class:`~torch.utils.data.DistributedSampler` (also for one process) or of the user's own
-  sampler, seeded by ``seed`` and the epoch, and every sample is drawn with the torch, Python and NumPy
-  generators seeded from ``(seed, epoch, index)``.
-* **Checkpoints** (:mod:`sentizoo.checkpoint`, ``checkpoint_dir``): ``last.pt`` after every epoch (and every
-  ``checkpoint_every`` steps) with model, optimizer, scheduler, loader positions and every generator state,
-  written atomically; ``best.safetensors`` (the target's best weights). A rerun with the same
+  the order of a DistributedSampler (also for one process) or of the user's own sampler, seeded by ``seed``
+  and the epoch; every sample is drawn with the generators seeded from ``(seed, epoch, index)``.
+* **Checkpoints** (:mod:`sentizoo.checkpoint`): ``last.pt`` after every epoch (and every
+  ``checkpoint_every`` steps), written atomically, and ``best.safetensors``. A rerun with the same
   ``checkpoint_dir`` resumes exactly: on the CPU the final weights are bit-identical to an uninterrupted run.
-* **Failing fast**: options, the first sample of each loader (``task.check_target``) and the teachers are
-  checked before the first step; a loss term that becomes NaN/inf stops training with
-  :class:`NonFiniteLossError` before the optimizer step, so the weights and the last checkpoint stay good.
+* **Failing fast**: options, the first sample of each loader and the teachers are checked before the first
+  step; a NaN/inf loss term stops training with :class:`NonFiniteLossError` before the optimizer step.
 * **Speed and scale** (:mod:`sentizoo.runtime`): bf16 autocast on CUDA, channels_last, fused SGD, one host
-  sync per step; under ``torchrun`` (one or several machines) one DistributedDataParallel wraps the whole
-  step module; the loader's ``batch_size`` is per process; rank 0 alone writes files and shows progress.
+  sync per step; under ``torchrun`` (one machine or several) one DistributedDataParallel wraps the whole
+  step module, the loader's ``batch_size`` is per process, and rank 0 alone writes files and shows progress.
 """
 from __future__ import annotations
 
@@ -46,9 +40,9 @@ from torch.utils.data import DataLoader
 from .amalgamation import AmalgamationOutput, Amalgamator, init_target_from, num_outputs
 from .checkpoint import CHECKPOINT_NAME, load, rng_state, save, set_rng_state
 from .options import TrainOptions, train_options
-from .progress import HistoryFiles, as_loggers, line_every, progress_line, progress_mode, summary
-from .runtime import (all_gather, autocast, distribute, process_group, rank_world, resolve_device,
-                      revert_sync_batchnorm, sgd, to_device, use_channels_last)
+from .progress import EpochProgress, HistoryFiles, as_loggers, progress_mode, show_summary, summary
+from .runtime import (all_gather, autocast, batch_size, distribute, process_group, rank_world, rebase_lr,
+                      resolve_device, revert_sync_batchnorm, sgd, to_device, use_channels_last)
 from .sampling import Shard, Stream, check_data, check_labels, describe_loaders, rebuild
 from .tasks import Task, get_task
 from .weights import atomic_write, remove_stale_temps
@@ -218,13 +212,6 @@ def _loss_terms(out: Any) -> tuple:
     return (out.loss, out.terms) if isinstance(out, AmalgamationOutput) else out
 
 
-def _batch_size(batch: Any) -> int:
-    """Samples in a batch: the length of its first tensor."""
-    while not isinstance(batch, torch.Tensor):
-        batch = next(iter(batch.values() if isinstance(batch, Mapping) else batch))
-    return len(batch)
-
-
 class Loop:
     """One training run of ``module``: device, DDP, optimizer, resume, epochs, checkpoints, model selection.
 
@@ -311,7 +298,9 @@ class Loop:
         self.module.load_state_dict(ckpt['model'])
         self.optimizer.load_state_dict(ckpt['optimizer'])
         self.scheduler.load_state_dict(ckpt['scheduler'])
-        self._set_base_lr(self.opts.lr)
+        old_lr = rebase_lr(self.scheduler, self.opts.lr)
+        if old_lr != self.opts.lr and self.rank == 0:
+            _logger.info('resuming with base lr %g (the checkpoint had %g)', self.opts.lr, old_lr)
         self.epoch, self.step, self.global_step = ckpt['epoch'], ckpt['step'], ckpt['global_step']
         self.history = json.loads(ckpt['history'])
         self.term_names, self.sums, self.seen = list(ckpt['term_names']), ckpt['sums'], ckpt['seen']
@@ -323,19 +312,6 @@ class Loop:
             self.best_state = load_file(self.dir / BEST_NAME)
         if self.rank == 0:
             _logger.info('resuming from %s: epoch %d, batch %d', path, self.epoch + 1, self.step)
-
-    def _set_base_lr(self, lr: float) -> None:
-        """Rescale the schedule restored from a checkpoint to the base ``lr`` of this run."""
-        old = self.scheduler.base_lrs[0]
-        if lr == old:
-            return
-        for group in self.optimizer.param_groups:
-            group['lr'] *= lr / old
-            group['initial_lr'] = lr
-        self.scheduler.base_lrs = [lr] * len(self.optimizer.param_groups)
-        self.scheduler._last_lr = [group['lr'] for group in self.optimizer.param_groups]
-        if self.rank == 0:
-            _logger.info('resuming with base lr %g (the checkpoint had %g)', lr, old)
 
     def save(self, path: Path, resumable: bool = True) -> None:
         """A checkpoint of the current position; without ``resumable``, the weights and facts only.
@@ -386,33 +362,26 @@ class Loop:
         self.optimizer.step()
         if not self.term_names:
             self.term_names, self.sums = ['loss', *terms], torch.zeros(len(values), dtype=torch.float64)
-        size = _batch_size(batches[0])
+        size = batch_size(batches[0])
         self.sums += torch.tensor(values, dtype=torch.float64) * size
         self.seen += size
         return values
 
     def _train_epoch(self) -> None:
-        from tqdm.auto import tqdm
         steps, every = self.steps_per_epoch, self.opts.checkpoint_every
         self.module.train()
-        mode = progress_mode(self.opts.progress)
-        desc = f'{self.label}epoch {self.epoch + 1}/{self.opts.epochs}'
         started = time.perf_counter()
-        with tqdm(total=steps, initial=self.step, desc=desc, disable=mode != 'bar', leave=False,
-                  dynamic_ncols=True) as bar:
+        with EpochProgress(self.opts.progress, f'{self.label}epoch {self.epoch + 1}/{self.opts.epochs}', steps,
+                           self.step) as progress:
             while self.step < steps:
                 values = self._train_step()
                 self.step += 1
                 self.global_step += 1
-                bar.update()
                 row = {'step': self.global_step, 'epoch': self.epoch + 1, 'lr': self.optimizer.param_groups[0]['lr'],
                        **dict(zip(self.term_names, values)), 'time': round(time.perf_counter() - started, 3)}
                 for logger in self.loggers:
                     logger.log_step(row)
-                terms = {name: f'{s / self.seen:.4g}' for name, s in zip(self.term_names, self.sums.tolist())}
-                bar.set_postfix(terms, refresh=False)
-                if mode == 'lines' and self.step % line_every(steps) == 0 and self.step < steps:
-                    progress_line(f'{desc}  step {self.step}/{steps}  ' + ' '.join(f'{k} {v}' for k, v in terms.items()))
+                progress.update(self.step, {k: s / self.seen for k, s in zip(self.term_names, self.sums.tolist())})
                 if every and self.step % every == 0 and self.step < steps:
                     self.save(self.dir / CHECKPOINT_NAME)
 
@@ -428,14 +397,7 @@ class Loop:
         self.history['epochs'].append(record)
         self.epoch, self.step, self.seen = self.epoch + 1, 0, 0
         self.sums = torch.zeros_like(self.sums)
-        mode, line = progress_mode(self.opts.progress), summary(record, self.opts.epochs, self.label)
-        if mode == 'bar':
-            from tqdm.auto import tqdm
-            tqdm.write(line)
-        elif mode == 'lines':
-            progress_line(line)
-        elif self.rank == 0:
-            _logger.info(line)
+        show_summary(summary(record, self.opts.epochs, self.label), self.opts.progress, _logger)
         for logger in self.loggers:
             logger.log_epoch(record, self.history)
         if self.dir is not None:

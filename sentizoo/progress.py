@@ -7,15 +7,17 @@ TensorBoard (``loggers=['tensorboard']``, or a ``SummaryWriter`` of your own) wh
 """
 from __future__ import annotations
 
+import importlib.util
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Any, List, Mapping, Optional, Sequence, Union
 
 from .runtime import rank_world
 
-__all__ = ['progress_mode', 'line_every', 'progress_line', 'summary', 'Logger', 'TensorBoardLogger', 'HistoryFiles',
-           'as_loggers']
+__all__ = ['progress_mode', 'line_every', 'progress_line', 'summary', 'EpochProgress', 'show_summary', 'Logger',
+           'TensorBoardLogger', 'HistoryFiles', 'as_loggers']
 
 
 def progress_mode(progress: bool) -> Optional[str]:
@@ -43,6 +45,43 @@ def summary(record: Mapping[str, Any], epochs: int, label: str = '') -> str:
     terms = ' '.join(f'{k} {v:.4g}' for k, v in train.items() if k != 'loss')
     val = ''.join(f'  val {k} {v:.4g}' for k, v in record.get('val', {}).items())
     return f'{label}epoch {record["epoch"]}/{epochs}  loss {train["loss"]:.4g} ({terms}){val}'
+
+
+class EpochProgress:
+    """One epoch's progress on rank 0 (a context manager): a tqdm bar with the running loss terms on a
+    terminal; in a pipe or a log file, a plain line every :func:`line_every` steps but the last."""
+
+    def __init__(self, progress: bool, desc: str, steps: int, initial: int = 0):
+        from tqdm.auto import tqdm
+        self.mode, self.desc, self.steps = progress_mode(progress), desc, steps
+        self.bar = tqdm(total=steps, initial=initial, desc=desc, disable=self.mode != 'bar', leave=False,
+                        dynamic_ncols=True)
+
+    def update(self, step: int, means: Mapping[str, float]) -> None:
+        """Step ``step`` of the epoch is done; ``means``: the running mean of each loss term."""
+        terms = {name: f'{value:.4g}' for name, value in means.items()}
+        self.bar.update()
+        self.bar.set_postfix(terms, refresh=False)
+        if self.mode == 'lines' and step % line_every(self.steps) == 0 and step < self.steps:
+            progress_line(f'{self.desc}  step {step}/{self.steps}  ' + ' '.join(f'{k} {v}' for k, v in terms.items()))
+
+    def __enter__(self) -> 'EpochProgress':
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.bar.close()
+
+
+def show_summary(line: str, progress: bool, logger: logging.Logger) -> None:
+    """An epoch's summary line: below the bar, as a plain line, or (progress off) logged on rank 0."""
+    mode = progress_mode(progress)
+    if mode == 'bar':
+        from tqdm.auto import tqdm
+        tqdm.write(line)
+    elif mode == 'lines':
+        progress_line(line)
+    elif rank_world()[0] == 0:
+        logger.info(line)
 
 
 class Logger:
@@ -79,11 +118,8 @@ class TensorBoardLogger(Logger):
 
     def __init__(self, writer: Any = None, log_dir: Optional[str] = None):
         self.own, self.writer, self.log_dir = writer is None, writer, log_dir
-        if writer is None:
-            try:
-                from torch.utils.tensorboard import SummaryWriter  # noqa: F401
-            except ImportError as e:
-                raise ImportError('the TensorBoard logger needs the tensorboard package: pip install tensorboard') from e
+        if writer is None and importlib.util.find_spec('tensorboard') is None:
+            raise ImportError('the TensorBoard logger needs the tensorboard package: pip install tensorboard')
 
     def start(self, global_step: int, steps_per_epoch: int) -> None:
         if self.writer is None:

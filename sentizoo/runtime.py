@@ -14,7 +14,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 __all__ = ['rank_world', 'all_gather', 'resolve_device', 'process_group', 'autocast', 'use_channels_last',
-           'to_device', 'distribute', 'sgd', 'revert_sync_batchnorm']
+           'to_device', 'batch_size', 'distribute', 'sgd', 'rebase_lr', 'revert_sync_batchnorm']
 
 
 def rank_world() -> Tuple[int, int]:
@@ -88,6 +88,13 @@ def to_device(batch: Any, device: torch.device, channels_last: bool = False) -> 
     return batch
 
 
+def batch_size(batch: Any) -> int:
+    """Samples in a batch (a tensor, or lists, tuples and mappings of them): the length of its first tensor."""
+    while not isinstance(batch, torch.Tensor):
+        batch = next(iter(batch.values() if isinstance(batch, Mapping) else batch))
+    return len(batch)
+
+
 def distribute(module: nn.Module, device: torch.device) -> nn.Module:
     """``module`` wrapped in DistributedDataParallel when this process is one of several, else itself.
 
@@ -113,6 +120,19 @@ def sgd(params: Any, *, lr: float, momentum: float, weight_decay: float) -> torc
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, fused=True)
     except RuntimeError:  # a device or dtype without a fused kernel
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+def rebase_lr(scheduler: torch.optim.lr_scheduler.LRScheduler, lr: float) -> float:
+    """Rescale a schedule (e.g. restored from a checkpoint) to the base ``lr``; returns the base lr it had."""
+    old = scheduler.base_lrs[0]
+    if lr != old:
+        groups = scheduler.optimizer.param_groups
+        for group in groups:
+            group['lr'] *= lr / old
+            group['initial_lr'] = lr
+        scheduler.base_lrs = [lr] * len(groups)
+        scheduler._last_lr = [group['lr'] for group in groups]
+    return old
 
 
 def revert_sync_batchnorm(module: nn.Module) -> nn.Module:

@@ -41,7 +41,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from sentizoo import checkpoint
+from sentizoo.checkpoint import CHECKPOINT_NAME, load as load_checkpoint, read_state_dict
 from sentizoo.engine import Loop
 from sentizoo.models import ARCHS
 from sentizoo.options import TrainOptions
@@ -104,8 +104,8 @@ class PretrainConfig:
     log_every: int = _opt(1, 'write a log.csv row (and refresh the progress bar) every N steps')
     max_samples: Optional[int] = _opt(None, 'use at most this many samples of each task dataset (quick runs)')
     progress: bool = _opt(True, 'show a progress bar (rank 0)')
-    tensorboard: bool = _opt(False, 'also log every step and epoch to TensorBoard in <out-dir>/tensorboard (needs the '
-                                    'tensorboard package)')
+    tensorboard: bool = _opt(False, 'also log each step and epoch to TensorBoard in <out-dir>/tensorboard (pip install '
+                                    'tensorboard)')
 
     def resolved(self) -> 'PretrainConfig':
         """A copy with the model-dependent defaults filled in and every option checked (fails fast)."""
@@ -258,7 +258,7 @@ def init_backbone(backbone: nn.Module, arch: str, init: str) -> str:
         from sentizoo.weights import hf_offline  # the library's reading of HF_HUB_OFFLINE
         repo = f'timm/{imagenet_name(arch)}'
         try:
-            state = checkpoint.read_state_dict(hf_hub_download(repo, 'model.safetensors', local_files_only=hf_offline()))
+            state = read_state_dict(hf_hub_download(repo, 'model.safetensors', local_files_only=hf_offline()))
         except Exception as e:  # offline and not cached, no network, hub error: say what to do instead
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise RuntimeError(f'could not load the ImageNet weights {repo} from the Hugging Face hub or cache '
@@ -267,7 +267,7 @@ def init_backbone(backbone: nn.Module, arch: str, init: str) -> str:
         source = f'ImageNet (torchvision weights, {repo})'
     else:
         path = Path(init)
-        state = checkpoint.read_state_dict(path)
+        state = read_state_dict(path)
         source = f'ImageNet file {path.name}'
     if arch.startswith('vgg') and any(k.startswith('classifier.') for k in state):
         import timm.models.vgg as timm_vgg  # torchvision VGG layout -> timm's (classifier.N -> pre_logits / head)
@@ -280,12 +280,9 @@ def init_backbone(backbone: nn.Module, arch: str, init: str) -> str:
 # --------------------------------------------------------------------------------------------- logging
 
 class RunLog(Logger):
-    """``log.csv`` (one row every ``log_every`` steps and at the end of each epoch), ``history.json`` (per
-    epoch: ``epoch``, ``lr``, ``steps`` and the mean of each loss term) and ``loss.png`` in ``folder``.
-
-    A logger of the training loop (rank 0 only). On resume the CSV is cut back to the checkpoint's step, so
-    rows of steps that are trained again are not duplicated.
-    """
+    """A logger of the training loop (rank 0): ``log.csv`` (a row every ``log_every`` steps and at each epoch's
+    end), ``history.json`` (per epoch: ``epoch``, ``lr``, ``steps``, each loss term's mean) and ``loss.png``.
+    On resume the CSV is cut back to the checkpoint's step: rows of steps trained again are not duplicated."""
 
     def __init__(self, folder: Path, log_every: int):
         self.csv_path, self.json_path, self.plot_path = folder / 'log.csv', folder / 'history.json', folder / 'loss.png'
@@ -344,12 +341,6 @@ class RunLog(Logger):
 
 # ------------------------------------------------------------------------------------------- training
 
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2 ** 32)
-    torch.manual_seed(seed)
-
-
 def _versions() -> Dict[str, str]:
     import timm
     import sentizoo
@@ -381,16 +372,18 @@ def pretrain(config: Union[PretrainConfig, argparse.Namespace, Mapping[str, Any]
 def _train(config: PretrainConfig, device: torch.device, loggers: Sequence[Any]) -> Path:
     rank, world = rank_world()
     out = Path(config.out_dir)
-    last_path, final_path = out / checkpoint.CHECKPOINT_NAME, out / 'final.pt'
+    last_path, final_path = out / CHECKPOINT_NAME, out / 'final.pt'
     resume = last_path if config.resume == 'auto' and last_path.is_file() else (
         Path(config.resume) if config.resume not in (None, 'auto') else None)
-    ckpt = checkpoint.load(resume, resumable=True) if resume else None  # an old or a final file fails here
+    ckpt = load_checkpoint(resume, resumable=True) if resume else None  # an old or a final file fails here
 
-    _seed_everything(config.seed)  # the same initialisation on every rank
+    random.seed(config.seed)  # the same initialisation on every rank
+    np.random.seed(config.seed % 2 ** 32)
+    torch.manual_seed(config.seed)
     model, tasks, data_facts = build_model_and_data(config)
     init = ckpt['init'] if ckpt is not None else init_backbone(model.backbone, config.arch, config.init)
-    if ckpt is None:  # (a resumed run restores the generators of the checkpoint)
-        torch.manual_seed(config.seed + rank)  # per-rank stream for in-step randomness (dropout, permutations)
+    if ckpt is None:  # per-rank stream for in-step randomness (a resumed run restores the checkpoint's)
+        torch.manual_seed(config.seed + rank)
     # the ST tasks tap VGG's conv stages only: its pre-logits (fc6/fc7) get no gradient there (DDP must know)
     model.has_unused_parameters = config.model == 'st' and config.arch.startswith('vgg')
     opts = TrainOptions(epochs=config.epochs, lr=config.lr, momentum=config.momentum,
@@ -407,9 +400,9 @@ def _train(config: PretrainConfig, device: torch.device, loggers: Sequence[Any])
              'init': init, 'precision': precision, 'world_size': world, 'data': data_facts,
              'tasks': [name for name, _, _ in tasks], 'versions': _versions()}
     same_run = {k: getattr(config, k) for k in ('model', 'arch', 'dataset', 'image_size', 'max_samples')}
+    loggers = [RunLog(out, config.log_every), *loggers, *['tensorboard'] * config.tensorboard]
     loop = Loop(model, loaders, opts, device=device, describe=dict(mode='pretrain', **same_run), resume_from=resume,
-                steps_per_epoch=config.steps_per_epoch, loggers=[RunLog(out, config.log_every), *loggers, *['tensorboard'] * config.tensorboard],
-                facts=facts,
+                steps_per_epoch=config.steps_per_epoch, loggers=loggers, facts=facts,
                 keep_epochs=config.keep_epochs, label=f'{config.model.upper()} ')
     if rank == 0:
         _logger.info('pre-training %s/%s on %s: %d epochs x %d steps, batch %d x %d process(es), %s, init: %s',
