@@ -185,7 +185,10 @@ class Stream:
         if self._iterator is None:
             self._start_pass()
         self.position += 1
-        return next(self._iterator)
+        batch = next(self._iterator)
+        if self.position == self.batches_per_pass:  # the pass is done: its workers end now, not at the next pass
+            self._iterator = None
+        return batch
 
     def state_dict(self) -> Mapping[str, int]:
         return {'epoch': self.epoch, 'position': self.position}

@@ -31,7 +31,9 @@ def _loader(batch_size=3, workers=0, **kwargs):
 def test_stream_cycles_in_passes_and_resumes_exactly():
     stream = Stream(_loader(), seed=5)
     assert stream.batches_per_pass == 3  # 10 samples, batch 3, last partial batch dropped
-    batches = _take(stream, 7)
+    batches = _take(stream, 3)
+    assert stream._iterator is None  # a finished pass lets its worker processes go (before validation runs)
+    batches += _take(stream, 4)
     first_pass = sum((b[0] for b in batches[:3]), [])
     assert len(set(first_pass)) == 9 and batches[:3] != batches[3:6]  # a new order every pass
     assert stream.state_dict() == {'epoch': 2, 'position': 1}
