@@ -49,7 +49,7 @@ def _step_fn(arch: str, mode: str, device: str, channels_last: bool, optimizer: 
     import torch.nn.functional as F
 
     from sentizoo.amalgamation import TEACHER_TAGS, Amalgamator
-    from sentizoo.engine import sgd
+    from sentizoo.runtime import sgd
 
     torch.manual_seed(0)
     model = timm.create_model(arch, num_classes=NUM_CLASSES)

@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # training/ and tests/ of the checkout
 sys.path.insert(0, str(ROOT / 'tests'))
 
-from sentizoo.engine import sgd  # noqa: E402  (the optimizer of pretrain and the engine)
+from sentizoo.runtime import sgd  # noqa: E402  (the optimizer of the training loop)
 
 
 def fastest_steps(steps: Dict[str, Callable[[], None]], rounds: int,
@@ -71,13 +71,17 @@ def _pretext_steps(kind: str, arch: str, batch: int, size: int, device: torch.de
                    ) -> Tuple[Dict[str, Callable[[], None]], Dict[str, int]]:
     """The full training step of ``kind`` and its parts (each task's forward + backward, the SGD update),
     and the parameter count of the backbone and of each task head."""
-    from training.pretrain import PretrainConfig, TaskStream, _to_device, build_model_and_data
+    from torch.utils.data import DataLoader
+
+    from sentizoo.runtime import to_device
+    from sentizoo.sampling import Stream
+    from training.pretrain import PretrainConfig, build_model_and_data
     config = PretrainConfig(model=kind, arch=arch, dataset='synthetic', image_size=size, batch_size=batch,
                             max_samples=max(batch, 64), workers=0, init='random').resolved()
     model, tasks, _ = build_model_and_data(config)
     model.to(device).train()
-    batches = [_to_device(TaskStream(name, data, batch, seed=0, workers=0, collate_fn=collate).next(), device, False)
-               for name, data, collate in tasks]
+    loaders = [DataLoader(data, batch, shuffle=True, drop_last=True, collate_fn=collate) for _, data, collate in tasks]
+    batches = [to_device(Stream(loader, seed=0).next(), device) for loader in loaders]
     opt = sgd(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
 
     def step() -> None:

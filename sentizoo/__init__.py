@@ -18,7 +18,7 @@ _LAZY = {
     'amalgamate': 'sentizoo.engine',
     'finetune': 'sentizoo.engine',
     'evaluate': 'sentizoo.engine',
-    'TrainOptions': 'sentizoo.engine',
+    'TrainOptions': 'sentizoo.options',
     'NonFiniteLossError': 'sentizoo.engine',
     'predict': 'sentizoo.inference',
     'Amalgamator': 'sentizoo.amalgamation',

@@ -1,4 +1,5 @@
-"""sentizoo.engine under torchrun: 2 gloo processes on the CPU equal 1 process with the same global batch."""
+"""sentizoo.engine under torchrun: 2 gloo processes on the CPU, on one "machine" or as two single-process
+"nodes" joined by a c10d rendezvous, equal 1 process with the same global batch."""
 import json
 import os
 import socket
@@ -8,6 +9,26 @@ import sys
 import torch
 
 from test_engine import WORKER, one_thread, state, tiny, train_tiny  # noqa: F401 (one_thread: autouse fixture)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def _assert_equal_to_one_process(ddp: dict, one: dict) -> None:
+    """The same weights up to float summation order, far closer than what training moved them."""
+    assert ddp['global_step'] == one['global_step'] == 3
+    for key, value in one['model'].items():
+        torch.testing.assert_close(ddp['model'][key], value, rtol=1e-5, atol=1e-6, msg=key)
+    torch.manual_seed(0)
+    initial = tiny(group_norm=True).state_dict()  # train_tiny's target before training
+    moved = max(float((one['model'][f'target.{k}'] - v).abs().max()) for k, v in initial.items())
+    differ = max(float((ddp['model'][k] - v).abs().max()) for k, v in one['model'].items())
+    assert differ < 1e-3 * moved, (differ, moved)
+    # validation ran sharded over the two processes and summed: the same accuracy as one process
+    assert json.loads(ddp['history'])['epochs'][0]['val'] == json.loads(one['history'])['epochs'][0]['val']
 
 
 def test_two_gloo_processes_equal_one_process(tmp_path):
@@ -20,9 +41,7 @@ def test_two_gloo_processes_equal_one_process(tmp_path):
     order. The dataset draws random noise per sample: the engine's per-sample seeding makes the two
     processes see exactly the samples, and the augmentations, of the single process's batches.
     """
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        port = s.getsockname()[1]
+    port = _free_port()
     common = dict(epochs=1, group_norm=True, validate=True, lr=0.05)
     ranks = []
     for rank in range(2):
@@ -40,15 +59,28 @@ def test_two_gloo_processes_equal_one_process(tmp_path):
             p.kill()
 
     assert sorted(os.listdir(tmp_path / 'rank1')) == []  # only rank 0 writes
-    ddp, one = state(tmp_path / 'rank0'), state(tmp_path / 'single')
-    assert ddp['global_step'] == one['global_step'] == 3
-    for key, value in one['model'].items():
-        torch.testing.assert_close(ddp['model'][key], value, rtol=1e-5, atol=1e-6, msg=key)
-    # ... and the tolerance is far below what training moved the weights
-    torch.manual_seed(0)
-    initial = tiny(group_norm=True).state_dict()  # train_tiny's target before training
-    moved = max(float((one['model'][f'target.{k}'] - v).abs().max()) for k, v in initial.items())
-    differ = max(float((ddp['model'][k] - v).abs().max()) for k, v in one['model'].items())
-    assert differ < 1e-3 * moved, (differ, moved)
-    # validation ran sharded over the two processes and summed: the same accuracy as one process
-    assert json.loads(ddp['history'])['epochs'][0]['val'] == json.loads(one['history'])['epochs'][0]['val']
+    _assert_equal_to_one_process(state(tmp_path / 'rank0'), state(tmp_path / 'single'))
+
+
+def test_two_single_process_nodes_with_c10d_rendezvous_equal_one_process(tmp_path):
+    """The README's multi-node recipe on localhost: two torchrun agents (``--nnodes 2 --nproc-per-node 1``)
+    meet at a c10d rendezvous; torchrun, not the test, gives each worker RANK, LOCAL_RANK and WORLD_SIZE."""
+    common = dict(epochs=1, group_norm=True, validate=True, lr=0.05)
+    args = json.dumps(dict(common, checkpoint_dir=str(tmp_path / 'shared'), batch_size=2))  # global batch 4
+    env = {k: v for k, v in os.environ.items() if k not in ('RANK', 'LOCAL_RANK', 'WORLD_SIZE', 'MASTER_ADDR',
+                                                             'MASTER_PORT')}
+    env.update(OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore')
+    endpoint = f'127.0.0.1:{_free_port()}'
+    nodes = [subprocess.Popen(
+        [sys.executable, '-m', 'torch.distributed.run', '--nnodes', '2', '--nproc-per-node', '1', '--node-rank',
+         str(node), '--rdzv-backend', 'c10d', '--rdzv-endpoint', endpoint, '--rdzv-id', 'sentizoo-test',
+         '--no-python', sys.executable, '-c', WORKER, args], env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True) for node in (0, 1)]
+    try:
+        train_tiny(tmp_path / 'single', batch_size=4, **common)
+        for p in nodes:
+            assert p.wait(timeout=120) == 0, p.stdout.read()[-3000:]
+    finally:
+        for p in nodes:
+            p.kill()
+    _assert_equal_to_one_process(state(tmp_path / 'shared'), state(tmp_path / 'single'))

@@ -9,8 +9,8 @@ import torch
 import yaml
 
 import sentizoo  # noqa: F401  (registers senti_*)
+from sentizoo import checkpoint
 from training.model_card import TEMPLATE, render_card
-from training.checkpoint import save_checkpoint
 from training.export import export, find_prefix, main, push_to_hub
 
 PRETRAIN_CONFIG = {'model': 'st', 'arch': 'resnet18', 'dataset': 'synthetic', 'lr': 0.0137, 'momentum': 0.87,
@@ -24,9 +24,10 @@ def _pretrain_checkpoint(path: Path, kind: str = 'st') -> dict:
     backbone = timm.create_model('resnet18', num_classes=0)
     state = {f'backbone.{k}': v for k, v in backbone.state_dict().items()}
     state['head.conv.weight'] = torch.randn(2, 512, 3, 3)
-    save_checkpoint({'format': 'sentizoo.pretrain/1', 'model': state, 'config': dict(PRETRAIN_CONFIG, model=kind),
-                     'history': [{'epoch': 3, 'lr': 0.0137, 'steps': 17, 'loss': 0.91827, kind: 0.5511}],
-                     'epoch': 3, 'step': 51, 'world_size': 1, 'init': 'random', 'precision': 'fp32',
+    history = {'best_epoch': None, 'epochs': [{'epoch': 3, 'lr': 0.0137, 'train': {'loss': 0.91827, kind: 0.5511}}]}
+    checkpoint.save({'trainer': 'training.pretrain', 'model': state, 'config': dict(PRETRAIN_CONFIG, model=kind),
+                     'history': json.dumps(history), 'epoch': 3, 'step': 0, 'global_step': 51, 'world_size': 1,
+                     'init': 'random', 'precision': 'fp32',
                      'command': f'python -m training.pretrain --model {kind} --seed 4242'}, path)
     return backbone.state_dict()
 
@@ -51,7 +52,7 @@ def test_classifier_export_picks_the_target(tmp_path):
     target, teacher = (timm.create_model('resnet18', num_classes=8) for _ in range(2))
     state = {**{f'target.{k}': v for k, v in target.state_dict().items()},
              **{f'teachers.hp.{k}': v for k, v in teacher.state_dict().items()}}
-    save_checkpoint({'model': state, 'label_names': list('abcdefgh')}, tmp_path / 'amalgamated.pt')
+    torch.save({'model': state, 'label_names': list('abcdefgh')}, tmp_path / 'amalgamated.pt')  # another trainer's
     with pytest.raises(ValueError, match=r"several models .*'target\.', 'teachers\.hp\.'.*--prefix"):
         export(tmp_path / 'amalgamated.pt', 'fi', arch='resnet18')
     export(tmp_path / 'amalgamated.pt', 'fi', arch='resnet18', prefix='target.')

@@ -1,5 +1,6 @@
 """training.pretrain: fail-fast config, initialisation, resumable task streams, end-to-end ST/HO/HP runs
 (export + timm load), exact resume, and a 2-process gloo run. Everything tiny: resnet18 at 32-64 px."""
+import csv
 import json
 import os
 import socket
@@ -10,11 +11,11 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-from torch.utils.data import Dataset
 
 import sentizoo  # noqa: F401  (registers senti_*)
+from sentizoo.checkpoint import load as load_checkpoint
+from sentizoo.sampling import Stream
 from training import pretrain as pt
-from training.checkpoint import load_checkpoint, save_checkpoint
 from training.export import export
 
 REPO = Path(__file__).resolve().parents[1]
@@ -100,52 +101,6 @@ def test_init_random_warns_and_imagenet_offline_says_what_to_do():
         pt.init_backbone(backbone, 'resnet18', 'imagenet')  # the test zoo is offline
 
 
-# ------------------------------------------------------------------------------------------ task streams
-
-class RandomCrops(Dataset):
-    """(index, a random number): stands for a sample with a random augmentation."""
-
-    def __len__(self):
-        return 10
-
-    def __getitem__(self, index):
-        return index, torch.rand(())
-
-
-def _take(stream, n):
-    return [tuple(map(torch.Tensor.tolist, stream.next())) for _ in range(n)]
-
-
-def test_stream_cycles_in_passes_and_resumes_exactly():
-    stream = pt.TaskStream('toy', RandomCrops(), 3, seed=5, workers=0)
-    assert stream.batches_per_pass == 3  # 10 samples, batch 3, last partial batch dropped
-    batches = _take(stream, 7)
-    first_pass = sum((b[0] for b in batches[:3]), [])
-    assert len(set(first_pass)) == 9 and batches[:3] != batches[3:6]  # a new order every pass
-    assert stream.state_dict() == {'epoch': 2, 'position': 1}
-    resumed = pt.TaskStream('toy', RandomCrops(), 3, seed=5, workers=0)
-    resumed.load_state_dict({'epoch': 1, 'position': 1})
-    torch.manual_seed(123)  # the caller's generator does not matter: each sample is seeded
-    assert _take(resumed, 3) == batches[4:7]
-    with_workers = pt.TaskStream('toy', RandomCrops(), 3, seed=5, workers=2)
-    assert _take(with_workers, 3) == batches[:3]  # same samples and augmentations whatever process loads them
-    with pytest.raises(ValueError, match='task toy: 10 samples .* fewer than --batch-size 11'):
-        pt.TaskStream('toy', RandomCrops(), 11, seed=5, workers=0)
-
-
-def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
-    path = save_checkpoint({'step': 1}, tmp_path / 'last.pt')
-
-    def crash(obj, file):
-        Path(file).write_bytes(b'partial')
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(torch, 'save', crash)
-    with pytest.raises(KeyboardInterrupt):
-        save_checkpoint({'step': 2}, path)
-    assert load_checkpoint(path) == {'step': 1} and [p.name for p in tmp_path.iterdir()] == ['last.pt']
-
-
 # ------------------------------------------------------------------------------------------ end to end
 
 def tiny(kind, out_dir, **kwargs):
@@ -164,7 +119,7 @@ def test_pretrain_export_and_load_with_timm(tmp_path, kind):
     final = pt.pretrain(tiny(kind, tmp_path / 'run'))
     assert final == tmp_path / 'run' / 'final.pt'
     ckpt = load_checkpoint(final)
-    assert ckpt['tasks'] == list(TASKS[kind]) and ckpt['step'] == 2 and ckpt['epoch'] == 1
+    assert ckpt['tasks'] == list(TASKS[kind]) and ckpt['global_step'] == 2 and ckpt['epoch'] == 1
     assert 'optimizer' not in ckpt  # final.pt: weights + facts; last.pt resumes
     with open(tmp_path / 'run' / 'log.csv') as f:
         header = f.readline().strip().split(',')
@@ -188,7 +143,7 @@ def test_resume_equals_uninterrupted(tmp_path, monkeypatch):
     config = dict(epochs=2, save_every=1)
     straight = load_checkpoint(pt.pretrain(tiny('ho', tmp_path / 'a', **config)))
 
-    calls, next_batch = [0], pt.TaskStream.next
+    calls, next_batch = [0], Stream.next
 
     def crash_in_step_3(stream):  # two streams: calls 5 and 6 load step 3 (epoch 2, after a checkpoint)
         calls[0] += 1
@@ -196,17 +151,17 @@ def test_resume_equals_uninterrupted(tmp_path, monkeypatch):
             raise Crash
         return next_batch(stream)
 
-    monkeypatch.setattr(pt.TaskStream, 'next', crash_in_step_3)
+    monkeypatch.setattr(Stream, 'next', crash_in_step_3)
     with pytest.raises(Crash):
         pt.pretrain(tiny('ho', tmp_path / 'b', **config))
-    assert load_checkpoint(tmp_path / 'b' / 'last.pt')['step'] == 2
-    monkeypatch.setattr(pt.TaskStream, 'next', next_batch)
+    assert load_checkpoint(tmp_path / 'b' / 'last.pt')['global_step'] == 2
+    monkeypatch.setattr(Stream, 'next', next_batch)
     resumed = load_checkpoint(pt.pretrain(tiny('ho', tmp_path / 'b', resume='auto', **config)))
-    assert resumed['step'] == straight['step'] == 4
+    assert resumed['global_step'] == straight['global_step'] == 4
     assert all(torch.equal(v, straight['model'][k]) for k, v in resumed['model'].items())  # bit-identical
     logs = [(tmp_path / run / 'log.csv').read_text().splitlines() for run in 'ab']
     assert [r.rsplit(',', 1)[0] for r in logs[0]] == [r.rsplit(',', 1)[0] for r in logs[1]]  # same losses, no dup
-    with pytest.raises(ValueError, match=r'different settings seed: checkpoint 0, now 1'):
+    with pytest.raises(ValueError, match=r'other settings \(seed: checkpoint 0, now 1\)'):
         pt.pretrain(tiny('ho', tmp_path / 'b', resume=str(tmp_path / 'b' / 'last.pt'), seed=1))
 
 
@@ -226,7 +181,7 @@ def test_two_process_gloo_run(tmp_path):
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ckpt = load_checkpoint(out / 'final.pt')
-    assert ckpt['world_size'] == 2 and ckpt['step'] == 2
+    assert ckpt['world_size'] == 2 and ckpt['global_step'] == 2
     assert len((out / 'log.csv').read_text().splitlines()) == 3  # header + 2 steps, written once (rank 0)
     assert proc.stdout.strip().splitlines()[-1] == str(out / 'final.pt')  # printed by rank 0 only
 
@@ -244,15 +199,31 @@ def test_non_finite_loss_stops_with_the_engine_error(tmp_path, monkeypatch):
     from sentizoo.engine import NonFiniteLossError
     from training.pretext.jigsaw import Jigsaw
     monkeypatch.setattr(Jigsaw, 'loss', lambda self, logits, index: logits.sum() * float('nan'))
-    with pytest.raises(NonFiniteLossError, match=r'non-finite loss, jigsaw at step 1 \(epoch 1\)'):
+    with pytest.raises(NonFiniteLossError, match=r'Non-finite loss at step 1 \(epoch 1, batch 1/2\): jigsaw=nan'):
         pt.pretrain(tiny('ho', tmp_path / 'run'))
 
 
 @pytest.mark.filterwarnings('ignore:pre-training resnet18 from a random initialisation')
+def test_loggers_get_the_rows_of_log_csv_and_history_json(tmp_path):
+    from test_progress import Recorder
+    recorder = Recorder()
+    pt.pretrain(tiny('hp', tmp_path / 'run', epochs=2, log_every=2, steps_per_epoch=3), loggers=[recorder])
+    with open(tmp_path / 'run' / 'log.csv') as f:
+        csv_rows = list(csv.DictReader(f))
+    assert [r['step'] for r in csv_rows] == ['2', '3', '4', '6']  # every 2nd step and each epoch's last
+    by_step = {r['step']: r for r in recorder.rows}
+    assert [{k: str(v) for k, v in by_step[int(r['step'])].items()} for r in csv_rows] == csv_rows
+    history = json.loads((tmp_path / 'run' / 'history.json').read_text())
+    assert [dict(epoch=r['epoch'], lr=r['lr'], steps=3, **r['train']) for r in recorder.records] == history
+    assert history[0]['loss'] == pytest.approx(sum(by_step[s]['loss'] for s in (1, 2, 3)) / 3, rel=1e-12)
+
+
+@pytest.mark.filterwarnings('ignore:pre-training resnet18 from a random initialisation')
 def test_progress_in_a_pipe_is_plain_lines(tmp_path, capsys):
-    """stderr is not a terminal here: no carriage-return bar, one line per logged step instead."""
+    """stderr is not a terminal here: no carriage-return bar, plain lines (steps, then the epoch's summary)."""
     pt.pretrain(tiny('ho', tmp_path / 'run', progress=True, steps_per_epoch=3))
     err = capsys.readouterr().err
     assert '\r' not in err
-    assert [line.split('  ')[:2] for line in err.splitlines() if line.startswith('HO epoch')] == [
-        ['HO epoch 1/1', f'step {s}/3'] for s in (1, 2, 3)]
+    lines = [line.split('  ')[:2] for line in err.splitlines() if line.startswith('HO epoch')]
+    assert lines[:2] == [['HO epoch 1/1', f'step {s}/3'] for s in (1, 2)] and len(lines) == 3
+    assert lines[2][1].startswith('loss ') and '(scene ' in lines[2][1]

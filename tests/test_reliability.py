@@ -269,7 +269,7 @@ def test_every_bad_label_row_and_missing_file_is_reported_before_training(tmp_pa
     good = [[f'images/calm/{i}.jpg', 0.5, 0.25, 0.25] for i in range(4)]
     data = _labels_csv(tmp_path, [*good, ['images/joy/0.jpg', 1.0, 0.9, 0.8], ['images/joy/1.jpg', 'nan', 0, 1],
                                   ['images/gone.jpg', 0.2, 0.3, 0.5]])
-    monkeypatch.setattr(engine._Loop, '_train_step', None)  # a step would crash
+    monkeypatch.setattr(engine.Loop, '_train_step', None)  # a step would crash
     code, _, err = _run(capsys, 'amalgamate', 'resnet18', data, '--task', 'ldl', '--output', tmp_path / 'out',
                         *COMMON)
     assert code == 2 and '3 problem(s)' in err and len(err.splitlines()) == 1
@@ -496,7 +496,7 @@ def test_cuda_without_a_driver_is_a_usage_error(capsys, tmp_path):
 def test_an_amalgamate_output_that_cannot_be_created_fails_before_training(capsys, tmp_path, monkeypatch):
     write_images(tmp_path / 'data')
     (tmp_path / 'file').touch()
-    monkeypatch.setattr(engine._Loop, 'run', None)  # training would crash
+    monkeypatch.setattr(engine.Loop, 'run', None)  # training would crash
     code, _, err = _run(capsys, 'amalgamate', 'resnet18', tmp_path / 'data', '--output', tmp_path / 'file' / 'out')
     assert code == 2 and f'--output {tmp_path / "file" / "out"}: cannot create the folder' in err
     code, _, err = _run(capsys, 'amalgamate', 'resnet18', tmp_path / 'data', '--output', tmp_path / 'out',

@@ -18,7 +18,7 @@ The protocol is the paper's (:func:`sentizoo.datasets.paper_data_config`, the ``
 preprocessing): train images resized to a square of ``floor(image_size / 0.875)`` (256 for 224), randomly
 cropped to ``image_size`` and flipped; evaluation resized the same way and centre-cropped; SGD lr 1e-3,
 momentum 0.9, weight decay 1e-4, 30 epochs, lr /10 every 10 (``train``, any
-:class:`~sentizoo.engine.TrainOptions` field); the epoch is selected on the validation split, the test
+:class:`~sentizoo.options.TrainOptions` field); the epoch is selected on the validation split, the test
 split is evaluated once, with the selected weights.
 
 Each run writes ``<out>/<experiment>/<run>.json`` (the config, the per-epoch history, the selected epoch,
@@ -141,7 +141,7 @@ def load_config(path: Union[str, Path]) -> Dict[str, Any]:
 
 def _check_run(name: str, run: Any, problems: List[str]) -> None:
     from sentizoo.amalgamation import TEACHER_TAGS
-    from sentizoo.engine import is_number
+    from sentizoo.options import is_number
     from sentizoo.stages import AMALGAMATION_STAGES
 
     where = f'runs.{name}'
@@ -173,9 +173,9 @@ def _check_run(name: str, run: Any, problems: List[str]) -> None:
 
 
 def _checked_train(train: Any, table: Optional[int], problems: List[str]) -> Any:
-    """``train`` checked as :class:`~sentizoo.engine.TrainOptions` (problems appended); a paper table's with the
+    """``train`` checked as :class:`~sentizoo.options.TrainOptions` (problems appended); a paper table's with the
     paper's schedule filled in."""
-    from sentizoo.engine import TrainOptions
+    from sentizoo.options import TrainOptions
 
     fields = {f.name for f in dataclasses.fields(TrainOptions)} - set(_SET_BY_RUNNER)
     if not isinstance(train, Mapping) or set(train) - fields:
@@ -192,7 +192,7 @@ def _checked_train(train: Any, table: Optional[int], problems: List[str]) -> Any
 
 def validate_config(config: Mapping[str, Any], source: str = 'config') -> Dict[str, Any]:
     """Check every key of ``config`` and fill in the defaults; raises :class:`ConfigError` listing all problems."""
-    from sentizoo.engine import is_int
+    from sentizoo.options import is_int
 
     from .datasets.emotion import DATASET_NAMES
 

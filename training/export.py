@@ -25,11 +25,12 @@ from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tup
 import torch
 import torch.nn as nn
 
+from sentizoo.checkpoint import read as read_checkpoint
+from sentizoo.checkpoint import read_state_dict
 from sentizoo.models import ARCHS, BACKBONE_TAGS, TAGS, senti_name, stock_name
 from sentizoo.saving import save_pretrained
 from sentizoo.weights import zoo_home
 
-from .checkpoint import load_checkpoint, read_state_dict
 from .model_card import _fmt, base_model, pretrain_recipe, render_card, validate_results
 
 __all__ = ['Exported', 'export', 'find_prefix', 'push_to_hub', 'load_card_results', 'published_line', 'main']
@@ -86,20 +87,20 @@ def _recipe(ckpt: Mapping[str, Any]) -> Tuple[List[Tuple[str, Any]], List[str], 
     config = ckpt.get('config') if isinstance(ckpt.get('config'), Mapping) else {}
     commands = [ckpt['command']] if ckpt.get('command') else []
     synthetic = config.get('dataset') == 'synthetic'
-    if ckpt.get('format', '').startswith('sentizoo.pretrain'):
-        c, history = config, ckpt.get('history') or []
+    if ckpt.get('trainer') == 'training.pretrain':
+        c, history = config, json.loads(ckpt.get('history') or '{}').get('epochs', [])
         facts = pretrain_recipe(
             c, data='; '.join(f'{task}: {d["dataset"]}, {d["samples"]} samples'
                               for task, d in ckpt.get('data', {}).items()) or c.get('dataset'),
             init=ckpt.get('init', 'not recorded'),
-            schedule=f"{ckpt.get('epoch')} of {c['epochs']} epochs, {ckpt.get('step')} steps; batch "
+            schedule=f"{ckpt.get('epoch')} of {c['epochs']} epochs, {ckpt.get('global_step')} steps; batch "
                      f"{c['batch_size']} per task and process, {ckpt.get('world_size', 1)} process(es); "
                      f"crop {c['image_size']} px")
         facts += [('Precision', ckpt.get('precision', 'not recorded')), ('Seed', c['seed'])]
         if history:
             last = history[-1]
             facts.append((f"Mean losses of the last epoch ({last['epoch']})",
-                          ', '.join(f'{k} {_fmt(v)}' for k, v in last.items() if k not in ('epoch', 'lr', 'steps'))))
+                          ', '.join(f'{k} {_fmt(v)}' for k, v in last['train'].items())))
     else:  # a checkpoint of another trainer: list the scalar settings it recorded
         facts = [(k, v) for k, v in config.items() if isinstance(v, (str, int, float, bool))]
         facts = facts or [('Training facts', 'not recorded in the checkpoint')]
@@ -128,7 +129,7 @@ def export(checkpoint: PathLike, tag: str, *, arch: Optional[str] = None, out: O
     if tag not in TAGS:
         raise ValueError(f'--tag {tag!r} is not a zoo tag; use one of {TAGS}')
     checkpoint = Path(checkpoint)
-    ckpt = {} if checkpoint.suffix == '.safetensors' else load_checkpoint(checkpoint)
+    ckpt = {} if checkpoint.suffix == '.safetensors' else read_checkpoint(checkpoint)
     config = ckpt.get('config') if isinstance(ckpt.get('config'), Mapping) else {}
     recorded_arch = config.get('arch')
     if arch and recorded_arch and senti_name(arch) != senti_name(recorded_arch):

@@ -30,7 +30,7 @@ import torch.nn as nn
 
 from sentizoo.models import BACKBONE_TAGS, paper_arch
 
-from .checkpoint import read_state_dict
+from sentizoo.checkpoint import read_state_dict
 from .pretext import get_task_class
 from .pretext.base import PretextTask
 

@@ -72,9 +72,9 @@ class PretextScore:
 
 def _batches(task: PretextTask, dataset: Dataset, batch_size: int, device: torch.device):
     """``(inputs, targets)`` of ``task`` over ``dataset`` in order, prepared on ``device``."""
-    from .pretrain import _to_device  # the pre-training step's own batch transfer
+    from sentizoo.runtime import to_device  # the training step's own batch transfer
     for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=task.collate_fn):
-        yield task.prepare(_to_device(batch, device, channels_last=False))
+        yield task.prepare(to_device(batch, device))
 
 
 def _classification(task: PretextTask, backbone, dataset: Dataset, batch_size: int, device) -> PretextScore:
@@ -196,9 +196,9 @@ def load_perception_model(checkpoint: Union[str, Path], samples: Optional[int] =
     """The perception model of a ``training.pretrain`` checkpoint, with its held-out and training datasets
     per task (``samples``: at most that many of each; the vocabulary is rebuilt from the full training data,
     as pre-training built it)."""
-    from .checkpoint import load_checkpoint
+    from sentizoo.checkpoint import read as read_checkpoint
     from .pretrain import PretrainConfig, build_datasets, build_model_and_data
-    ckpt = load_checkpoint(checkpoint)
+    ckpt = read_checkpoint(checkpoint)
     if 'config' not in ckpt or 'model' not in ckpt:
         raise ValueError(f'{checkpoint} is not a training.pretrain checkpoint (final.pt, last.pt or epoch_NNN.pt)')
     config = PretrainConfig(**ckpt['config'])

@@ -28,33 +28,32 @@ import csv
 import dataclasses
 import json
 import logging
-import math
 import random
 import shlex
 import sys
-import time
 import warnings
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from sentizoo.engine import (EpochSampler, NonFiniteLossError, SeededSamples, line_every, process_group,
-                             progress_line, progress_mode, rank_world, resolve_device, sgd)
-from sentizoo.models import ARCHS
+from sentizoo.checkpoint import CHECKPOINT_NAME, load as load_checkpoint, read_state_dict
+from sentizoo.cli.arguments import add_dataclass_arguments
+from sentizoo.engine import Loop
+from sentizoo.models import ARCHS, BACKBONE_TAGS
+from sentizoo.options import TrainOptions
+from sentizoo.progress import Logger
+from sentizoo.runtime import autocast, process_group, rank_world, resolve_device
 
-from .checkpoint import load_checkpoint, read_state_dict, rng_state, save_checkpoint, set_rng_state
-
-__all__ = ['PretrainConfig', 'pretrain', 'parse_args', 'main', 'CHECKPOINT_FORMAT', 'MODELS', 'DATASETS']
+__all__ = ['PretrainConfig', 'pretrain', 'parse_args', 'main', 'MODELS', 'DATASETS']
 
 _logger = logging.getLogger('training.pretrain')
 
-CHECKPOINT_FORMAT = 'sentizoo.pretrain/1'
-MODELS = ('st', 'ho', 'hp')
+MODELS = BACKBONE_TAGS  # --model choices: ST, HO, HP
 DATASETS = {'st': ('places365', 'synthetic'), 'ho': ('places365', 'synthetic'), 'hp': ('vso+artemis', 'synthetic')}
 HELDOUT_SPLITS = {'synthetic': 'test', 'places365': 'val', 'vso': 'test', 'artemis': 'val'}
 """The split of each pre-training dataset that pre-training never reads: where the pretext tasks are measured."""
@@ -106,6 +105,8 @@ class PretrainConfig:
     log_every: int = _opt(1, 'write a log.csv row (and refresh the progress bar) every N steps')
     max_samples: Optional[int] = _opt(None, 'use at most this many samples of each task dataset (quick runs)')
     progress: bool = _opt(True, 'show a progress bar (rank 0)')
+    tensorboard: bool = _opt(False, 'also log each step and epoch to TensorBoard in <out-dir>/tensorboard (pip install '
+                                    'tensorboard)')
 
     def resolved(self) -> 'PretrainConfig':
         """A copy with the model-dependent defaults filled in and every option checked (fails fast)."""
@@ -163,52 +164,6 @@ class PretrainConfig:
 
 
 # ----------------------------------------------------------------------------------------------- data
-
-class TaskStream:
-    """An endless stream of batches for one task: passes over its dataset one after another.
-
-    The position (pass number, batches consumed) is the whole state, so :meth:`state_dict` /
-    :meth:`load_state_dict` resume the stream at the exact next batch.
-    """
-
-    def __init__(self, name: str, dataset: Dataset, batch_size: int, *, seed: int, workers: int,
-                 collate_fn=None, pin_memory: bool = False):
-        self.name = name
-        # the library's reproducible sampling: DistributedSampler order by (seed, pass), each sample drawn
-        # with the generators seeded from (seed, pass, index), whatever worker or rank loads it
-        self.dataset = SeededSamples(dataset, seed)
-        self.sampler = EpochSampler(len(dataset), batch_size, True, seed, *rank_world())
-        per_process = len(self.sampler.shard)
-        self.batches_per_pass = per_process // batch_size
-        if self.batches_per_pass == 0:
-            raise ValueError(f'task {name}: {len(dataset)} samples give {per_process} per process, fewer '
-                             f'than --batch-size {batch_size}; lower the batch size or add data')
-        self.batch_size, self.workers, self.collate_fn, self.pin_memory = batch_size, workers, collate_fn, pin_memory
-        self.epoch, self.position = 0, 0
-        self._iterator: Optional[Iterator] = None
-
-    def _start_pass(self) -> None:
-        self.sampler.start(self.epoch, self.position)
-        # a private generator: creating the iterator draws a seed, which must not move the global stream
-        loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=self.sampler, drop_last=True,
-                            num_workers=self.workers, collate_fn=self.collate_fn, pin_memory=self.pin_memory,
-                            generator=torch.Generator().manual_seed(self.epoch))
-        self._iterator = iter(loader)
-
-    def next(self) -> Any:
-        if self.position >= self.batches_per_pass:
-            self.epoch, self.position, self._iterator = self.epoch + 1, 0, None
-        if self._iterator is None:
-            self._start_pass()
-        self.position += 1
-        return next(self._iterator)
-
-    def state_dict(self) -> Dict[str, int]:
-        return {'epoch': self.epoch, 'position': self.position}
-
-    def load_state_dict(self, state: Mapping[str, int]) -> None:
-        self.epoch, self.position, self._iterator = int(state['epoch']), int(state['position']), None
-
 
 def _subset(dataset: Dataset, max_samples: Optional[int], seed: int) -> Dataset:
     """A seeded random subset (lists are sorted by class, so the first N would be one class)."""
@@ -325,23 +280,22 @@ def init_backbone(backbone: nn.Module, arch: str, init: str) -> str:
 
 # --------------------------------------------------------------------------------------------- logging
 
-class RunLog:
-    """``log.csv`` (one row per logged step), ``history.json`` (per epoch) and ``loss.png`` in ``folder``.
+class RunLog(Logger):
+    """A logger of the training loop (rank 0): ``log.csv`` (a row every ``log_every`` steps and at each epoch's
+    end), ``history.json`` (per epoch: ``epoch``, ``lr``, ``steps``, each loss term's mean) and ``loss.png``.
+    On resume the CSV is cut back to the checkpoint's step: rows of steps trained again are not duplicated."""
 
-    On resume the CSV is cut back to the checkpoint's step, so rows of steps that are trained again
-    are not duplicated. Only rank 0 writes.
-    """
-
-    def __init__(self, folder: Path, enabled: bool, resume_step: Optional[int] = None):
+    def __init__(self, folder: Path, log_every: int):
         self.csv_path, self.json_path, self.plot_path = folder / 'log.csv', folder / 'history.json', folder / 'loss.png'
-        self.enabled = enabled
+        self.log_every, self.steps_per_epoch = log_every, 0
         self.fields: Optional[List[str]] = None
-        if not enabled:
-            return
+
+    def start(self, global_step: int, steps_per_epoch: int) -> None:
+        self.steps_per_epoch = steps_per_epoch
         rows = []
-        if resume_step is not None and self.csv_path.is_file():
+        if global_step and self.csv_path.is_file():
             with open(self.csv_path, newline='') as f:
-                rows = [r for r in csv.DictReader(f) if int(r['step']) <= resume_step]
+                rows = [r for r in csv.DictReader(f) if int(r['step']) <= global_step]
         self.csv_path.unlink(missing_ok=True)
         self._write_rows(rows, 'w')
 
@@ -355,14 +309,14 @@ class RunLog:
                 writer.writeheader()
             writer.writerows(rows)
 
-    def step(self, row: Mapping[str, Any]) -> None:
-        if self.enabled:
+    def log_step(self, row: Mapping[str, Any]) -> None:
+        if row['step'] % self.log_every == 0 or row['step'] % self.steps_per_epoch == 0:
             self._write_rows([row], 'a' if self.fields is not None else 'w')
 
-    def epoch(self, history: Sequence[Mapping[str, Any]]) -> None:
-        if not self.enabled:
-            return
-        self.json_path.write_text(json.dumps(list(history), indent=2) + '\n')
+    def log_epoch(self, record: Mapping[str, Any], history: Mapping[str, Any]) -> None:
+        epochs = [{'epoch': e['epoch'], 'lr': e['lr'], 'steps': self.steps_per_epoch, **e['train']}
+                  for e in history['epochs']]
+        self.json_path.write_text(json.dumps(epochs, indent=2) + '\n')
         self.plot()
 
     def plot(self) -> None:
@@ -388,50 +342,19 @@ class RunLog:
 
 # ------------------------------------------------------------------------------------------- training
 
-def _to_device(batch: Any, device: torch.device, channels_last: bool) -> Any:
-    if isinstance(batch, torch.Tensor):
-        batch = batch.to(device, non_blocking=True)
-        if channels_last and batch.dim() == 4 and batch.is_floating_point():
-            batch = batch.contiguous(memory_format=torch.channels_last)
-        return batch
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(_to_device(b, device, channels_last) for b in batch)
-    if isinstance(batch, Mapping):
-        return {k: _to_device(v, device, channels_last) for k, v in batch.items()}
-    return batch
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2 ** 32)
-    torch.manual_seed(seed)
-
-
 def _versions() -> Dict[str, str]:
     import timm
     import sentizoo
     return {'sentizoo': str(sentizoo.__version__), 'torch': str(torch.__version__), 'timm': str(timm.__version__)}
 
 
-def _check_resumable(ckpt: Mapping[str, Any], config: PretrainConfig, path: Path) -> None:
-    if ckpt.get('format') != CHECKPOINT_FORMAT or 'optimizer' not in ckpt:
-        raise ValueError(f'{path} is not a resumable training.pretrain checkpoint (use last.pt or epoch_NNN.pt)')
-    saved = ckpt['config']
-    keys = ('model', 'arch', 'dataset', 'image_size', 'batch_size', 'seed', 'max_samples')
-    changed = {k: (saved.get(k), getattr(config, k)) for k in keys if saved.get(k) != getattr(config, k)}
-    if changed:
-        raise ValueError(f'--resume {path}: the run was made with different settings ' +
-                         ', '.join(f'{k}: checkpoint {a!r}, now {b!r}' for k, (a, b) in changed.items()))
-    if ckpt['world_size'] != rank_world()[1]:
-        raise ValueError(f'--resume {path}: saved by {ckpt["world_size"]} processes, resumed with '
-                         f'{rank_world()[1]}; resume with the same number for an exact continuation')
-
-
-def pretrain(config: Union[PretrainConfig, argparse.Namespace, Mapping[str, Any], Sequence[str]]) -> Path:
+def pretrain(config: Union[PretrainConfig, argparse.Namespace, Mapping[str, Any], Sequence[str]],
+             loggers: Sequence[Any] = ()) -> Path:
     """Pre-train one perception model; returns the path of the final checkpoint (``<out_dir>/final.pt``).
 
     ``config`` is a :class:`PretrainConfig`, the argparse namespace of :func:`parse_args`, a mapping of
     its fields, or a list of command-line arguments. Every option is checked before anything runs.
+    ``loggers``: more :class:`sentizoo.progress.Logger` hooks (rank 0), besides ``log.csv`` and TensorBoard.
     Under ``torchrun`` the process group is created here (and destroyed at the end) unless the caller
     already made one.
     """
@@ -444,137 +367,51 @@ def pretrain(config: Union[PretrainConfig, argparse.Namespace, Mapping[str, Any]
     config = config.resolved()
     device = resolve_device(config.device)  # this rank's GPU (LOCAL_RANK) if any, else the CPU
     with process_group(device):
-        return _train(config, device)
+        return _train(config, device, loggers)
 
 
-def _all_gather(obj: Any) -> List[Any]:
-    """``obj`` of every rank, in rank order (a one-element list in a single process)."""
-    world = rank_world()[1]
-    if world == 1:
-        return [obj]
-    out: List[Any] = [None] * world
-    torch.distributed.all_gather_object(out, obj)
-    return out
-
-
-def _train(config: PretrainConfig, device: torch.device) -> Path:
-    from tqdm.auto import tqdm
-
+def _train(config: PretrainConfig, device: torch.device, loggers: Sequence[Any]) -> Path:
     rank, world = rank_world()
-    main_process = rank == 0
     out = Path(config.out_dir)
-    last_path, final_path = out / 'last.pt', out / 'final.pt'
+    last_path, final_path = out / CHECKPOINT_NAME, out / 'final.pt'
     resume = last_path if config.resume == 'auto' and last_path.is_file() else (
         Path(config.resume) if config.resume not in (None, 'auto') else None)
-    ckpt = load_checkpoint(resume) if resume else None
-    if ckpt is not None:
-        _check_resumable(ckpt, config, resume)
+    ckpt = load_checkpoint(resume, resumable=True) if resume else None  # an old or a final file fails here
 
-    _seed_everything(config.seed)  # the same initialisation on every rank
+    random.seed(config.seed)  # the same initialisation on every rank
+    np.random.seed(config.seed % 2 ** 32)
+    torch.manual_seed(config.seed)
     model, tasks, data_facts = build_model_and_data(config)
     init = ckpt['init'] if ckpt is not None else init_backbone(model.backbone, config.arch, config.init)
-    channels_last = device.type == 'cuda' if config.channels_last is None else config.channels_last
-    amp = config.amp == 'bf16' or (config.amp == 'auto' and device.type == 'cuda')
-    precision = 'bf16 autocast' if amp else 'fp32'
-    model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    optimizer = sgd(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step, gamma=config.lr_gamma)
-    streams = [TaskStream(name, dataset, config.batch_size, seed=config.seed + 7919 * k, workers=config.workers,
-                          collate_fn=collate, pin_memory=device.type == 'cuda')
-               for k, (name, dataset, collate) in enumerate(tasks)]
-    steps_per_epoch = config.steps_per_epoch or max(s.batches_per_pass for s in streams)
-
-    epoch, step_in_epoch, step, history, sums = 0, 0, 0, [], {}
-    if ckpt is not None:
-        model.load_state_dict(ckpt['model'])
-        optimizer.load_state_dict(ckpt['optimizer'])
-        scheduler.load_state_dict(ckpt['scheduler'])
-        for stream, state in zip(streams, ckpt['streams']):
-            stream.load_state_dict(state)
-        epoch, step_in_epoch, step, history = ckpt['epoch'], ckpt['step_in_epoch'], ckpt['step'], ckpt['history']
-        sums = dict(ckpt['epoch_sums'])
-        set_rng_state(ckpt['rng'][rank])
-    else:
-        torch.manual_seed(config.seed + rank)  # per-rank stream for in-step randomness (dropout, permutations)
-    step_module: nn.Module = model  # forward(*batches) is the training step, so DDP syncs all of it
-    if world > 1:
-        # the ST tasks tap VGG's conv stages only: its pre-logits (fc6/fc7) get no gradient there
-        step_module = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == 'cuda' else None,
-            find_unused_parameters=config.model == 'st' and config.arch.startswith('vgg'))
-
-    if main_process:  # only now: a bad dataset or initialisation has failed without leaving a folder behind
-        out.mkdir(parents=True, exist_ok=True)
-    log = RunLog(out, main_process, resume_step=step if ckpt is not None else None)
-    facts = {'format': CHECKPOINT_FORMAT, 'config': dataclasses.asdict(config), 'command': config.command(),
+    if ckpt is None:  # per-rank stream for in-step randomness (a resumed run restores the checkpoint's)
+        torch.manual_seed(config.seed + rank)
+    # the ST tasks tap VGG's conv stages only: its pre-logits (fc6/fc7) get no gradient there (DDP must know)
+    model.has_unused_parameters = config.model == 'st' and config.arch.startswith('vgg')
+    opts = TrainOptions(epochs=config.epochs, lr=config.lr, momentum=config.momentum,
+                        weight_decay=config.weight_decay, step_size=config.lr_step, gamma=config.lr_gamma,
+                        seed=config.seed, checkpoint_dir=str(out), checkpoint_every=config.save_every or None,
+                        device=str(device), amp={'auto': True, 'bf16': 'bf16', 'off': False}[config.amp],
+                        channels_last=config.channels_last, progress=config.progress)
+    loaders = {f'task {name}': DataLoader(dataset, batch_size=config.batch_size, shuffle=True, drop_last=True,
+                                          num_workers=config.workers, collate_fn=collate,
+                                          pin_memory=device.type == 'cuda')
+               for name, dataset, collate in tasks}
+    precision = 'fp32' if isinstance(autocast(device, opts.amp), nullcontext) else 'bf16 autocast'
+    facts = {'trainer': 'training.pretrain', 'config': dataclasses.asdict(config), 'command': config.command(),
              'init': init, 'precision': precision, 'world_size': world, 'data': data_facts,
-             'tasks': [s.name for s in streams], 'versions': _versions()}
-
-    def save(path: Path, full: bool = True) -> None:
-        # collective (every rank calls save with the same ``full``); only a resumable checkpoint needs it
-        rng = _all_gather(rng_state()) if full else None
-        if not main_process:
-            return
-        state = dict(facts, model=model.state_dict(), epoch=epoch, step=step, step_in_epoch=step_in_epoch,
-                     history=history)
-        if full:
-            state.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), rng=rng,
-                         streams=[s.state_dict() for s in streams],
-                         epoch_sums=dict(sums))
-        save_checkpoint(state, path)
-
-    if main_process:
+             'tasks': [name for name, _, _ in tasks], 'versions': _versions()}
+    same_run = {k: getattr(config, k) for k in ('model', 'arch', 'dataset', 'image_size', 'max_samples')}
+    loggers = [RunLog(out, config.log_every), *loggers, *['tensorboard'] * config.tensorboard]
+    loop = Loop(model, loaders, opts, device=device, describe=dict(mode='pretrain', **same_run), resume_from=resume,
+                steps_per_epoch=config.steps_per_epoch, loggers=loggers, facts=facts,
+                keep_epochs=config.keep_epochs, label=f'{config.model.upper()} ')
+    if rank == 0:
         _logger.info('pre-training %s/%s on %s: %d epochs x %d steps, batch %d x %d process(es), %s, init: %s',
-                     config.model.upper(), config.arch, config.dataset, config.epochs, steps_per_epoch,
+                     config.model.upper(), config.arch, config.dataset, config.epochs, loop.steps_per_epoch,
                      config.batch_size, world, precision, init)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if amp else nullcontext()
-    while epoch < config.epochs:
-        model.train()
-        mode = progress_mode(main_process and config.progress)  # a bar on a terminal, plain lines in a pipe
-        desc = f'{config.model.upper()} epoch {epoch + 1}/{config.epochs}'
-        bar = tqdm(total=steps_per_epoch, initial=step_in_epoch, disable=mode != 'bar', desc=desc, dynamic_ncols=True)
-        started = time.perf_counter()
-        while step_in_epoch < steps_per_epoch:
-            batches = [_to_device(s.next(), device, channels_last) for s in streams]
-            with autocast:
-                loss, terms = step_module(*batches)
-            values = torch.stack([loss.detach().float()] + [v.detach().float() for v in terms.values()])
-            if world > 1:  # every rank sees the same values, so that all stop together (no hung collective)
-                torch.distributed.all_reduce(values)
-                values /= world
-            values = dict(zip(['loss', *terms], values.tolist()))  # the step's one host sync
-            bad = [k for k, v in values.items() if not math.isfinite(v)]
-            if bad:
-                raise NonFiniteLossError(f'non-finite {", ".join(bad)} at step {step + 1} (epoch {epoch + 1}); '
-                                         f'the last good checkpoint is {last_path}')
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step, step_in_epoch = step + 1, step_in_epoch + 1
-            for k, v in values.items():
-                sums[k] = sums.get(k, 0.0) + v
-            if step % config.log_every == 0 or step_in_epoch == steps_per_epoch:
-                log.step({'step': step, 'epoch': epoch + 1, 'lr': optimizer.param_groups[0]['lr'], **values,
-                          'time': round(time.perf_counter() - started, 3)})
-                bar.set_postfix({k: f'{v:.4g}' for k, v in values.items()}, refresh=False)
-            bar.update()
-            if mode == 'lines' and (step_in_epoch % line_every(steps_per_epoch) == 0
-                                    or step_in_epoch == steps_per_epoch):
-                progress_line(f'{desc}  step {step_in_epoch}/{steps_per_epoch}  '
-                              + ' '.join(f'{k} {v:.4g}' for k, v in values.items()))
-            if config.save_every and step % config.save_every == 0 and step_in_epoch < steps_per_epoch:
-                save(last_path)
-        bar.close()
-        history.append({'epoch': epoch + 1, 'lr': optimizer.param_groups[0]['lr'], 'steps': steps_per_epoch,
-                        **{k: v / steps_per_epoch for k, v in sums.items()}})
-        scheduler.step()
-        epoch, step_in_epoch, sums = epoch + 1, 0, {}
-        save(last_path)
-        if config.keep_epochs:
-            save(out / f'epoch_{epoch:03d}.pt')
-        log.epoch(history)
-    save(final_path, full=False)
-    if main_process:
+    loop.run()
+    loop.save(final_path, resumable=False)
+    if rank == 0:
         _logger.info('final checkpoint: %s (export: python -m training.export --checkpoint %s --tag %s)',
                      final_path, final_path, config.model)
     return final_path
@@ -586,13 +423,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """The command line of ``python -m training.pretrain`` (one option per :class:`PretrainConfig` field)."""
     p = argparse.ArgumentParser(prog='python -m training.pretrain', description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    for f in dataclasses.fields(PretrainConfig):
-        meta, flag = dict(f.metadata), '--' + f.name.replace('_', '-')
-        if f.type in ('bool', 'Optional[bool]'):
-            p.add_argument(flag, default=f.default, help=meta['help'], action=argparse.BooleanOptionalAction)
-            continue
-        kind = {'int': int, 'float': float}.get(f.type.removeprefix('Optional[').removesuffix(']'), str)
-        p.add_argument(flag, type=kind, default=f.default, **meta)
+    add_dataclass_arguments(p, PretrainConfig)
     return p.parse_args(argv)
 
 

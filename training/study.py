@@ -117,7 +117,7 @@ def pretrain_model(tag: str, arch: str, out: Path, settings: Mapping[str, Any], 
 
 def _check_same_run(checkpoint: Path, config: Any) -> None:
     """Refuse to continue a checkpoint made with other settings (a finished one would be reused as it is)."""
-    from .checkpoint import load_checkpoint
+    from sentizoo.checkpoint import load as load_checkpoint
     saved = load_checkpoint(checkpoint)['config']
     wanted = dataclasses.asdict(config.resolved())
     changed = sorted(k for k in wanted if k not in ('resume', 'progress', 'device') and saved.get(k) != wanted[k])

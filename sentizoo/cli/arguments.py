@@ -1,6 +1,6 @@
 """Command-line options generated from a dataclass, so that the dataclass stays the one place of each default.
 
-Used by ``sentizoo amalgamate`` / ``evaluate`` (:class:`~sentizoo.engine.TrainOptions`) and fit for
+Used by ``sentizoo amalgamate`` / ``evaluate`` (:class:`~sentizoo.options.TrainOptions`) and fit for
 ``training.pretrain`` (its ``PretrainConfig``): a documented API that ``training/`` may import.
 """
 from __future__ import annotations
@@ -14,9 +14,12 @@ __all__ = ['add_dataclass_arguments']
 
 
 def _plain_type(hint: Any) -> Any:
-    """``Optional[X]`` -> ``X``; any other hint as it is."""
+    """``Optional[X]`` -> ``X``; a union with ``bool`` (``TrainOptions.amp``: True, False or 'bf16') -> ``bool``:
+    the command line offers the flag pair, the other values stay for Python callers; any other hint as it is."""
+    if typing.get_origin(hint) is not Union:
+        return hint
     args = [a for a in typing.get_args(hint) if a is not type(None)]
-    return args[0] if typing.get_origin(hint) is Union and len(args) == 1 else hint
+    return args[0] if len(args) == 1 else bool if bool in args else hint
 
 
 def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type,

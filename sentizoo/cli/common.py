@@ -88,8 +88,8 @@ def check_writable_dir(path: Path, flag: str) -> None:
 
 def add_data_arguments(p: argparse.ArgumentParser) -> None:
     """The data and device options of amalgamate and evaluate (device, memory format and progress: the
-    :class:`~sentizoo.engine.TrainOptions` fields, which both front doors take)."""
-    from ..engine import TrainOptions
+    :class:`~sentizoo.options.TrainOptions` fields, which both front doors take)."""
+    from ..options import TrainOptions
     from .arguments import add_dataclass_arguments
 
     p.add_argument('--task', choices=('sll', 'mll', 'ldl'),

@@ -142,7 +142,7 @@ def _run_amalgamate(args: argparse.Namespace) -> int:
 
 def add_amalgamate_parser(subparsers) -> None:
     from ..amalgamation import TEACHER_TAGS
-    from ..engine import TrainOptions
+    from ..options import TrainOptions
     from ..stages import AMALGAMATION_STAGES
     from .arguments import add_dataclass_arguments
 
