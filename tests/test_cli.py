@@ -1,4 +1,6 @@
-"""The sentizoo CLI, in-process through main(argv) and once through `python -m sentizoo`."""
+"""The sentizoo CLI (the sentizoo/cli/ package), in-process through main(argv) and once through `python -m sentizoo`:
+predict, list, info, export-onnx and their errors. (amalgamate / evaluate are still in test_engine.py, until its
+rewrite is merged.) The fixtures (weights_dir, zoo, images, bomb_limit, tiny_folder) are in conftest.py."""
 import csv
 import io
 import json
@@ -10,53 +12,15 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-from PIL import Image
 from timm.data import create_transform, resolve_model_data_config
 
-from sentizoo.cli import build_parser, main
+import sentizoo.onnx as sonnx
+from helpers import BAD, MODEL, TINY_LABELS, TINY_SIZE, write_hf_cache
+from sentizoo.cli import main
 from sentizoo.images import load_image
 from sentizoo.models import FI_LABELS
 from sentizoo.saving import save_pretrained
-
-MODEL = 'senti_resnet18.fi'
-BAD = {'truncated.jpg': 'truncated', 'empty.jpg': 'empty', 'text.jpg': 'not an image', 'bomb.png': 'decompression bomb'}
-
-
-@pytest.fixture(scope='module')
-def weights_dir(tmp_path_factory) -> Path:
-    """A random senti_resnet18.fi in the zoo format (seeded, so its predictions are not all ties)."""
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp('weights') / MODEL
-    save_pretrained(timm.create_model(MODEL), folder, verbose=False)
-    return folder
-
-
-@pytest.fixture
-def zoo(isolated_zoo, weights_dir) -> Path:
-    isolated_zoo.mkdir(parents=True)
-    (isolated_zoo / MODEL).symlink_to(weights_dir)
-    return isolated_zoo
-
-
-@pytest.fixture(scope='module')
-def images(tmp_path_factory) -> Path:
-    """Two good JPEGs (one nested), a good PNG, and one bad file of each kind."""
-    root = tmp_path_factory.mktemp('images')
-    (root / 'sub').mkdir()
-    Image.radial_gradient('L').resize((40, 30)).convert('RGB').save(root / 'a_gradient.jpg')
-    Image.effect_noise((30, 40), 60).convert('RGB').save(root / 'sub' / 'noise.jpg')
-    Image.new('RGBA', (32, 32), (200, 40, 40, 128)).save(root / 'b_alpha.png')
-    full = (root / 'a_gradient.jpg').read_bytes()
-    (root / 'truncated.jpg').write_bytes(full[:len(full) // 2])
-    (root / 'empty.jpg').touch()
-    (root / 'text.jpg').write_text('not an image\n')
-    Image.new('RGB', (400, 400)).save(root / 'bomb.png')  # a bomb once MAX_IMAGE_PIXELS is lowered
-    return root
-
-
-@pytest.fixture
-def bomb_limit(monkeypatch):
-    monkeypatch.setattr(Image, 'MAX_IMAGE_PIXELS', 100_000)  # above the good images, resized to 341x256
+from sentizoo.weights import sha256_file
 
 
 def _run(capsys, *argv):
@@ -192,8 +156,6 @@ def test_python_m_sentizoo(zoo, images):
 def test_predict_takes_folders_hub_names_and_checkpoints_of_any_size(capsys, images, tmp_path, monkeypatch):
     """A 3-class model saved by save_pretrained (what `sentizoo amalgamate` writes) predicts the same from its
     folder, a local-dir: or hf-hub: name, and a timm name + its weight file, with its own label names."""
-    from conftest import write_hf_cache
-
     torch.manual_seed(0)
     folder = tmp_path / 'moods'
     save_pretrained(timm.create_model('resnet18', num_classes=3), folder, label_names=['calm', 'joy', 'rage'],
@@ -231,13 +193,53 @@ def test_output_into_a_closed_pipe_exits_quietly(zoo):
     assert 'Traceback' not in err and 'BrokenPipeError' not in err, err
 
 
-def test_workers_default_to_the_cores(monkeypatch):
-    from sentizoo.images import default_workers
-    from training.downstream import validate_config
+# ---------------------------------------------------------- predict --backend and export-onnx (sentizoo.onnx)
 
-    monkeypatch.setattr(os, 'sched_getaffinity', lambda pid: {0, 1}, raising=False)
-    assert default_workers() == 2
-    config = validate_config({'arch': 'resnet18', 'dataset': 'synthetic', 'task': 'sll',
-                              'runs': {'a': {'mode': 'finetune', 'init': 'random'}}})
-    assert config['workers'] == 2  # was 4: more processes than cores, and torch's warning twice per run
-    assert build_parser().parse_args(['amalgamate', 'resnet18', 'data', '--output', 'out']).workers is None
+def _predict(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, json.loads(out), [line for line in err.splitlines() if 'exporting to ONNX' not in line]
+
+
+def test_predict_rows_identical_across_backends(capsys, zoo, images, bomb_limit):
+    argv = ('predict', MODEL, images, '--format', 'json', '--top-k', 3, '--workers', 0, '--batch-size', 2)
+    code_torch, rows_torch, err_torch = _predict(capsys, *argv, '--backend', 'torch')
+    code_ort, rows_ort, err_ort = _predict(capsys, *argv, '--backend', 'onnxruntime')
+    assert code_torch == code_ort == 1 and err_torch == err_ort and len(rows_torch) == 7
+    for torch_row, ort_row in zip(rows_torch, rows_ort, strict=True):
+        assert ort_row['path'] == torch_row['path'] and ort_row['error'] == torch_row['error']
+        assert Path(torch_row['path']).name in BAD or torch_row['error'] is None
+        assert [p['label'] for p in ort_row['predictions']] == [p['label'] for p in torch_row['predictions']]
+        assert [p['probability'] for p in ort_row['predictions']] == pytest.approx(
+            [p['probability'] for p in torch_row['predictions']], abs=1e-6)
+    cached = zoo / MODEL / f'model.{sha256_file(zoo / MODEL / "model.safetensors")}.onnx'
+    assert cached.is_file()
+    mtime = cached.stat().st_mtime_ns
+    code_auto, rows_auto, _ = _predict(capsys, *argv)  # auto: ONNX Runtime, from the cache
+    assert (code_auto, rows_auto) == (code_ort, rows_ort) and cached.stat().st_mtime_ns == mtime
+
+
+def test_predict_backend_usage_errors(capsys, zoo, images, monkeypatch):
+    monkeypatch.setitem(sys.modules, 'onnxruntime', None)
+    code = main(['predict', MODEL, str(images / 'a_gradient.jpg'), '--backend', 'onnxruntime', '--workers', '0'])
+    assert code == 2 and 'pip install "sentizoo[onnx]"' in capsys.readouterr().err
+    assert main(['export-onnx', MODEL, str(images / 'out.onnx')]) == 2
+    assert 'pip install "sentizoo[onnx]"' in capsys.readouterr().err and not (images / 'out.onnx').exists()
+
+
+def test_export_onnx_command(capsys, tiny_folder, tmp_path):
+    assert main(['export-onnx', str(tiny_folder), str(tmp_path / 'out.onnx')]) == 0
+    assert f'wrote {tmp_path / "out.onnx"} (opset 17, input [3, {TINY_SIZE}, {TINY_SIZE}]' in capsys.readouterr().err
+    metadata = sonnx.read_metadata(tmp_path / 'out.onnx')
+    assert metadata['label_names'] == TINY_LABELS and metadata['model'] == str(tiny_folder)
+    assert main(['export-onnx', f'local-dir:{tiny_folder}', str(tmp_path / 'local.onnx')]) == 0
+    assert sonnx.read_metadata(tmp_path / 'local.onnx')['data_config'] == metadata['data_config']
+    assert main(['export-onnx', str(tiny_folder), str(tmp_path / 'out.txt')]) == 2
+    assert '.onnx file' in capsys.readouterr().err
+    assert main(['export-onnx', 'senti_resnet18.fi', str(tmp_path / 'fi.onnx')]) == 1  # no weights in the zoo
+    assert 'No weights found for senti_resnet18.fi' in capsys.readouterr().err
+
+
+# Merge shim: tests/test_reliability.py (being rewritten elsewhere) does `from test_cli import MODEL, weights_dir, zoo`.
+# MODEL comes from helpers above; the two fixtures live in conftest.py. Delete this line when that import goes.
+from conftest import weights_dir, zoo  # noqa: E402,F401
