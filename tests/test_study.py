@@ -30,6 +30,8 @@ def test_settings_merge_quick_and_full_over_the_defaults():
     assert both['downstream']['max_data'] == quick['downstream']['max_data']
 
 
+# training.pretrain.build_datasets(heldout=True), as the study measures on it; its place is test_pretrain.py, which
+# is being rewritten elsewhere: move it there when that lands.
 def test_heldout_pretraining_data_is_another_split_centre_cropped():
     config = PretrainConfig(model='ho', arch='resnet18', dataset='synthetic', image_size=32, max_samples=4).resolved()
     train, heldout = dict(build_datasets(config)), dict(build_datasets(config, heldout=True))
