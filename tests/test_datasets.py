@@ -89,7 +89,7 @@ def test_image_csv_rows_paths_and_line_numbers(tmp_path):
     ('path\na.jpg\n', r'got 2 non-empty line\(s\)'),  # a header without a label column
     ('path,calm,joy\na.jpg,1,0\nb.jpg,1\n', r'labels\.csv:3: expected .*\(2 fields for 3 columns\)'),
     ('path,calm,joy\n\na.jpg,1,high\n', r"labels\.csv:3: expected .*\['a\.jpg', '1', 'high'\]"),
-])
+], ids=['header only', 'no label column', 'short row', 'not a number'])
 def test_image_csv_errors_name_the_file_and_line(tmp_path, text, match):
     (tmp_path / 'labels.csv').write_text(text)
     with pytest.raises(ValueError, match=match):
