@@ -102,7 +102,7 @@ def _pretext_steps(kind: str, arch: str, batch: int, size: int, device: torch.de
 
 def write_places(root: Path, n: int = 204) -> int:
     """``n`` 256x256 JPEGs (synthetic scenes) in the official Places365 layout; returns the count."""
-    from fixtures_pretrain import PLACES_CATEGORIES, write_places365_official
+    from helpers import PLACES_CATEGORIES, write_places365_official
     from training.datasets.synthetic import AffectWorld
     per_class = -(-n // len(PLACES_CATEGORIES))
     truth = write_places365_official(root, per_class=per_class, val_per_class=1)

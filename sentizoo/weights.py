@@ -242,6 +242,17 @@ def find_local(name: str, hf_hub_id: Optional[str] = None, filename: str = WEIGH
     return None
 
 
+def _explicit_file(name: str, path: Path, sha256: Optional[str]) -> Path:
+    """The file given by ``pretrained_cfg`` ``file=``, verified; it must exist and be safetensors."""
+    if not path.is_file():
+        raise WeightsNotFoundError(f'Weight file for {name} does not exist: {path} (from pretrained_cfg file=).')
+    if path.suffix != '.safetensors':
+        raise InvalidWeightsError(f'{path}: only .safetensors weight files are loaded (pickle files can run '
+                                  f'code). Convert it with safetensors.torch.save_file(state_dict, '
+                                  f'"model.safetensors").')
+    return _verify(name, path, _expected_sha256(path, sha256))
+
+
 def resolve_weights(name: str, cfg: Any = None, sha256: Optional[str] = None, download: bool = True) -> Path:
     """Path of the verified safetensors file for ``name`` (``'senti_resnet50.hp'``).
 
@@ -264,14 +275,7 @@ def resolve_weights(name: str, cfg: Any = None, sha256: Optional[str] = None, do
         sha256 = SHA256.get(name)
     explicit = _cfg_get(cfg, 'file')
     if explicit:
-        path = Path(explicit).expanduser()
-        if not path.is_file():
-            raise WeightsNotFoundError(f'Weight file for {name} does not exist: {path} (from pretrained_cfg file=).')
-        if path.suffix != '.safetensors':
-            raise InvalidWeightsError(f'{path}: only .safetensors weight files are loaded (pickle files can run '
-                                      f'code). Convert it with safetensors.torch.save_file(state_dict, '
-                                      f'"model.safetensors").')
-        return _verify(name, path, _expected_sha256(path, sha256))
+        return _explicit_file(name, Path(explicit).expanduser(), sha256)
 
     hf_hub_id = _cfg_get(cfg, 'hf_hub_id')
     filename = _cfg_get(cfg, 'hf_hub_filename') or WEIGHTS_NAME

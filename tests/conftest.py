@@ -1,10 +1,19 @@
-"""Every test runs offline against an empty, private zoo directory and HF cache."""
-import hashlib
-import shutil
+"""pytest fixtures only (plain helper functions and data writers are in helpers.py).
+
+Every test runs offline against an empty, private zoo directory and HF cache (``isolated_zoo``, autouse).
+The other fixtures are shared by the predict / CLI / ONNX tests: a random ``senti_resnet18.fi`` in the zoo
+format (``weights_dir``), a zoo holding it (``zoo``), a folder of good and bad images (``images``), a lowered
+decompression-bomb limit (``bomb_limit``) and a tiny 4-class model saved as a zoo folder (``tiny_folder``).
+"""
 from pathlib import Path
-from typing import Dict, Union
 
 import pytest
+import timm
+import torch
+from PIL import Image
+
+from helpers import MODEL, TINY, tiny_classifier
+from sentizoo.saving import save_pretrained
 
 
 @pytest.fixture(autouse=True)
@@ -17,20 +26,63 @@ def isolated_zoo(tmp_path_factory, monkeypatch) -> Path:
     return root / 'zoo'
 
 
-def write_hf_cache(cache_dir: Union[str, Path], repo_id: str, files: Dict[str, Union[str, Path]],
-                   revision: str = 'a' * 40) -> Path:
-    """Lay ``files`` out exactly as huggingface_hub caches a model repo; returns the snapshot folder.
+@pytest.fixture(scope='module')
+def weights_dir(tmp_path_factory) -> Path:
+    """A random senti_resnet18.fi in the zoo format (seeded, so its predictions are not all ties)."""
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp('weights') / MODEL
+    save_pretrained(timm.create_model(MODEL), folder, verbose=False)
+    return folder
 
-    models--<org>--<name>/blobs/<sha256>, snapshots/<revision>/<file> -> ../../blobs/<sha256>, refs/main.
-    """
-    repo = Path(cache_dir) / f'models--{repo_id.replace("/", "--")}'
-    snapshot = repo / 'snapshots' / revision
-    (repo / 'blobs').mkdir(parents=True, exist_ok=True)
-    snapshot.mkdir(parents=True, exist_ok=True)
-    (repo / 'refs').mkdir(exist_ok=True)
-    (repo / 'refs' / 'main').write_text(revision)
-    for name, src in files.items():
-        blob = repo / 'blobs' / hashlib.sha256(Path(src).read_bytes()).hexdigest()
-        shutil.copyfile(src, blob)
-        (snapshot / name).symlink_to(Path('..', '..', 'blobs', blob.name))
-    return snapshot
+
+@pytest.fixture
+def zoo(isolated_zoo, weights_dir) -> Path:
+    """The test's zoo with :data:`helpers.MODEL` in it (a link to ``weights_dir``)."""
+    isolated_zoo.mkdir(parents=True)
+    (isolated_zoo / MODEL).symlink_to(weights_dir)
+    return isolated_zoo
+
+
+@pytest.fixture(scope='module')
+def images(tmp_path_factory) -> Path:
+    """Two good JPEGs (one nested), a good PNG, and one bad file of each kind (:data:`helpers.BAD`)."""
+    root = tmp_path_factory.mktemp('images')
+    (root / 'sub').mkdir()
+    Image.radial_gradient('L').resize((40, 30)).convert('RGB').save(root / 'a_gradient.jpg')
+    Image.effect_noise((30, 40), 60).convert('RGB').save(root / 'sub' / 'noise.jpg')
+    Image.new('RGBA', (32, 32), (200, 40, 40, 128)).save(root / 'b_alpha.png')
+    full = (root / 'a_gradient.jpg').read_bytes()
+    (root / 'truncated.jpg').write_bytes(full[:len(full) // 2])
+    (root / 'empty.jpg').touch()
+    (root / 'text.jpg').write_text('not an image\n')
+    Image.new('RGB', (400, 400)).save(root / 'bomb.png')  # a bomb once MAX_IMAGE_PIXELS is lowered
+    return root
+
+
+@pytest.fixture
+def bomb_limit(monkeypatch):
+    monkeypatch.setattr(Image, 'MAX_IMAGE_PIXELS', 100_000)  # above the good images, resized to 341x256
+
+
+@pytest.fixture
+def tiny_folder(tmp_path) -> Path:
+    """A zoo folder (as `sentizoo amalgamate` writes it) of :func:`helpers.tiny_classifier`."""
+    save_pretrained(tiny_classifier(), tmp_path / 'tiny', verbose=False)
+    return tmp_path / 'tiny'
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread, as in the worker processes: the same kernels and summation order for bit-identical
+    comparisons, and no slowdown from oversubscribed cores (these models are far too small to gain from two)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def tiny_resnet18(monkeypatch):
+    """Every timm resnet18 the CLI creates (targets, zoo teachers, saved folders) is the tiny one."""
+    create = timm.create_model
+    monkeypatch.setattr(timm, 'create_model', lambda name, *args, **kwargs: create(name, *args, **TINY, **kwargs))

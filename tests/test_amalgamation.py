@@ -1,3 +1,5 @@
+"""sentizoo.amalgamation: the paper's loss and its options, frozen teachers, loading the teachers from the zoo, the
+target's initialisation and the amalgamator_senti_* entries of the timm registry."""
 import time
 
 import pytest
@@ -228,3 +230,26 @@ def test_init_target_from_copies_the_backbone_and_keeps_the_head():
     assert torch.equal(target.fc.weight, fc)
     with pytest.raises(ValueError, match='does not match the target backbone'):
         init_target_from(target, _resnet(1, 0, 'resnet50'))
+
+
+def test_amalgamator_in_the_timm_registry(isolated_zoo):
+    """amalgamator_senti_<arch>: teachers by tag, target from HP, every option a keyword, a cfg that says what
+    it is; 'senti_*' still lists only the backbones."""
+    from sentizoo.models import ARCHS
+    assert sorted(timm.list_models('amalgamator_*')) == sorted(f'amalgamator_senti_{a}' for a in ARCHS)
+    assert sorted(timm.list_models('senti_*')) == sorted(f'senti_{a}' for a in ARCHS)
+    torch.manual_seed(0)
+    for tag in ('ho', 'hp'):
+        save_pretrained(timm.create_model(f'senti_resnet18.{tag}'), isolated_zoo / f'senti_resnet18.{tag}',
+                        verbose=False)
+    module = timm.create_model('amalgamator_senti_resnet18', pretrained=True, num_classes=5, task='ldl',
+                               feature_stages=(2, 3), loss_weights={'feat/ho': 0.5}, side_by_side=False)
+    hp = timm.create_model('senti_resnet18.hp', pretrained=True)
+    assert torch.equal(module.target.layer3[0].conv1.weight, hp.layer3[0].conv1.weight)
+    ho = timm.create_model('senti_resnet18.ho', pretrained=True)
+    assert torch.equal(module.teachers['ho'].layer1[0].conv1.weight, ho.layer1[0].conv1.weight)
+    assert sorted(module.teachers) == ['ho', 'hp'] and module.task.name == 'ldl' and module.target.num_classes == 5
+    assert module.loss_weights['feat/ho'] == 0.5 and module.side_by_side is False
+    cfg = module.pretrained_cfg
+    assert cfg['architecture'] == 'amalgamator_senti_resnet18' and cfg['license'] == 'cc-by-nc-4.0'
+    assert 'senti_resnet18.hp' in cfg['description'] and cfg['classifier'] == 'target.fc'

@@ -9,8 +9,10 @@ from torch.utils.data import DataLoader
 
 from sentizoo import checkpoint, engine
 from sentizoo.checkpoint import FORMAT
-from test_engine import Noisy, one_thread, tiny  # noqa: F401 (one_thread: autouse fixture)
+from helpers import Noisy, tiny
 from training import pretrain as pt
+
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):

@@ -1,4 +1,5 @@
-"""The sentizoo CLI, in-process through main(argv) and once through `python -m sentizoo`."""
+"""The sentizoo CLI (the sentizoo/cli/ package), in-process through main(argv) and once through `python -m sentizoo`:
+predict, list, info, export-onnx, amalgamate, evaluate and their errors. The fixtures (weights_dir, zoo, images, bomb_limit, tiny_folder) are in conftest.py."""
 import csv
 import io
 import json
@@ -10,53 +11,18 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-from PIL import Image
 from timm.data import create_transform, resolve_model_data_config
+from torch.utils.data import DataLoader
 
-from sentizoo.cli import build_parser, main
+import sentizoo.engine as engine
+import sentizoo.onnx as sonnx
+from helpers import BAD, MODEL, TINY_LABELS, TINY_SIZE, write_hf_cache, write_images, write_ldl_csv
+from sentizoo.amalgamation import TEACHER_TAGS
+from sentizoo.cli import main
 from sentizoo.images import load_image
 from sentizoo.models import FI_LABELS
 from sentizoo.saving import save_pretrained
-
-MODEL = 'senti_resnet18.fi'
-BAD = {'truncated.jpg': 'truncated', 'empty.jpg': 'empty', 'text.jpg': 'not an image', 'bomb.png': 'decompression bomb'}
-
-
-@pytest.fixture(scope='module')
-def weights_dir(tmp_path_factory) -> Path:
-    """A random senti_resnet18.fi in the zoo format (seeded, so its predictions are not all ties)."""
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp('weights') / MODEL
-    save_pretrained(timm.create_model(MODEL), folder, verbose=False)
-    return folder
-
-
-@pytest.fixture
-def zoo(isolated_zoo, weights_dir) -> Path:
-    isolated_zoo.mkdir(parents=True)
-    (isolated_zoo / MODEL).symlink_to(weights_dir)
-    return isolated_zoo
-
-
-@pytest.fixture(scope='module')
-def images(tmp_path_factory) -> Path:
-    """Two good JPEGs (one nested), a good PNG, and one bad file of each kind."""
-    root = tmp_path_factory.mktemp('images')
-    (root / 'sub').mkdir()
-    Image.radial_gradient('L').resize((40, 30)).convert('RGB').save(root / 'a_gradient.jpg')
-    Image.effect_noise((30, 40), 60).convert('RGB').save(root / 'sub' / 'noise.jpg')
-    Image.new('RGBA', (32, 32), (200, 40, 40, 128)).save(root / 'b_alpha.png')
-    full = (root / 'a_gradient.jpg').read_bytes()
-    (root / 'truncated.jpg').write_bytes(full[:len(full) // 2])
-    (root / 'empty.jpg').touch()
-    (root / 'text.jpg').write_text('not an image\n')
-    Image.new('RGB', (400, 400)).save(root / 'bomb.png')  # a bomb once MAX_IMAGE_PIXELS is lowered
-    return root
-
-
-@pytest.fixture
-def bomb_limit(monkeypatch):
-    monkeypatch.setattr(Image, 'MAX_IMAGE_PIXELS', 100_000)  # above the good images, resized to 341x256
+from sentizoo.weights import sha256_file
 
 
 def _run(capsys, *argv):
@@ -192,8 +158,6 @@ def test_python_m_sentizoo(zoo, images):
 def test_predict_takes_folders_hub_names_and_checkpoints_of_any_size(capsys, images, tmp_path, monkeypatch):
     """A 3-class model saved by save_pretrained (what `sentizoo amalgamate` writes) predicts the same from its
     folder, a local-dir: or hf-hub: name, and a timm name + its weight file, with its own label names."""
-    from conftest import write_hf_cache
-
     torch.manual_seed(0)
     folder = tmp_path / 'moods'
     save_pretrained(timm.create_model('resnet18', num_classes=3), folder, label_names=['calm', 'joy', 'rage'],
@@ -231,13 +195,168 @@ def test_output_into_a_closed_pipe_exits_quietly(zoo):
     assert 'Traceback' not in err and 'BrokenPipeError' not in err, err
 
 
-def test_workers_default_to_the_cores(monkeypatch):
-    from sentizoo.images import default_workers
-    from training.downstream import validate_config
+# ---------------------------------------------------------- predict --backend and export-onnx (sentizoo.onnx)
 
-    monkeypatch.setattr(os, 'sched_getaffinity', lambda pid: {0, 1}, raising=False)
-    assert default_workers() == 2
-    config = validate_config({'arch': 'resnet18', 'dataset': 'synthetic', 'task': 'sll',
-                              'runs': {'a': {'mode': 'finetune', 'init': 'random'}}})
-    assert config['workers'] == 2  # was 4: more processes than cores, and torch's warning twice per run
-    assert build_parser().parse_args(['amalgamate', 'resnet18', 'data', '--output', 'out']).workers is None
+def _predict(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, json.loads(out), [line for line in err.splitlines() if 'exporting to ONNX' not in line]
+
+
+def test_predict_rows_identical_across_backends(capsys, zoo, images, bomb_limit):
+    argv = ('predict', MODEL, images, '--format', 'json', '--top-k', 3, '--workers', 0, '--batch-size', 2)
+    code_torch, rows_torch, err_torch = _predict(capsys, *argv, '--backend', 'torch')
+    code_ort, rows_ort, err_ort = _predict(capsys, *argv, '--backend', 'onnxruntime')
+    assert code_torch == code_ort == 1 and err_torch == err_ort and len(rows_torch) == 7
+    for torch_row, ort_row in zip(rows_torch, rows_ort, strict=True):
+        assert ort_row['path'] == torch_row['path'] and ort_row['error'] == torch_row['error']
+        assert Path(torch_row['path']).name in BAD or torch_row['error'] is None
+        assert [p['label'] for p in ort_row['predictions']] == [p['label'] for p in torch_row['predictions']]
+        assert [p['probability'] for p in ort_row['predictions']] == pytest.approx(
+            [p['probability'] for p in torch_row['predictions']], abs=1e-6)
+    cached = zoo / MODEL / f'model.{sha256_file(zoo / MODEL / "model.safetensors")}.onnx'
+    assert cached.is_file()
+    mtime = cached.stat().st_mtime_ns
+    code_auto, rows_auto, _ = _predict(capsys, *argv)  # auto: ONNX Runtime, from the cache
+    assert (code_auto, rows_auto) == (code_ort, rows_ort) and cached.stat().st_mtime_ns == mtime
+
+
+def test_predict_backend_usage_errors(capsys, zoo, images, monkeypatch):
+    monkeypatch.setitem(sys.modules, 'onnxruntime', None)
+    code = main(['predict', MODEL, str(images / 'a_gradient.jpg'), '--backend', 'onnxruntime', '--workers', '0'])
+    assert code == 2 and 'pip install "sentizoo[onnx]"' in capsys.readouterr().err
+    assert main(['export-onnx', MODEL, str(images / 'out.onnx')]) == 2
+    assert 'pip install "sentizoo[onnx]"' in capsys.readouterr().err and not (images / 'out.onnx').exists()
+
+
+def test_export_onnx_command(capsys, tiny_folder, tmp_path):
+    assert main(['export-onnx', str(tiny_folder), str(tmp_path / 'out.onnx')]) == 0
+    assert f'wrote {tmp_path / "out.onnx"} (opset 17, input [3, {TINY_SIZE}, {TINY_SIZE}]' in capsys.readouterr().err
+    metadata = sonnx.read_metadata(tmp_path / 'out.onnx')
+    assert metadata['label_names'] == TINY_LABELS and metadata['model'] == str(tiny_folder)
+    assert main(['export-onnx', f'local-dir:{tiny_folder}', str(tmp_path / 'local.onnx')]) == 0
+    assert sonnx.read_metadata(tmp_path / 'local.onnx')['data_config'] == metadata['data_config']
+    assert main(['export-onnx', str(tiny_folder), str(tmp_path / 'out.txt')]) == 2
+    assert '.onnx file' in capsys.readouterr().err
+    assert main(['export-onnx', 'senti_resnet18.fi', str(tmp_path / 'fi.onnx')]) == 1  # no weights in the zoo
+    assert 'No weights found for senti_resnet18.fi' in capsys.readouterr().err
+
+
+# --- amalgamate / evaluate ----------------------------------------------------------------------------
+
+@pytest.mark.usefixtures('one_thread')
+def test_cli_amalgamate_and_evaluate_image_folder(tmp_path, isolated_zoo, capsys, tiny_resnet18):
+    torch.manual_seed(0)
+    for tag in TEACHER_TAGS:  # the zoo holds (tiny) senti_resnet18 backbones
+        save_pretrained(timm.create_model('resnet18', num_classes=0), isolated_zoo / f'senti_resnet18.{tag}',
+                        verbose=False)
+    write_images(tmp_path / 'data')
+    out = tmp_path / 'out'
+    common = ['--batch-size', '4', '--workers', '0', '--img-size', '32', '--no-progress']
+    assert main(['amalgamate', 'resnet18', str(tmp_path / 'data'), '--val', str(tmp_path / 'data'), '--output',
+                     str(out), '--epochs', '2', *common]) == 0
+    history = json.loads((out / 'history.json').read_text())
+    assert history['best_epoch'] in (1, 2) and 'feat/ho' in history['epochs'][0]['train']
+    config = json.loads((out / 'config.json').read_text())
+    assert config['label_names'] == ['calm', 'joy', 'rage']
+    # provenance: the senti licence, the init and teachers, the paper's preprocessing at the trained size
+    assert config['init'] == history['init'] == 'senti_resnet18.hp'
+    assert config['teachers'] == [f'senti_resnet18.{t}' for t in ('st', 'ho', 'hp')]
+    cfg = config['pretrained_cfg']
+    assert (cfg['license'], cfg['crop_mode'], cfg['crop_pct'], cfg['interpolation'], cfg['input_size']) == (
+        'cc-by-nc-4.0', 'squash', 0.875, 'bilinear', [3, 32, 32])
+    assert not {'tag', 'test_input_size', 'test_crop_pct'} & set(cfg) and 'a1_in1k' not in json.dumps(config)
+    assert (out / 'checkpoints' / engine.CHECKPOINT_NAME).is_file()
+    capsys.readouterr()
+    assert main(['evaluate', str(out), str(tmp_path / 'data'), '--format', 'json', *common]) == 0
+    best = history['epochs'][history['best_epoch'] - 1]['val']
+    assert json.loads(capsys.readouterr().out) == pytest.approx(best)
+
+
+@pytest.mark.usefixtures('one_thread')
+def test_cli_baseline_mll_csv_and_errors(tmp_path, capsys, tiny_resnet18):
+    write_images(tmp_path / 'images')
+    with open(tmp_path / 'labels.csv', 'w', newline='') as f:
+        rows = csv.writer(f)
+        rows.writerow(['path', 'calm', 'joy', 'rage'])
+        for c, name in enumerate(('calm', 'joy', 'rage')):
+            for i in range(4):
+                rows.writerow([f'images/{name}/{i}.jpg'] + [int(j == c or j == (c + i) % 3) for j in range(3)])
+    out, data = tmp_path / 'out', str(tmp_path / 'labels.csv')
+    common = ['--batch-size', '4', '--workers', '0', '--img-size', '32', '--no-progress', '--task', 'mll']
+    assert main(['amalgamate', 'resnet18', data, '--baseline', '--init', 'random', '--epochs', '1',
+                     '--output', str(out), *common]) == 0
+    capsys.readouterr()
+    assert main(['evaluate', str(out), data, *common[:-2]]) == 0  # the task comes from the saved config
+    table = capsys.readouterr().out
+    assert [line.split()[0] for line in table.splitlines()] == ['hamming_loss', 'ranking_loss', 'micro_f1', 'macro_f1']
+    # errors before training: a CSV without --task, labels outside 0/1 for mll, a missing folder
+    assert main(['amalgamate', 'resnet18', data, '--baseline', '--output', str(out), *common[:-2]]) == 2
+    assert 'pass --task mll' in capsys.readouterr().err
+    assert main(['evaluate', str(out), str(tmp_path / 'images'), *common]) == 2
+    assert 'mll task: targets must be multi-hot' in capsys.readouterr().err
+    assert main(['evaluate', str(out), str(tmp_path / 'nowhere'), *common]) == 2
+    assert 'does not exist' in capsys.readouterr().err
+
+
+def _cli_baseline(data: Path, out: Path, *extra: str) -> None:
+    assert main(['amalgamate', 'resnet18', str(data), '--baseline', '--epochs', '1', '--output', str(out),
+                     '--batch-size', '4', '--workers', '0', '--img-size', '32', '--no-progress', '--task', 'ldl',
+                     *extra]) == 0
+
+
+@pytest.mark.usefixtures('one_thread')
+def test_one_preprocessing_path_cli_python_and_training(tmp_path, capsys, tiny_resnet18):
+    """`sentizoo evaluate`, sentizoo.evaluate with timm's transform of the saved model and training/'s
+    evaluation transform score the same model on non-square images identically."""
+    from timm.data import create_transform, resolve_data_config
+
+    from sentizoo.datasets import image_csv
+    from training.downstream import split_transforms
+
+    data = write_ldl_csv(tmp_path)
+    out = tmp_path / 'out'
+    _cli_baseline(data, out, '--init', 'random')
+    capsys.readouterr()
+    assert main(['evaluate', str(out), str(data), '--format', 'json', '--workers', '0', '--no-progress']) == 0
+    cli = json.loads(capsys.readouterr().out)
+
+    model = timm.create_model(f'local-dir:{out}', pretrained=True)
+    transform = create_transform(**resolve_data_config(model=model))
+    python = engine.evaluate(model, DataLoader(image_csv(data, transform), batch_size=32), 'ldl')  # the CLI's batch
+    training = engine.evaluate(model, DataLoader(image_csv(data, split_transforms(32)['test']), batch_size=32), 'ldl')
+    assert cli == python == training
+    cfg = model.pretrained_cfg
+    assert (cfg['crop_mode'], cfg['crop_pct'], cfg['interpolation'], tuple(cfg['input_size'])) == ('squash', 0.875,
+                                                                                                     'bilinear', (3, 32, 32))
+
+
+@pytest.mark.usefixtures('one_thread')
+def test_cli_runs_with_the_same_seed_are_bit_identical(tmp_path, tiny_resnet18):
+    data = write_ldl_csv(tmp_path)
+    for run in ('a', 'b'):
+        _cli_baseline(data, tmp_path / run, '--init', 'random', '--seed', '3')
+    assert (tmp_path / 'a' / 'model.safetensors').read_bytes() == (tmp_path / 'b' / 'model.safetensors').read_bytes()
+
+
+@pytest.mark.usefixtures('one_thread')
+def test_cli_baseline_starts_from_torchvision_imagenet_weights(tmp_path, monkeypatch, tiny_resnet18):
+    """--baseline (--init imagenet) loads timm's resnet18.tv_in1k, the weights of the paper and training.pretrain,
+    and names them in history.json and config.json; its licence is theirs."""
+    from safetensors.torch import save_file
+
+    cache = tmp_path / 'hf'
+    monkeypatch.setattr('huggingface_hub.constants.HF_HUB_CACHE', str(cache))
+    monkeypatch.setattr('huggingface_hub.constants.HF_HUB_OFFLINE', True)
+    torch.manual_seed(0)
+    imagenet = timm.create_model('resnet18')  # tiny, 1000 classes
+    save_file(imagenet.state_dict(), tmp_path / 'model.safetensors')
+    write_hf_cache(cache, 'timm/resnet18.tv_in1k', {'model.safetensors': tmp_path / 'model.safetensors'})
+    data = write_ldl_csv(tmp_path)
+    _cli_baseline(data, tmp_path / 'out', '--lr', '1e-12')
+    history = json.loads((tmp_path / 'out' / 'history.json').read_text())
+    config = json.loads((tmp_path / 'out' / 'config.json').read_text())
+    assert history['init'] == config['init'] == 'resnet18.tv_in1k' and config['teachers'] == []
+    assert config['pretrained_cfg']['license'] == 'bsd-3-clause'
+    trained = timm.create_model(f'local-dir:{tmp_path / "out"}', pretrained=True)
+    torch.testing.assert_close(trained.conv1.weight, imagenet.conv1.weight, atol=1e-6, rtol=0)

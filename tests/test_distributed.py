@@ -6,9 +6,12 @@ import socket
 import subprocess
 import sys
 
+import pytest
 import torch
 
-from test_engine import WORKER, one_thread, state, tiny, train_tiny  # noqa: F401 (one_thread: autouse fixture)
+from helpers import WORKER, state, tiny, train_tiny
+
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def _free_port() -> int:

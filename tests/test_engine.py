@@ -1,92 +1,24 @@
-"""sentizoo.engine: exact resume after kill -9, NaN handling, fail-fast checks, model selection, CLI."""
+"""sentizoo.engine: exact resume after kill -9, NaN handling, fail-fast checks, model selection (the CLI's
+amalgamate / evaluate: test_cli.py)."""
 import copy
-import csv
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
-import numpy as np
 import pytest
 import timm
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 import sentizoo.engine as engine
+from helpers import Noisy, state, tiny, train_tiny, worker
 from sentizoo.amalgamation import TEACHER_TAGS
-from sentizoo.cli import main as cli_main
 from sentizoo.runtime import revert_sync_batchnorm
 from sentizoo.tasks import get_task
-from sentizoo.saving import save_pretrained
 from sentizoo.weights import WeightsNotFoundError
 
-TESTS = Path(__file__).resolve().parent
-# Runs one tiny training in a fresh interpreter: python -c WORKER '<json kwargs of train_tiny>'.
-WORKER = ('import json, sys; sys.path.insert(0, {tests!r}); import torch; torch.set_num_threads(1); '
-          'from test_engine import train_tiny; train_tiny(**json.loads(sys.argv[1]))').format(tests=str(TESTS))
-
-
-TINY = dict(layers=(1, 1, 1, 1), channels=(8, 16, 32, 64))
-"""timm resnet18 cut to one block per stage and 8-64 channels (64-channel stem): a run takes about a second on a CPU."""
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread, as in the worker processes: the same kernels and summation order for bit-identical
-    comparisons, and no slowdown from oversubscribed cores (these models are far too small to gain from two)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def tiny(num_classes: int = 3, group_norm: bool = False) -> torch.nn.Module:
-    kwargs = dict(norm_layer=lambda c, **kw: torch.nn.GroupNorm(4, c, **kw)) if group_norm else {}
-    return timm.create_model('resnet18', num_classes=num_classes, **TINY, **kwargs)
-
-
-class Noisy(Dataset):
-    """Fixed 32 px images plus random noise drawn per access (a random augmentation), SLL or MLL targets."""
-
-    def __init__(self, n: int = 12, num_classes: int = 3, task: str = 'sll', delay: float = 0.0, nan_index=None):
-        self.images = torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-        labels = torch.arange(n) % num_classes
-        self.targets = labels if task == 'sll' else torch.nn.functional.one_hot(labels, num_classes).float()
-        self.delay, self.nan_index = delay, nan_index
-
-    def __len__(self):
-        return len(self.images)
-
-    def __getitem__(self, i):
-        time.sleep(self.delay)
-        image = self.images[i] + 0.1 * torch.randn(3, 32, 32)
-        return (image * float('nan') if i == self.nan_index else image), self.targets[i]
-
-
-def train_tiny(checkpoint_dir=None, epochs=2, batch_size=4, group_norm=False, delay=0.0, validate=False,
-               **options):
-    """amalgamate a tiny target with tiny teachers on Noisy(12); the same weights for the same arguments.
-    ``validate``: select on the noise-free images."""
-    torch.manual_seed(0)
-    target = tiny(group_norm=group_norm)
-    teachers = {tag: tiny(0, group_norm) for tag in TEACHER_TAGS}
-    data = Noisy(delay=delay)
-    val = DataLoader(torch.utils.data.TensorDataset(data.images, data.targets), batch_size=batch_size)
-    return engine.amalgamate(target, DataLoader(data, batch_size=batch_size, shuffle=True), teachers=teachers,
-                             val_loader=val if validate else None, epochs=epochs, checkpoint_dir=checkpoint_dir,
-                             progress=False, **options)
-
-
-def state(path: Path) -> dict:
-    return torch.load(path / engine.CHECKPOINT_NAME, weights_only=True)
-
-
-def worker(args: dict) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, '-c', WORKER, json.dumps(args)], stderr=subprocess.PIPE, text=True)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def test_resume_after_kill_9_is_bit_identical(tmp_path, monkeypatch):
@@ -288,153 +220,6 @@ def test_progress_in_a_pipe_is_one_line_per_epoch_and_some_steps(capsys):
     assert steps == [[f'epoch {e}/2', f'step {s}/20'] for e in (1, 2) for s in range(2, 20, 2)]
     assert [line.split('  ')[0] for line in lines if '  loss ' in line and 'step' not in line] == ['epoch 1/2',
                                                                                                   'epoch 2/2']
-
-
-# --- CLI -----------------------------------------------------------------------------------------------
-
-def write_images(root: Path, classes=('calm', 'joy', 'rage'), per_class: int = 4) -> None:
-    rng = np.random.default_rng(0)
-    for c, name in enumerate(classes):
-        (root / name).mkdir(parents=True)
-        for i in range(per_class):
-            pixels = (rng.random((40, 48, 3)) * 80 + 80 * c).astype(np.uint8)
-            Image.fromarray(pixels).save(root / name / f'{i}.jpg')
-
-
-@pytest.fixture
-def tiny_resnet18(monkeypatch):
-    """Every timm resnet18 the CLI creates (targets, zoo teachers, saved folders) is the tiny one."""
-    create = timm.create_model
-    monkeypatch.setattr(timm, 'create_model', lambda name, *args, **kwargs: create(name, *args, **TINY, **kwargs))
-
-
-def test_cli_amalgamate_and_evaluate_image_folder(tmp_path, isolated_zoo, capsys, tiny_resnet18):
-    torch.manual_seed(0)
-    for tag in TEACHER_TAGS:  # the zoo holds (tiny) senti_resnet18 backbones
-        save_pretrained(timm.create_model('resnet18', num_classes=0), isolated_zoo / f'senti_resnet18.{tag}',
-                        verbose=False)
-    write_images(tmp_path / 'data')
-    out = tmp_path / 'out'
-    common = ['--batch-size', '4', '--workers', '0', '--img-size', '32', '--no-progress']
-    assert cli_main(['amalgamate', 'resnet18', str(tmp_path / 'data'), '--val', str(tmp_path / 'data'), '--output',
-                     str(out), '--epochs', '2', *common]) == 0
-    history = json.loads((out / 'history.json').read_text())
-    assert history['best_epoch'] in (1, 2) and 'feat/ho' in history['epochs'][0]['train']
-    config = json.loads((out / 'config.json').read_text())
-    assert config['label_names'] == ['calm', 'joy', 'rage']
-    # provenance: the senti licence, the init and teachers, the paper's preprocessing at the trained size
-    assert config['init'] == history['init'] == 'senti_resnet18.hp'
-    assert config['teachers'] == [f'senti_resnet18.{t}' for t in ('st', 'ho', 'hp')]
-    cfg = config['pretrained_cfg']
-    assert (cfg['license'], cfg['crop_mode'], cfg['crop_pct'], cfg['interpolation'], cfg['input_size']) == (
-        'cc-by-nc-4.0', 'squash', 0.875, 'bilinear', [3, 32, 32])
-    assert not {'tag', 'test_input_size', 'test_crop_pct'} & set(cfg) and 'a1_in1k' not in json.dumps(config)
-    assert (out / 'checkpoints' / engine.CHECKPOINT_NAME).is_file()
-    capsys.readouterr()
-    assert cli_main(['evaluate', str(out), str(tmp_path / 'data'), '--format', 'json', *common]) == 0
-    best = history['epochs'][history['best_epoch'] - 1]['val']
-    assert json.loads(capsys.readouterr().out) == pytest.approx(best)
-
-
-def test_cli_baseline_mll_csv_and_errors(tmp_path, capsys, tiny_resnet18):
-    write_images(tmp_path / 'images')
-    with open(tmp_path / 'labels.csv', 'w', newline='') as f:
-        rows = csv.writer(f)
-        rows.writerow(['path', 'calm', 'joy', 'rage'])
-        for c, name in enumerate(('calm', 'joy', 'rage')):
-            for i in range(4):
-                rows.writerow([f'images/{name}/{i}.jpg'] + [int(j == c or j == (c + i) % 3) for j in range(3)])
-    out, data = tmp_path / 'out', str(tmp_path / 'labels.csv')
-    common = ['--batch-size', '4', '--workers', '0', '--img-size', '32', '--no-progress', '--task', 'mll']
-    assert cli_main(['amalgamate', 'resnet18', data, '--baseline', '--init', 'random', '--epochs', '1',
-                     '--output', str(out), *common]) == 0
-    capsys.readouterr()
-    assert cli_main(['evaluate', str(out), data, *common[:-2]]) == 0  # the task comes from the saved config
-    table = capsys.readouterr().out
-    assert [line.split()[0] for line in table.splitlines()] == ['hamming_loss', 'ranking_loss', 'micro_f1', 'macro_f1']
-    # errors before training: a CSV without --task, labels outside 0/1 for mll, a missing folder
-    assert cli_main(['amalgamate', 'resnet18', data, '--baseline', '--output', str(out), *common[:-2]]) == 2
-    assert 'pass --task mll' in capsys.readouterr().err
-    assert cli_main(['evaluate', str(out), str(tmp_path / 'images'), *common]) == 2
-    assert 'mll task: targets must be multi-hot' in capsys.readouterr().err
-    assert cli_main(['evaluate', str(out), str(tmp_path / 'nowhere'), *common]) == 2
-    assert 'does not exist' in capsys.readouterr().err
-
-
-def write_ldl_csv(root: Path) -> Path:
-    """An LDL CSV over :func:`write_images`'s non-square (48x40) images: continuous metrics show any change
-    in preprocessing."""
-    write_images(root / 'images')
-    rng = np.random.default_rng(1)
-    with open(root / 'labels.csv', 'w', newline='') as f:
-        rows = csv.writer(f)
-        rows.writerow(['path', 'calm', 'joy', 'rage'])
-        for name in ('calm', 'joy', 'rage'):
-            for i in range(4):
-                votes = rng.integers(1, 10, 3)
-                rows.writerow([f'images/{name}/{i}.jpg', *(votes / votes.sum()).tolist()])
-    return root / 'labels.csv'
-
-
-def _cli_baseline(data: Path, out: Path, *extra: str) -> None:
-    assert cli_main(['amalgamate', 'resnet18', str(data), '--baseline', '--epochs', '1', '--output', str(out),
-                     '--batch-size', '4', '--workers', '0', '--img-size', '32', '--no-progress', '--task', 'ldl',
-                     *extra]) == 0
-
-
-def test_one_preprocessing_path_cli_python_and_training(tmp_path, capsys, tiny_resnet18):
-    """`sentizoo evaluate`, sentizoo.evaluate with timm's transform of the saved model and training/'s
-    evaluation transform score the same model on non-square images identically."""
-    from timm.data import create_transform, resolve_data_config
-
-    from sentizoo.datasets import image_csv
-    from training.downstream import split_transforms
-
-    data = write_ldl_csv(tmp_path)
-    out = tmp_path / 'out'
-    _cli_baseline(data, out, '--init', 'random')
-    capsys.readouterr()
-    assert cli_main(['evaluate', str(out), str(data), '--format', 'json', '--workers', '0', '--no-progress']) == 0
-    cli = json.loads(capsys.readouterr().out)
-
-    model = timm.create_model(f'local-dir:{out}', pretrained=True)
-    transform = create_transform(**resolve_data_config(model=model))
-    python = engine.evaluate(model, DataLoader(image_csv(data, transform), batch_size=32), 'ldl')  # the CLI's batch
-    training = engine.evaluate(model, DataLoader(image_csv(data, split_transforms(32)['test']), batch_size=32), 'ldl')
-    assert cli == python == training
-    cfg = model.pretrained_cfg
-    assert (cfg['crop_mode'], cfg['crop_pct'], cfg['interpolation'], tuple(cfg['input_size'])) == ('squash', 0.875,
-                                                                                                     'bilinear', (3, 32, 32))
-
-
-def test_cli_runs_with_the_same_seed_are_bit_identical(tmp_path, tiny_resnet18):
-    data = write_ldl_csv(tmp_path)
-    for run in ('a', 'b'):
-        _cli_baseline(data, tmp_path / run, '--init', 'random', '--seed', '3')
-    assert (tmp_path / 'a' / 'model.safetensors').read_bytes() == (tmp_path / 'b' / 'model.safetensors').read_bytes()
-
-
-def test_cli_baseline_starts_from_torchvision_imagenet_weights(tmp_path, monkeypatch, tiny_resnet18):
-    """--baseline (--init imagenet) loads timm's resnet18.tv_in1k, the weights of the paper and training.pretrain,
-    and names them in history.json and config.json; its licence is theirs."""
-    from conftest import write_hf_cache
-    from safetensors.torch import save_file
-
-    cache = tmp_path / 'hf'
-    monkeypatch.setattr('huggingface_hub.constants.HF_HUB_CACHE', str(cache))
-    monkeypatch.setattr('huggingface_hub.constants.HF_HUB_OFFLINE', True)
-    torch.manual_seed(0)
-    imagenet = timm.create_model('resnet18')  # tiny, 1000 classes
-    save_file(imagenet.state_dict(), tmp_path / 'model.safetensors')
-    write_hf_cache(cache, 'timm/resnet18.tv_in1k', {'model.safetensors': tmp_path / 'model.safetensors'})
-    data = write_ldl_csv(tmp_path)
-    _cli_baseline(data, tmp_path / 'out', '--lr', '1e-12')
-    history = json.loads((tmp_path / 'out' / 'history.json').read_text())
-    config = json.loads((tmp_path / 'out' / 'config.json').read_text())
-    assert history['init'] == config['init'] == 'resnet18.tv_in1k' and config['teachers'] == []
-    assert config['pretrained_cfg']['license'] == 'bsd-3-clause'
-    trained = timm.create_model(f'local-dir:{tmp_path / "out"}', pretrained=True)
-    torch.testing.assert_close(trained.conv1.weight, imagenet.conv1.weight, atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize('target_init', ['hp', 'given'])

@@ -1,4 +1,6 @@
-"""load_image on every kind of image file (generated), the bad-file errors, list_images and ImageFiles."""
+"""sentizoo.images: load_image on every kind of image file (generated), the bad-file errors, list_images, ImageFiles
+and default_workers."""
+import os
 import pickle
 from pathlib import Path
 
@@ -172,3 +174,16 @@ def test_image_files_in_a_dataloader_keeps_going_past_bad_files(tmp_path):
     assert second.images is None and second.indices == []
     (index, error), = second.failures
     assert index == 2 and error.path == str(tmp_path / '2_bad.png')
+
+
+def test_workers_default_to_the_cores(monkeypatch):
+    from sentizoo.cli import build_parser
+    from sentizoo.images import default_workers
+    from training.downstream import validate_config
+
+    monkeypatch.setattr(os, 'sched_getaffinity', lambda pid: {0, 1}, raising=False)
+    assert default_workers() == 2
+    config = validate_config({'arch': 'resnet18', 'dataset': 'synthetic', 'task': 'sll',
+                              'runs': {'a': {'mode': 'finetune', 'init': 'random'}}})
+    assert config['workers'] == 2  # was 4: more processes than cores, and torch's warning twice per run
+    assert build_parser().parse_args(['amalgamate', 'resnet18', 'data', '--output', 'out']).workers is None

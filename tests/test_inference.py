@@ -5,9 +5,9 @@ import pytest
 import timm
 
 import sentizoo
+from helpers import BAD, MODEL
 from sentizoo.cli import main
 from sentizoo.inference import load_classifier
-from test_cli import BAD, MODEL, bomb_limit, images, weights_dir, zoo  # noqa: F401  (fixtures)
 
 
 def test_predict_rows_are_the_clis(capsys, zoo, images, bomb_limit):

@@ -1,5 +1,8 @@
-"""training.pretext: the six pretext tasks' targets, heads, losses and the jigsaw permutation set.
+"""training.pretext (the subpackage): the six pretext tasks' targets, heads, losses and the jigsaw permutation set.
 
+One file for the subpackage, one section per module (colorization, super_resolution, jigsaw, anp + scene
+"classification", captioning, then base / __init__ for every task alike): a file per module would hold one or two
+tests for anp, scene, base and super_resolution, and the sections share the tiny backbone (tests/README.md).
 Tiny everywhere: resnet18 at 32-64 px, batch 1-2, small heads."""
 import numpy as np
 import pytest

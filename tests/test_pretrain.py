@@ -205,7 +205,7 @@ def test_non_finite_loss_stops_with_the_engine_error(tmp_path, monkeypatch):
 
 @pytest.mark.filterwarnings('ignore:pre-training resnet18 from a random initialisation')
 def test_loggers_get_the_rows_of_log_csv_and_history_json(tmp_path):
-    from test_progress import Recorder
+    from helpers import Recorder
     recorder = Recorder()
     pt.pretrain(tiny('hp', tmp_path / 'run', epochs=2, log_every=2, steps_per_epoch=3), loggers=[recorder])
     with open(tmp_path / 'run' / 'log.csv') as f:
@@ -227,3 +227,13 @@ def test_progress_in_a_pipe_is_plain_lines(tmp_path, capsys):
     lines = [line.split('  ')[:2] for line in err.splitlines() if line.startswith('HO epoch')]
     assert lines[:2] == [['HO epoch 1/1', f'step {s}/3'] for s in (1, 2)] and len(lines) == 3
     assert lines[2][1].startswith('loss ') and '(scene ' in lines[2][1]
+
+
+# the held-out split the study and training.pretext_eval measure on
+def test_heldout_pretraining_data_is_another_split_centre_cropped():
+    config = pt.PretrainConfig(model='ho', arch='resnet18', dataset='synthetic', image_size=32, max_samples=4).resolved()
+    train, heldout = dict(pt.build_datasets(config)), dict(pt.build_datasets(config, heldout=True))
+    assert (train['scene'].split, heldout['scene'].split) == ('train', 'test')
+    first, second = heldout['scene'][0], heldout['scene'][0]
+    assert torch.equal(first[0], second[0])  # no random crop or flip
+    assert not torch.equal(train['scene'][0][0], first[0])

@@ -6,25 +6,9 @@ import pytest
 from torch.utils.data import DataLoader
 
 from sentizoo import engine
-from sentizoo.progress import Logger
-from test_engine import Noisy, one_thread, tiny  # noqa: F401 (one_thread: autouse fixture)
+from helpers import Noisy, Recorder, tiny
 
-
-class Recorder(Logger):
-    def __init__(self):
-        self.started, self.rows, self.records, self.closed = None, [], [], False
-
-    def start(self, global_step, steps_per_epoch):
-        self.started = (global_step, steps_per_epoch)
-
-    def log_step(self, row):
-        self.rows.append(dict(row))
-
-    def log_epoch(self, record, history):
-        self.records.append(dict(record))
-
-    def close(self):
-        self.closed = True
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 class FakeWriter:

@@ -24,12 +24,11 @@ import timm
 import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
-from test_cli import MODEL, weights_dir, zoo  # noqa: F401 -- fixtures
-from test_engine import tiny_resnet18, write_images  # noqa: F401 -- a fixture
 from torch.utils.data import DataLoader
 from torchvision.transforms import ToTensor
 
 import sentizoo.engine as engine
+from helpers import MODEL, TINY, Noisy, tiny, train_tiny, write_images
 from sentizoo.cli import main
 from sentizoo.images import ImageLoadError, load_image
 from sentizoo.datasets import eval_transform, image_folder
@@ -167,7 +166,6 @@ def _kill_mid_write(target: Path) -> None:
 
 
 def test_checkpoints_killed_mid_write_leave_no_files_after_the_next_run(tmp_path):
-    from test_engine import train_tiny
     for name in (engine.CHECKPOINT_NAME, engine.BEST_NAME, engine.HISTORY_NAME):
         _kill_mid_write(tmp_path / name)
     assert len(list(tmp_path.iterdir())) == 3  # the orphans a kill -9 leaves
@@ -192,7 +190,6 @@ def umask_022():
 
 
 def test_saved_weights_and_checkpoints_obey_the_umask(tmp_path, umask_022):
-    from test_engine import TINY, train_tiny
     save_pretrained(timm.create_model('resnet18', num_classes=2, **TINY), tmp_path / 'zoo', verbose=False)
     train_tiny(tmp_path / 'ckpt', epochs=1)
     files = [*(tmp_path / 'zoo').iterdir(), *(tmp_path / 'ckpt').iterdir()]
@@ -278,7 +275,6 @@ def test_every_bad_label_row_and_missing_file_is_reported_before_training(tmp_pa
 
 
 def test_a_model_with_too_few_outputs_is_refused_before_training(tmp_path):
-    from test_engine import tiny
     write_images(tmp_path)
     loader = DataLoader(image_folder(tmp_path, ToTensor()), batch_size=4)
     with pytest.raises(ValueError, match=r'3 labels but the model has 2 outputs; .*rage/0.jpg: sll task'):
@@ -299,7 +295,6 @@ def test_evaluate_reports_a_missing_file_before_reading_images(tmp_path, capsys,
 
 
 def test_the_nan_stop_advice_works_lower_lr_and_rerun_with_the_same_checkpoint_dir(tmp_path):
-    from test_engine import Noisy, tiny
     torch.manual_seed(0)
     broken = DataLoader(Noisy(nan_index=9), batch_size=4)
     with pytest.raises(engine.NonFiniteLossError, match='lower lr.*rerun with the same checkpoint_dir'):

@@ -6,7 +6,9 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, WeightedRa
 
 from sentizoo import engine
 from sentizoo.sampling import EpochSampler, Stream
-from test_engine import Noisy, one_thread, tiny  # noqa: F401 (one_thread: autouse fixture)
+from helpers import Noisy, tiny
+
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 class RandomCrops(Dataset):

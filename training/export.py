@@ -109,6 +109,20 @@ def _recipe(ckpt: Mapping[str, Any]) -> Tuple[List[Tuple[str, Any]], List[str], 
     return facts, commands, synthetic
 
 
+def _checked_arch(checkpoint: Path, config: Mapping[str, Any], arch: Optional[str], tag: str) -> str:
+    """The architecture to export: ``arch`` or the one ``config`` records (they must agree), for a matching tag."""
+    recorded_arch = config.get('arch')
+    if arch and recorded_arch and senti_name(arch) != senti_name(recorded_arch):
+        raise ValueError(f'--arch {arch} but the checkpoint was trained with {recorded_arch}')
+    arch = arch or recorded_arch
+    if not arch:
+        raise ValueError(f'{checkpoint} does not record its architecture; pass --arch (one of {ARCHS})')
+    if config.get('model') in BACKBONE_TAGS and config['model'] != tag:
+        raise ValueError(f'{checkpoint} is a {config["model"].upper()} pre-training checkpoint; export it with '
+                         f'--tag {config["model"]}, not --tag {tag}')
+    return arch
+
+
 def export(checkpoint: PathLike, tag: str, *, arch: Optional[str] = None, out: Optional[PathLike] = None,
            results: Sequence[Mapping[str, Any]] = (), label_names: Optional[Sequence[str]] = None,
            prefix: Optional[str] = None, command: Optional[str] = None) -> Exported:
@@ -131,15 +145,7 @@ def export(checkpoint: PathLike, tag: str, *, arch: Optional[str] = None, out: O
     checkpoint = Path(checkpoint)
     ckpt = {} if checkpoint.suffix == '.safetensors' else read_checkpoint(checkpoint)
     config = ckpt.get('config') if isinstance(ckpt.get('config'), Mapping) else {}
-    recorded_arch = config.get('arch')
-    if arch and recorded_arch and senti_name(arch) != senti_name(recorded_arch):
-        raise ValueError(f'--arch {arch} but the checkpoint was trained with {recorded_arch}')
-    arch = arch or recorded_arch
-    if not arch:
-        raise ValueError(f'{checkpoint} does not record its architecture; pass --arch (one of {ARCHS})')
-    if config.get('model') in BACKBONE_TAGS and config['model'] != tag:
-        raise ValueError(f'{checkpoint} is a {config["model"].upper()} pre-training checkpoint; export it with '
-                         f'--tag {config["model"]}, not --tag {tag}')
+    arch = _checked_arch(checkpoint, config, arch, tag)
     name = f'{senti_name(arch)}.{tag}'
     kwargs: Dict[str, Any] = {}
     if tag not in BACKBONE_TAGS:
