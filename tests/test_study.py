@@ -4,6 +4,7 @@ import re
 
 import pytest
 import timm
+import torch
 
 from training import study
 
@@ -121,3 +122,15 @@ def test_a_stopped_study_reuses_a_finished_model_only_with_the_same_settings(tmp
     with pytest.raises(ValueError, match=r'other settings \(lr, steps_per_epoch\)'):
         study.pretrain_model('st', 'resnet18', tmp_path, dict(settings, lr=0.1, steps_per_epoch=2), seed=0,
                              progress=False, resume='auto')
+
+
+def test_a_checkpoint_of_an_earlier_format_stops_the_study_with_one_line(tmp_path, capsys):
+    from sentizoo import checkpoint
+    last = tmp_path / 'pretrain' / 'st' / 'last.pt'
+    last.parent.mkdir(parents=True)
+    torch.save({'format': 'sentizoo.pretrain/1', 'config': {}, 'model': {}}, last)
+    assert study.main(['--quick', '--out', str(tmp_path), '--no-progress']) == 2
+    err = capsys.readouterr().err
+    assert err.startswith('python -m training.study: error: ') and err.count('\n') == 1
+    assert f'{last} is a sentizoo.pretrain/1 checkpoint' in err and 'Or pass another --out.' in err
+    assert checkpoint.FORMAT in err

@@ -48,7 +48,7 @@ import torch
 
 from sentizoo.models import BACKBONE_TAGS
 
-__all__ = ['STUDY_CONFIG', 'Phases', 'zoo_home', 'load_study_config', 'pretrain_model', 'measure_pretext',
+__all__ = ['STUDY_CONFIG', 'CannotResumeError', 'Phases', 'zoo_home', 'load_study_config', 'pretrain_model', 'measure_pretext',
            'run_probes', 'run_downstream', 'summarise_downstream', 'run_study', 'main']
 
 STUDY_CONFIG = Path(__file__).parent / 'configs' / 'study' / 'default.json'
@@ -115,15 +115,23 @@ def pretrain_model(tag: str, arch: str, out: Path, settings: Mapping[str, Any], 
         return pretrain(config)
 
 
+class CannotResumeError(ValueError):
+    """A checkpoint under ``--out`` that this study cannot continue (other settings, an earlier format)."""
+
+
 def _check_same_run(checkpoint: Path, config: Any) -> None:
-    """Refuse to continue a checkpoint made with other settings (a finished one would be reused as it is)."""
+    """Refuse to continue a checkpoint made with other settings (a finished one would be reused as it is) or in a
+    format this version cannot resume."""
     from sentizoo.checkpoint import load as load_checkpoint
-    saved = load_checkpoint(checkpoint)['config']
+    try:
+        saved = load_checkpoint(checkpoint)['config']
+    except ValueError as e:
+        raise CannotResumeError(f'{e} Or pass another --out.') from e
     wanted = dataclasses.asdict(config.resolved())
     changed = sorted(k for k in wanted if k not in ('resume', 'progress', 'device') and saved.get(k) != wanted[k])
     if changed:
-        raise ValueError(f'{checkpoint} was pre-trained with other settings ({", ".join(changed)}); delete '
-                         f'{checkpoint.parent} or pass another --out to pre-train with these')
+        raise CannotResumeError(f'{checkpoint} was pre-trained with other settings ({", ".join(changed)}); delete '
+                                f'{checkpoint.parent} or pass another --out to pre-train with these')
 
 
 def measure_pretext(checkpoint: Path, samples: int, batch_size: int, device: Optional[str] = None) -> list:
@@ -428,7 +436,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (OSError, ValueError) as e:
         print(f'python -m training.study: error: {args.config}: {e}', file=sys.stderr)
         return 2
-    run_study(args.out, config, quick=args.quick, full=args.full, device=args.device, progress=args.progress)
+    try:
+        run_study(args.out, config, quick=args.quick, full=args.full, device=args.device, progress=args.progress)
+    except CannotResumeError as e:  # before any training: one line, as for a bad settings file
+        print(f'python -m training.study: error: {e}', file=sys.stderr)
+        return 2
     return 0
 
 
