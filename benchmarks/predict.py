@@ -12,8 +12,8 @@ that all see the same load on a shared machine, and each side's fastest round co
 (the cached graph on ready tensors at predict's batch) is measured after them.
 ``sentizoo predict`` runs in-process through ``sentizoo.predict``, the function behind the command (so
 neither side pays the interpreter and import start-up); the naive loop is
-``PIL.Image.open(path).convert('RGB')`` -> the model's timm eval transform -> ``model(x[None])`` under ``torch.no_grad``, one image at a time. Their top-1 labels are
-checked to agree. The process is pinned to ``--cores`` CPUs (DataLoader workers inherit the pinning)
+``PIL.Image.open(path).convert('RGB')`` -> the model's timm eval transform -> ``model(x[None])`` under
+``torch.no_grad``, one image at a time. Their top-1 labels are checked to agree. The process is pinned to ``--cores`` CPUs (DataLoader workers inherit the pinning)
 and torch uses that many threads.
 """
 import argparse

@@ -111,7 +111,7 @@ def run_demo(out: Path = Path('runs/demo'), zoo: Optional[Path] = None, quick: b
     from .export import export
     from .pretext_eval import format_scores
     from .report import SYNTHETIC_NOTE, load_results, render, runs_table
-    from .study import Phases, measure_pretext, pretrain_model, zoo_home
+    from .study import Phases, measure_pretext, pretrain_model, using_zoo
 
     out = Path(out)
     zoo = Path(zoo) if zoo is not None else out / 'zoo'
@@ -141,7 +141,7 @@ def run_demo(out: Path = Path('runs/demo'), zoo: Optional[Path] = None, quick: b
             with contextlib.redirect_stdout(io.StringIO()):  # export prints the registry line for maintainers
                 exported = export(checkpoints[tag], tag, out=zoo / f'senti_{ARCH}.{tag}')
             print(f'      {exported.name}: {exported.folder} (sha256 {exported.sha256[:12]}…)')
-    with zoo_home(zoo):
+    with using_zoo(zoo):
         with phase('load', f"Loading them back: timm.create_model('senti_{ARCH}.<tag>', pretrained=True), "
                            f'SENTIZOO_HOME={zoo}'):
             for tag in BACKBONE_TAGS:

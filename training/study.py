@@ -48,8 +48,8 @@ import torch
 
 from sentizoo.models import BACKBONE_TAGS
 
-__all__ = ['STUDY_CONFIG', 'CannotResumeError', 'Phases', 'zoo_home', 'load_study_config', 'pretrain_model', 'measure_pretext',
-           'run_probes', 'run_downstream', 'summarise_downstream', 'run_study', 'main']
+__all__ = ['STUDY_CONFIG', 'CannotResumeError', 'Phases', 'using_zoo', 'load_study_config', 'pretrain_model',
+           'measure_pretext', 'run_probes', 'run_downstream', 'summarise_downstream', 'run_study', 'main']
 
 STUDY_CONFIG = Path(__file__).parent / 'configs' / 'study' / 'default.json'
 SYNTHETIC_BANNER = ('SYNTHETIC: every number here comes from the procedural affect world of '
@@ -73,7 +73,7 @@ class Phases:
 
 
 @contextlib.contextmanager
-def zoo_home(folder: Path) -> Iterator[None]:
+def using_zoo(folder: Path) -> Iterator[None]:
     """``SENTIZOO_HOME=folder`` inside the block, restored afterwards."""
     previous = os.environ.get('SENTIZOO_HOME')
     os.environ['SENTIZOO_HOME'] = str(Path(folder).resolve())
@@ -349,7 +349,7 @@ def run_study(out: Path = Path('runs/study'), config: Optional[Mapping[str, Any]
         for tag in BACKBONE_TAGS:
             with contextlib.redirect_stdout(io.StringIO()):  # export prints the registry line for maintainers
                 export(checkpoints[tag], tag, out=zoo / f'senti_{arch}.{tag}')
-    with zoo_home(zoo):
+    with using_zoo(zoo):
         with phase('probes', 'Linear probes of the hidden cues on frozen features'):
             probes = run_probes(arch, size, config['probes'], device)
             print(probes_markdown(probes), flush=True)
