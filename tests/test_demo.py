@@ -55,3 +55,15 @@ def test_quick_demo_end_to_end(tmp_path, capsys, monkeypatch, isolated_zoo):
     assert list(timings['seconds']) == ['data', 'pretrain', 'export', 'load', 'finetune', 'report']
     assert timings['quick'] is True and timings['total_seconds'] > 0
     assert printed.rstrip().splitlines()[-1].startswith('Phase times: data ')
+
+
+def test_demo_pretrains_with_each_models_study_settings_and_fewer_steps():
+    from training.study import load_study_config
+    study = load_study_config()['pretrain']
+    for tag in BACKBONE_TAGS:
+        settings = demo.pretrain_settings(tag)
+        wanted = dict(study['common'], **study[tag])
+        wanted['steps_per_epoch'] = demo.PRETRAIN_STEPS[tag]
+        assert {k: settings[k] for k in wanted if k != 'max_samples'} == {k: v for k, v in wanted.items()
+                                                                           if k != 'max_samples'}
+        assert settings['max_samples'] == settings['epochs'] * settings['steps_per_epoch'] * settings['batch_size']

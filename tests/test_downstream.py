@@ -10,7 +10,7 @@ from PIL import Image
 
 import sentizoo  # noqa: F401  (registers senti_*)
 from sentizoo.saving import save_pretrained
-from sentizoo.weights import WeightsNotFoundError, zoo_home
+from sentizoo.weights import WeightsNotFoundError, sha256_file, zoo_home
 from training import downstream as ds
 from training import paper_results as paper
 from training.report import load_results, render
@@ -187,6 +187,35 @@ def test_tiny_ablation_end_to_end(tmp_path):
     report = render(tmp_path).read_text()
     assert '## SYNTHETIC data' in report and '(paper)' not in report and '## Real data' not in report
     assert '| feat_all | feature reg: ST + HO + HP | ' in report
+
+
+def test_reuse_trains_again_only_what_changed(tmp_path, monkeypatch):
+    _fill_zoo()
+    first = {p.name: json.loads(p.read_text()) for p in ds.run_experiment(TINY, out=tmp_path, progress=False)}
+    zoo_sha = {tag: sha256_file(zoo_home() / f'senti_resnet18.{tag}' / 'model.safetensors') for tag in ('st', 'ho', 'hp')}
+    assert first['none.json']['weights'] == {}  # a random start: no weight file
+    assert first['feat_all.json']['weights'] == {'init': zoo_sha['hp'], **zoo_sha}
+    assert first['logits_hp.json']['weights'] == {'init': zoo_sha['hp'], 'hp': zoo_sha['hp']}
+
+    def no_training(*args, **kwargs):
+        raise AssertionError('trained again')
+    with monkeypatch.context() as m:
+        m.setattr('sentizoo.engine.finetune', no_training)
+        m.setattr('sentizoo.engine.amalgamate', no_training)
+        again = ds.run_experiment(TINY, out=tmp_path, progress=False, reuse=True)
+    assert [json.loads(p.read_text()) for p in again] == list(first.values())
+
+    torch.manual_seed(1)  # new ST weights: only the run that learns from ST trains again
+    save_pretrained(timm.create_model('senti_resnet18.st'), zoo_home() / 'senti_resnet18.st')
+    third = {p.name: json.loads(p.read_text()) for p in ds.run_experiment(TINY, out=tmp_path, progress=False,
+                                                                          reuse=True)}
+    assert [n for n in third if third[n]['finished'] != first[n]['finished']] == ['feat_all.json']
+    assert third['feat_all.json']['weights']['st'] != zoo_sha['st']
+
+    changed = _write(tmp_path / 'changed.json', dict(json.loads((ds.CONFIG_DIR / f'{TINY}.json').read_text()),
+                                                     name=TINY, train={'epochs': 1, 'lr': 0.001, 'seed': 0}))
+    fourth = ds.run_experiment(changed, out=tmp_path, progress=False, reuse=True, runs=['none'])
+    assert json.loads(fourth[0].read_text())['finished'] != first['none.json']['finished']  # another config
 
 
 def test_missing_teachers_fail_before_any_training(tmp_path):

@@ -63,6 +63,7 @@ def test_quick_study_end_to_end(tmp_path, capsys, monkeypatch, isolated_zoo):
                                                ('HO', 'jigsaw'), ('HP', 'anp'), ('HP', 'captioning')]
     for row, score in zip(pretext, [s for tag in ('st', 'ho', 'hp') for s in saved['pretext'][tag]]):
         assert float(row[3]) == pytest.approx(score['value'], rel=1e-3)
+        assert float(row[7].split()[0]) == pytest.approx(score['extra']['stored_statistics'], rel=1e-3)
     assert saved['pretext']['ho'][0]['reference'] == pytest.approx(2.4849, abs=1e-4)  # ln 12 scenes
 
     # probes: the four backbones, the true cues, ST+HO+HP (emotion only) and chance
@@ -100,6 +101,14 @@ def test_quick_study_end_to_end(tmp_path, capsys, monkeypatch, isolated_zoo):
     # the zoo loads like published weights
     monkeypatch.setenv('SENTIZOO_HOME', str(out / 'zoo'))
     assert timm.create_model('senti_resnet18.ho', pretrained=True).num_classes == 0
+
+    # run again on the same --out: every model and every downstream run is reused, nothing trains
+    def no_training(*args, **kwargs):
+        raise AssertionError('trained again')
+    monkeypatch.setattr('sentizoo.engine.finetune', no_training)
+    monkeypatch.setattr('sentizoo.engine.amalgamate', no_training)
+    again = study.run_study(out, quick=True, full=True, progress=False)
+    assert again['downstream'] == record['downstream'] and again['pretext'] == record['pretext']
 
 
 def test_cli_help_and_bad_settings_file(tmp_path, capsys):

@@ -703,3 +703,24 @@ def test_write_image_folder_is_an_fi_style_dataset(tmp_path):
         label, index = f.stem.rsplit('_', 1)
         assert f.parent.name == label == synthetic.EMOTIONS[world.cues(int(index)).emotion]
         assert Image.open(f).size == (32, 32)
+
+
+def test_synthetic_keeps_rendered_images_of_small_sets_only(monkeypatch):
+    calls = []
+    sample = synthetic.AffectWorld.sample
+    monkeypatch.setattr(synthetic.AffectWorld, 'sample', lambda self, i: calls.append(i) or sample(self, i))
+    kept = synthetic.SyntheticEmotion(5, split='val', seed=3, transform=ToTensor())
+    first = [kept[i] for i in range(5)]
+    again = [kept[i] for i in (4, 0, -1)]
+    assert calls == [synthetic.SPLIT_OFFSETS['val'] + i for i in range(5)]  # each drawn once
+    assert all(torch.equal(a[0], first[i][0]) and a[1] == first[i][1] for a, i in zip(again, (4, 0, 4)))
+    plain = synthetic.SyntheticEmotion(5, split='val', seed=3)
+    image = plain[2][0]
+    image.paste((0, 0, 0), (0, 0, 8, 8))  # the caller's copy: the kept image is untouched
+    assert np.array_equal(np.asarray(plain[2][0]), np.asarray(synthetic.AffectWorld(3).sample(
+        synthetic.SPLIT_OFFSETS['val'] + 2)[0]))
+    monkeypatch.setattr(synthetic, 'CACHE_LIMIT', 4)
+    calls.clear()
+    large = synthetic.SyntheticEmotion(5, split='val', seed=3)
+    large[1], large[1]
+    assert calls == [synthetic.SPLIT_OFFSETS['val'] + 1] * 2  # over the limit: drawn at every read

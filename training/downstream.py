@@ -23,8 +23,10 @@ split is evaluated once, with the selected weights.
 
 Each run writes ``<out>/<experiment>/<run>.json`` (the config, the per-epoch history, the selected epoch,
 the validation and test metrics, wall time, versions, ``synthetic``) and, with ``"checkpoints": true``,
-its checkpoints in ``<out>/<experiment>/<run>/``, from which a rerun resumes.
-``python -m training.report <out>`` renders them.
+its checkpoints in ``<out>/<experiment>/<run>/``, from which a rerun resumes. With ``--reuse`` a run whose
+result file was written with the same config and the same weight files (by sha256: the target's start and
+every teacher, recorded in the file's ``weights``) is not trained again, so a stopped series of experiments
+continues where it stopped. ``python -m training.report <out>`` renders them.
 """
 from __future__ import annotations
 
@@ -50,7 +52,8 @@ from sentizoo.models import ARCHS, BACKBONE_TAGS, TAGS
 from sentizoo.tasks import DOWNSTREAM_TASKS
 
 __all__ = ['FORMAT', 'CONFIG_DIR', 'ConfigError', 'merge_config', 'load_config', 'validate_config', 'split_transforms',
-           'table1_configs', 'config_names', 'build_splits', 'init_weights', 'build_target', 'run_experiment', 'main']
+           'table1_configs', 'config_names', 'build_splits', 'init_weights', 'weight_files', 'build_target',
+           'run_experiment', 'main']
 
 FORMAT = 'sentizoo.downstream/1'
 """``format`` of every result file (what :mod:`training.report` reads)."""
@@ -280,6 +283,32 @@ def init_weights(arch: str, init: str) -> str:
     return target_weights(arch, init) if init in TARGET_INITS else init
 
 
+def weight_files(c: Mapping[str, Any], name: str) -> Dict[str, str]:
+    """The sha256 of every weight file run ``name`` of config ``c`` starts from or learns from: ``'init'`` (a zoo
+    tag's or a file's; ``'random'`` and ``'imagenet'`` are fixed by their name) and each teacher's tag."""
+    from sentizoo.amalgamation import needed_teachers
+    from sentizoo.weights import resolve_weights, sha256_file
+    run, arch = c['runs'][name], c['arch']
+    files: Dict[str, Path] = {}
+    if run['init'] in BACKBONE_TAGS:
+        files['init'] = resolve_weights(f'senti_{arch}.{run["init"]}')
+    elif run['init'] not in ('random', 'imagenet'):
+        files['init'] = Path(run['init'])
+    if run['mode'] == 'amalgamate':
+        files.update({tag: resolve_weights(f'senti_{arch}.{tag}') for tag in needed_teachers(
+            **{k: run[k] for k in ('feature_stages', 'logits_teachers') if k in run})})
+    return {key: sha256_file(path) for key, path in files.items()}
+
+
+def _finished(path: Path, c: Mapping[str, Any], weights: Mapping[str, str]) -> bool:
+    """Whether ``path`` is the result of this config's run with these weight files."""
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return saved.get('config') == json.loads(json.dumps(c)) and saved.get('weights') == dict(weights)
+
+
 def build_target(arch: str, init: str, num_classes: int, seed: int = 0) -> nn.Module:
     """The model to fine-tune: ``arch`` with a fresh ``num_classes`` head (seeded) and its backbone from
     ``init``: a zoo tag (``'hp'``: the zoo's ``senti_<arch>.hp`` backbone, the official amalgamation target) or
@@ -310,11 +339,11 @@ def _versions() -> Dict[str, str]:
 
 
 def _result(c: Mapping[str, Any], name: str, history: Dict[str, Any], test: Dict[str, float], seconds: float,
-            samples: Dict[str, int]) -> Dict[str, Any]:
+            samples: Dict[str, int], weights: Mapping[str, str]) -> Dict[str, Any]:
     """The result file of run ``name`` of config ``c`` (what :mod:`training.report` reads)."""
     run, best = c['runs'][name], history['best_epoch']
     return {'format': FORMAT, 'experiment': c['name'], 'run': name, 'mode': run['mode'], 'init': run['init'],
-            'init_weights': init_weights(c['arch'], run['init']),
+            'init_weights': init_weights(c['arch'], run['init']), 'weights': dict(weights),
             'table': c['table'], 'arch': c['arch'], 'dataset': c['dataset'], 'task': c['task'],
             'synthetic': c['dataset'] == SYNTHETIC, 'best_epoch': best,
             'val': history['epochs'][best - 1]['val'] if best else None, 'test': test,
@@ -327,12 +356,13 @@ def _result(c: Mapping[str, Any], name: str, history: Dict[str, Any], test: Dict
 
 def run_experiment(config: Union[str, Path, Mapping[str, Any]], *, out: Union[str, Path] = 'results',
                    data_root: Optional[str] = None, runs: Optional[Sequence[str]] = None,
-                   device: Optional[str] = None, progress: bool = True) -> List[Path]:
-    """Run the runs of an experiment (all, or those named in ``runs``); returns the result files written.
+                   device: Optional[str] = None, progress: bool = True, reuse: bool = False) -> List[Path]:
+    """Run the runs of an experiment (all, or those named in ``runs``); returns their result files.
 
     ``config`` is a config file (or a name in :data:`CONFIG_DIR`) or a config mapping (validated here).
     Everything that can fail before training (the config, the datasets, the initial weights, the teachers)
-    is checked for every run first.
+    is checked for every run first. ``reuse``: a run whose result file is already there, written with the same
+    config and weight files (:func:`weight_files`), is returned as it is instead of trained again.
     """
     from sentizoo.amalgamation import load_teachers, needed_teachers
     from sentizoo.engine import amalgamate, evaluate, finetune
@@ -359,7 +389,11 @@ def run_experiment(config: Union[str, Path, Mapping[str, Any]], *, out: Union[st
     folder = Path(out) / c['name']
     written = []
     for name in selected:
-        run = c['runs'][name]
+        run, path, weights = c['runs'][name], folder / f'{name}.json', weight_files(c, name)
+        if reuse and _finished(path, c, weights):
+            _logger.info('%s/%s: finished before with this config and these weights, reused: %s', c['name'], name, path)
+            written.append(path)
+            continue
         started = time.perf_counter()
         options = dict(c['train'], device=device, progress=progress)
         if c['checkpoints']:
@@ -373,8 +407,7 @@ def run_experiment(config: Union[str, Path, Mapping[str, Any]], *, out: Union[st
                              **options)
         test = evaluate(model, loaders['test'], c['task'], device=device, channels_last=c['train'].get('channels_last'))
         result = _result(c, name, model.sentizoo_history, test, time.perf_counter() - started,
-                         {split: len(ds) for split, ds in data.items()})
-        path = folder / f'{name}.json'
+                         {split: len(ds) for split, ds in data.items()}, weights)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(result, indent=2) + '\n')
         _logger.info('%s/%s: best epoch %s, test %s = %.4f (%.1f s) -> %s', c['name'], name, result['best_epoch'],
@@ -393,6 +426,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument('--device', help='cpu, cuda, cuda:1, ... (default: this process\'s GPU if any, else CPU)')
     p.add_argument('--zoo', help='zoo folder holding the teachers (sets SENTIZOO_HOME for this run)')
     p.add_argument('--check', action='store_true', help='only validate the config and exit')
+    p.add_argument('--reuse', action='store_true', help='skip a run whose result file under --out was written with '
+                                                        'the same config and the same weight files (by sha256)')
     p.add_argument('--no-progress', dest='progress', action='store_false', help='no progress bars')
     return p.parse_args(argv)
 
@@ -408,7 +443,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f'{config["source"]}: valid ({", ".join(config["runs"])})')
             return 0
         run_experiment(args.config, out=args.out, data_root=args.data_root, runs=args.runs, device=args.device,
-                       progress=args.progress)
+                       progress=args.progress, reuse=args.reuse)
     except (ConfigError, FileNotFoundError) as e:  # includes WeightsNotFoundError
         print(f'python -m training.downstream: error: {e}', file=sys.stderr)
         return 2

@@ -1,6 +1,6 @@
 """The synthetic affect study: does this implementation of the method transfer knowledge? (results are SYNTHETIC)
 
-    python -m training.study                    # the default study: about 40 minutes on 2 CPU cores
+    python -m training.study                    # the default study: about 45 minutes on 2 CPU cores
     python -m training.study --quick            # seconds: the smallest sizes (what the tests run)
     python -m training.study --full --device cuda   # + a second label budget, the ablations, an LDL run
     python -m training.study --quick --full     # seconds: every --full experiment at the smallest sizes
@@ -13,8 +13,8 @@ pre-trained model can hold part of the answer. Six phases, each timed, all outpu
 1. **pretrain** ST, HO and HP (:func:`training.pretrain.pretrain`, the paper's tasks and heads, from a
    random start) on the world's training images;
 2. **pretext**: each task measured on held-out images beside its reference
-   (:mod:`training.pretext_eval`: chance, the trivial predictor, a unigram caption model) and checked
-   against the competence goals;
+   (:mod:`training.pretext_eval`: chance, the trivial predictor, a unigram caption model), with the
+   backbone's BatchNorm statistics of that task's inputs, and checked against the competence goals;
 3. **export** the three backbones into ``<out>/zoo`` (loads with ``timm.create_model('senti_resnet18.<tag>',
    pretrained=True)`` and ``SENTIZOO_HOME=<out>/zoo``);
 4. **probes**: linear probes of the hidden cues (colour, scene, ANP, emotion) on the frozen features of
@@ -26,7 +26,10 @@ pre-trained model can hold part of the answer. Six phases, each timed, all outpu
    (every number), ``probes.png``, ``downstream.png`` and ``downstream_curves.png``.
 
 The settings live in ``training/configs/study/default.json`` (printed at the start); ``--quick`` and
-``--full`` merge its ``quick`` / ``full`` sections over the defaults. The world's rules are fixed: the
+``--full`` merge its ``quick`` / ``full`` sections over the defaults. A stopped study continues where it
+stopped: finished models from their checkpoints, finished downstream runs from their result files (when
+their settings and zoo weights are the same), so ``--full`` after the default study trains only its extra
+experiments. The world's rules are fixed: the
 study reports what it measures, including where the amalgamation does not help.
 """
 from __future__ import annotations
@@ -218,7 +221,9 @@ def run_downstream(arch: str, settings: Mapping[str, Any], out: Path, device: Op
                    progress: bool = True) -> List[Dict[str, Any]]:
     """Every experiment of ``settings['experiments']`` once per seed (:func:`training.downstream.run_experiment`,
     teachers from ``SENTIZOO_HOME``); returns the result dicts. ``settings['max_data']`` (``--quick``) caps the
-    number of images of each split in every experiment."""
+    number of images of each split in every experiment. A run already finished under ``out`` with the same
+    settings and the same zoo weights is reused, so a stopped study, or ``--full`` after the default study,
+    trains only what is missing."""
     from .downstream import merge_config, run_experiment
     cap = settings.get('max_data', {})
     written = []
@@ -230,7 +235,7 @@ def run_downstream(arch: str, settings: Mapping[str, Any], out: Path, device: Op
                           dataset='synthetic', data=dict(data, seed=seed),
                           train=dict(config['train'], seed=seed))
             print(f'      {experiment}, seed {seed}: {", ".join(spec["runs"])}', flush=True)
-            written += run_experiment(config, out=out, device=device, progress=progress)
+            written += run_experiment(config, out=out, device=device, progress=progress, reuse=True)
     return [json.loads(path.read_text()) for path in written]
 
 
@@ -386,6 +391,10 @@ def render_markdown(record: Mapping[str, Any], pretext_table: str, figures: Sequ
 ## Pretext tasks on held-out images
 
 {pretext_table}
+
+Each task is measured with the backbone's BatchNorm statistics re-estimated from that task's training inputs, as
+training normalised each task's batches by their own statistics; "stored BN statistics" is the score with the
+statistics the exported model carries, which average both tasks' inputs.
 
 All goals met: {'yes' if record['pretext_goals_met'] else '**no**'}.
 

@@ -42,7 +42,7 @@ from __future__ import annotations
 import colorsys
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -55,7 +55,7 @@ from .common import PathLike
 
 __all__ = ['AffectWorld', 'Cues', 'SyntheticImages', 'SyntheticScenes', 'SyntheticANP', 'SyntheticCaptions',
            'SyntheticEmotion', 'write_image_folder', 'SCENES', 'ANPS', 'NOUNS', 'ADJECTIVES', 'COLOURS', 'EMOTIONS',
-           'SPLIT_OFFSETS']
+           'SPLIT_OFFSETS', 'CACHE_LIMIT']
 
 EMOTIONS = tuple(FI_LABELS)
 HORIZONS = ('high', 'middle', 'low')
@@ -279,8 +279,16 @@ def _render(c: Cues, rng: np.random.Generator, size: int) -> Image.Image:
     return Image.fromarray((np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8), 'RGB')
 
 
+CACHE_LIMIT = 10_000
+"""A dataset of at most this many samples keeps each rendered image (and its cues) after its first use: a
+labelled set read for 25 epochs is drawn once instead of 25 times. A sample is a pure function of the world's
+seed and its index, so the cache changes nothing but the time; 10,000 images of 73 px take about 160 MB.
+Pre-training sets (60,000 images, each read about once) are not kept."""
+
+
 class _SyntheticDataset(Dataset):
-    """``n`` samples of one split of an :class:`AffectWorld`; subclasses define :meth:`target`."""
+    """``n`` samples of one split of an :class:`AffectWorld`; subclasses define :meth:`target`. Up to
+    :data:`CACHE_LIMIT` samples, rendered images are kept in memory (per process)."""
 
     classes: Optional[Sequence[str]] = None
 
@@ -293,6 +301,7 @@ class _SyntheticDataset(Dataset):
         self.world = AffectWorld(seed, size, **world_kwargs)
         self.n, self.split, self.transform = n, split, transform
         self.offset = SPLIT_OFFSETS[split]
+        self._rendered: Optional[Dict[int, Tuple[Image.Image, Cues]]] = {} if n <= CACHE_LIMIT else None
 
     def __len__(self) -> int:
         return self.n
@@ -304,8 +313,15 @@ class _SyntheticDataset(Dataset):
         return self.offset + index % self.n
 
     def __getitem__(self, index: int) -> Tuple[Any, Any]:
-        image, cues = self.world.sample(self._world_index(index))
-        return (self.transform(image) if self.transform is not None else image), self.target(cues)
+        i = self._world_index(index)
+        if self._rendered is None:
+            image, cues = self.world.sample(i)
+        else:
+            if i not in self._rendered:
+                self._rendered[i] = self.world.sample(i)
+            image, cues = self._rendered[i]
+        # transforms make new images; without one, a copy keeps the kept image safe from the caller
+        return (self.transform(image) if self.transform is not None else image.copy()), self.target(cues)
 
     def cues(self, index: int) -> Cues:
         return self.world.cues(self._world_index(index))
