@@ -192,7 +192,8 @@ def test_tiny_ablation_end_to_end(tmp_path):
 def test_reuse_trains_again_only_what_changed(tmp_path, monkeypatch):
     _fill_zoo()
     first = {p.name: json.loads(p.read_text()) for p in ds.run_experiment(TINY, out=tmp_path, progress=False)}
-    zoo_sha = {tag: sha256_file(zoo_home() / f'senti_resnet18.{tag}' / 'model.safetensors') for tag in ('st', 'ho', 'hp')}
+    zoo_sha = {tag: sha256_file(zoo_home() / f'senti_resnet18.{tag}' / 'model.safetensors')
+               for tag in ('st', 'ho', 'hp')}
     assert first['none.json']['weights'] == {}  # a random start: no weight file
     assert first['feat_all.json']['weights'] == {'init': zoo_sha['hp'], **zoo_sha}
     assert first['logits_hp.json']['weights'] == {'init': zoo_sha['hp'], 'hp': zoo_sha['hp']}

@@ -42,7 +42,7 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -52,8 +52,8 @@ from sentizoo.models import ARCHS, BACKBONE_TAGS, TAGS
 from sentizoo.tasks import DOWNSTREAM_TASKS
 
 __all__ = ['FORMAT', 'CONFIG_DIR', 'ConfigError', 'merge_config', 'load_config', 'validate_config', 'split_transforms',
-           'table1_configs', 'config_names', 'build_splits', 'init_weights', 'weight_files', 'build_target',
-           'run_experiment', 'main']
+           'table1_configs', 'config_names', 'build_splits', 'init_weights', 'run_teachers', 'weight_files',
+           'build_target', 'run_experiment', 'main']
 
 FORMAT = 'sentizoo.downstream/1'
 """``format`` of every result file (what :mod:`training.report` reads)."""
@@ -283,10 +283,17 @@ def init_weights(arch: str, init: str) -> str:
     return target_weights(arch, init) if init in TARGET_INITS else init
 
 
+def run_teachers(run: Mapping[str, Any]) -> Tuple[str, ...]:
+    """The teacher tags a run learns from: none for a fine-tuning, those its amalgamation terms use otherwise."""
+    from sentizoo.amalgamation import needed_teachers
+    if run['mode'] != 'amalgamate':
+        return ()
+    return needed_teachers(**{k: run[k] for k in ('feature_stages', 'logits_teachers') if k in run})
+
+
 def weight_files(c: Mapping[str, Any], name: str) -> Dict[str, str]:
     """The sha256 of every weight file run ``name`` of config ``c`` starts from or learns from: ``'init'`` (a zoo
     tag's or a file's; ``'random'`` and ``'imagenet'`` are fixed by their name) and each teacher's tag."""
-    from sentizoo.amalgamation import needed_teachers
     from sentizoo.weights import resolve_weights, sha256_file
     run, arch = c['runs'][name], c['arch']
     files: Dict[str, Path] = {}
@@ -294,9 +301,7 @@ def weight_files(c: Mapping[str, Any], name: str) -> Dict[str, str]:
         files['init'] = resolve_weights(f'senti_{arch}.{run["init"]}')
     elif run['init'] not in ('random', 'imagenet'):
         files['init'] = Path(run['init'])
-    if run['mode'] == 'amalgamate':
-        files.update({tag: resolve_weights(f'senti_{arch}.{tag}') for tag in needed_teachers(
-            **{k: run[k] for k in ('feature_stages', 'logits_teachers') if k in run})})
+    files.update({tag: resolve_weights(f'senti_{arch}.{tag}') for tag in run_teachers(run)})
     return {key: sha256_file(path) for key, path in files.items()}
 
 
@@ -364,7 +369,7 @@ def run_experiment(config: Union[str, Path, Mapping[str, Any]], *, out: Union[st
     is checked for every run first. ``reuse``: a run whose result file is already there, written with the same
     config and weight files (:func:`weight_files`), is returned as it is instead of trained again.
     """
-    from sentizoo.amalgamation import load_teachers, needed_teachers
+    from sentizoo.amalgamation import load_teachers
     from sentizoo.engine import amalgamate, evaluate, finetune
 
     c = load_config(config) if isinstance(config, (str, Path)) else validate_config(
@@ -381,9 +386,7 @@ def run_experiment(config: Union[str, Path, Mapping[str, Any]], *, out: Union[st
     seed = c['train'].get('seed', 0)
     # Fail fast: every run's initial model and teachers load before the first one trains.
     targets = {name: build_target(c['arch'], c['runs'][name]['init'], num_classes, seed) for name in selected}
-    amalgamations = [c['runs'][name] for name in selected if c['runs'][name]['mode'] == 'amalgamate']
-    for tag in sorted({t for run in amalgamations for t in needed_teachers(
-            **{k: run[k] for k in ('feature_stages', 'logits_teachers') if k in run})}):
+    for tag in sorted({t for name in selected for t in run_teachers(c['runs'][name])}):
         load_teachers(c['arch'], num_classes, (tag,))  # one at a time: only whether it loads matters here
 
     folder = Path(out) / c['name']
