@@ -29,8 +29,8 @@ The settings live in ``training/configs/study/default.json`` (printed at the sta
 ``--full`` merge its ``quick`` / ``full`` sections over the defaults. A stopped study continues where it
 stopped: finished models from their checkpoints, finished downstream runs from their result files (when
 their settings and zoo weights are the same), so ``--full`` after the default study trains only its extra
-experiments. The world's rules are fixed: the
-study reports what it measures, including where the amalgamation does not help.
+experiments. The world's rules are fixed: the study reports what it measures, including where the
+amalgamation does not help.
 """
 from __future__ import annotations
 
