@@ -87,18 +87,25 @@ def onnx_model_only(checkpoint: Path, batch_size: int, images: int) -> float:
         return -(-images // batch_size) * batch_size / (time.perf_counter() - start)
 
 
-def sweep_onnx(folder: Path, checkpoint: Path, images: int, cores: int) -> None:
-    """``sentizoo predict --backend onnxruntime`` once per runtime threading x decoding workers, and the
-    runtime alone per threading."""
+def sweep_onnx(folder: Path, checkpoint: Path, images: int, cores: int, rounds: int) -> None:
+    """``sentizoo predict --backend onnxruntime`` per runtime threading x decoding workers, all settings
+    alternating for ``rounds`` rounds (fastest round counts), then the runtime alone per threading."""
     import sentizoo.onnx as sonnx
-    settings = [sonnx.Threading(1, cores, False), sonnx.Threading(1, cores, True), sonnx.Threading(cores, 1, False),
-                sonnx.Threading(1, 1, False)]
-    for threading, workers in itertools.product(settings, range(cores + 1)):
+    Threading = sonnx.Threading
+    settings = [Threading(streams=1, intra_op=cores, chunk=0), Threading(streams=1, intra_op=cores, spinning=True, chunk=0),
+                Threading(streams=cores, intra_op=1, chunk=0), Threading(streams=cores, intra_op=1, chunk=4),
+                Threading(streams=1, intra_op=1, chunk=0)]
+    runs = list(itertools.product(settings, range(cores + 1)))
+    best = dict.fromkeys(runs, float('inf'))
+    for _, (threading, workers) in itertools.product(range(rounds), runs):
         sonnx.THREADING = threading
-        seconds, _ = predict(folder, checkpoint, workers=workers, backend='onnxruntime')
-        alone = onnx_model_only(checkpoint, 32, 96) if workers == 0 else None
-        print(f'{threading} workers {workers}: {images / seconds:6.2f} images/s'
-              + (f'; runtime alone {alone:6.2f} images/s' if alone else ''), flush=True)
+        best[threading, workers] = min(best[threading, workers],
+                                       predict(folder, checkpoint, workers=workers, backend='onnxruntime')[0])
+    for threading in settings:
+        sonnx.THREADING = threading
+        rates = ', '.join(f'{workers} workers {images / best[threading, workers]:6.2f}' for workers in range(cores + 1))
+        print(f'{threading}: predict {rates}; runtime alone {onnx_model_only(checkpoint, 32, 96):6.2f} images/s',
+              flush=True)
 
 
 def main() -> None:
@@ -110,7 +117,7 @@ def main() -> None:
     parser.add_argument('--workers', type=int, help='default: the CLI default')
     parser.add_argument('--sweep', action='store_true', help='predict only, once, over batch sizes x workers')
     parser.add_argument('--sweep-onnx', action='store_true',
-                        help='predict --backend onnxruntime only, once, over runtime threading x workers')
+                        help='predict --backend onnxruntime only, over runtime threading x workers, --rounds rounds')
     args = parser.parse_args()
 
     os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:args.cores])
@@ -131,7 +138,7 @@ def main() -> None:
         first_onnx_s, _ = predict(folder, checkpoint, args.batch_size, args.workers,
                                   backend='onnxruntime')  # exports once, into the cache beside the checkpoint
         if args.sweep_onnx:
-            sweep_onnx(folder, checkpoint, args.images, args.cores)
+            sweep_onnx(folder, checkpoint, args.images, args.cores, args.rounds)
             return
         sides = {'naive loop': lambda: naive(sorted(folder.iterdir()), checkpoint),
                  **{f'predict ({backend})': lambda backend=backend: predict(

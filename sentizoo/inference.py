@@ -106,7 +106,9 @@ def load_classifier(name: str, checkpoint: Optional[PathLike] = None, *, pretrai
                                  f'(e.g. written by sentizoo.save_pretrained).')
             num_classes, labels = _checkpoint_classes(checkpoint, cfg.classifier, cfg.num_classes)
             model = load_weights(timm.create_model(name, num_classes=num_classes), checkpoint)
-            model.pretrained_cfg = dict(model.pretrained_cfg, num_classes=num_classes, label_names=labels)
+            # `file` names the weights as timm's pretrained_cfg_overlay does: the ONNX export cache keys on it
+            model.pretrained_cfg = dict(model.pretrained_cfg, num_classes=num_classes, label_names=labels,
+                                        file=str(checkpoint))
         elif cfg.num_classes:
             model = timm.create_model(name, pretrained=pretrained)
         else:
@@ -141,17 +143,17 @@ def _label_names(model: nn.Module) -> List[str]:
 
 @contextmanager
 def _forward_function(model: nn.Module, device: torch.device) -> Iterator[Callable]:
-    """``images -> logits``. On CPU the batch is cut into chunks of ``_CPU_CHUNK`` images, run by one
-    single-threaded forward per torch thread side by side: this scales across cores better than one
+    """``images -> logits``, in channels_last. On CPU the batch is cut into chunks of ``_CPU_CHUNK`` images, run
+    by one single-threaded forward per torch thread side by side: this scales across cores better than one
     multi-threaded forward and collapses far less when other processes share the cores (BENCHMARKS.md)."""
-    if device.type != 'cpu':
-        yield model
-        return
-    threads = torch.get_num_threads()
-
     def forward(images):
         with torch.inference_mode():  # thread-local: entered in each pool thread
-            return model(images)
+            return model(images.contiguous(memory_format=torch.channels_last))
+
+    if device.type != 'cpu':
+        yield forward
+        return
+    threads = torch.get_num_threads()
 
     torch.set_num_threads(1)  # new threads take this process-wide setting
     try:
@@ -243,8 +245,8 @@ def _predict_rows(model: nn.Module, dataset: ImageFiles, top_k: int, batch_size:
                 log(f'error: {error}')
                 rows[index] = dict(path=_path_text(dataset.files[index]), predictions=[], error=error.reason)
             if batch.images is not None:
-                images = batch.images.to(device, non_blocking=True, memory_format=torch.channels_last)
-                top = forward(images).float().softmax(dim=-1).topk(k, dim=-1)
+                # NCHW as decoded: each backend takes its own layout (ONNX Runtime NCHW, PyTorch channels_last)
+                top = forward(batch.images.to(device, non_blocking=True)).float().softmax(dim=-1).topk(k, dim=-1)
                 for index, probs, classes in zip(batch.indices, top.values.tolist(), top.indices.tolist()):
                     rows[index] = dict(path=_path_text(dataset.files[index]), error=None,
                                        predictions=[(labels[c], p) for c, p in zip(classes, probs)])

@@ -203,25 +203,32 @@ def cache_path(weights: Path, sha256: str) -> Path:
 class Threading:
     """How the ONNX Runtime forward shares the cores with predict's decoding workers.
 
-    ``streams`` runs of one session side by side, each on an equal part of the batch (0: one per torch
-    thread), with ``intra_op`` threads each (0: torch's thread count divided by the streams); ``spinning``:
-    idle runtime threads busy-wait for work instead of sleeping (ONNX Runtime's own default).
+    ``streams`` runs of one session side by side (0: one per torch thread), with ``intra_op`` threads each
+    (0: torch's thread count divided by the streams), on parts of ``chunk`` images of the batch (0: the
+    batch cut into one equal part per stream); ``spinning``: idle runtime threads busy-wait for work instead
+    of sleeping (ONNX Runtime's own default).
     """
     streams: int = 0
     intra_op: int = 0
     spinning: bool = False
+    chunk: int = 4
 
     def stream_count(self) -> int:
         return self.streams or torch.get_num_threads()
+
+    def parts(self, images: torch.Tensor) -> tuple:
+        """The parts of a batch that run separately, in order."""
+        return images.split(self.chunk) if self.chunk else images.tensor_split(min(self.stream_count(), len(images)))
 
     def threads(self) -> int:
         return self.intra_op or max(1, torch.get_num_threads() // self.stream_count())
 
 
 THREADING = Threading()
-"""The default of ``sentizoo predict``: one single-threaded run per torch thread, no spinning. On 2 cores it
-matched or beat one run with 2 intra-op threads (with or without spinning) at every number of decoding
-workers, and the runtime alone ran 57.8 vs 53.6 images/s (BENCHMARKS.md, Predict)."""
+"""The default of ``sentizoo predict``: one single-threaded run per torch thread, each taking 4-image parts of
+the batch in turn, no spinning. On 2 cores the runtime alone ran 46.3 images/s, vs 44.3 with one half of the
+batch per run and 43.3 with one 2-thread run, and predict was fastest with it at the default 2 decoding
+workers (BENCHMARKS.md, Predict)."""
 
 
 def _session(source: Union[str, Path, bytes], threading: Threading):
@@ -294,16 +301,13 @@ def backend_session(backend: str, model: nn.Module, device: torch.device,
 
 
 @contextmanager
-def session_forward(session, streams: Optional[int] = None) -> Iterator[Callable]:
-    """``images -> logits`` computed by an ONNX Runtime ``session`` on the CPU, in ``streams`` side-by-side
-    runs on equal parts of the batch (default: :data:`THREADING`'s)."""
-    streams = streams or THREADING.stream_count()
+def session_forward(session, threading: Optional[Threading] = None) -> Iterator[Callable]:
+    """``images -> logits`` computed by an ONNX Runtime ``session`` on the CPU: the runs of
+    :meth:`Threading.parts` side by side in ``threading.stream_count()`` threads (default: :data:`THREADING`)."""
+    threading = threading or THREADING
 
     def run(images: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(session.run(None, {INPUT: images.float().contiguous().cpu().numpy()})[0])
 
-    if streams == 1:
-        yield run
-        return
-    with ThreadPoolExecutor(streams) as pool:  # the runtime releases the GIL while it computes
-        yield lambda images: torch.cat(list(pool.map(run, images.tensor_split(min(streams, len(images))))))
+    with ThreadPoolExecutor(threading.stream_count()) as pool:  # the runtime releases the GIL while it computes
+        yield lambda images: torch.cat(list(pool.map(run, threading.parts(images))))

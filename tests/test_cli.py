@@ -234,6 +234,7 @@ def test_export_onnx_command(capsys, tiny_folder, tmp_path):
     assert f'wrote {tmp_path / "out.onnx"} (opset 17, input [3, {TINY_SIZE}, {TINY_SIZE}]' in capsys.readouterr().err
     metadata = sonnx.read_metadata(tmp_path / 'out.onnx')
     assert metadata['label_names'] == TINY_LABELS and metadata['model'] == str(tiny_folder)
+    assert metadata['weights_sha256'] == sha256_file(tiny_folder / 'model.safetensors')
     assert main(['export-onnx', f'local-dir:{tiny_folder}', str(tmp_path / 'local.onnx')]) == 0
     assert sonnx.read_metadata(tmp_path / 'local.onnx')['data_config'] == metadata['data_config']
     assert main(['export-onnx', str(tiny_folder), str(tmp_path / 'out.txt')]) == 2

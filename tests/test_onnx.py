@@ -13,6 +13,7 @@ from timm.data import resolve_model_data_config
 
 import sentizoo.onnx as sonnx
 from helpers import TINY_LABELS, TINY_SIZE, tiny_classifier, write_hf_cache
+from sentizoo.inference import load_classifier, predict
 from sentizoo.saving import save_pretrained
 from sentizoo.weights import sha256_file
 
@@ -117,6 +118,17 @@ def test_export_cache_is_keyed_by_the_weights_sha256(tiny_folder, monkeypatch):
     assert len(logged) == 3 and (tiny_folder / f'model.{sha256_file(weights)}.onnx').is_file()
 
 
+def test_predict_with_a_checkpoint_exports_once(tiny_folder, images):
+    # Before the fix the checkpoint was not known as the weight file: every run exported the model again.
+    checkpoint = tiny_folder / 'model.safetensors'
+    assert sonnx.weights_file(load_classifier('resnet18', checkpoint)[0]) == checkpoint
+    logged = []
+    for _ in range(2):
+        predict('resnet18', images, checkpoint=checkpoint, backend='onnxruntime', workers=0, log=logged.append)
+    assert [m for m in logged if 'ONNX' in m] == [
+        f'exporting to ONNX once, cached at {tiny_folder / f"model.{sha256_file(checkpoint)}.onnx"}']
+
+
 def test_weights_file_of_an_hf_hub_model_is_the_cached_file(tiny_folder, isolated_zoo, monkeypatch):
     cache = isolated_zoo.parent / 'hf'
     snapshot = write_hf_cache(cache, 'me/tiny', {name: tiny_folder / name for name in ('model.safetensors', 'config.json')})
@@ -139,8 +151,11 @@ def test_random_weights_export_without_cache_and_streams():
     images = torch.randn(5, 3, TINY_SIZE, TINY_SIZE)
     with torch.inference_mode():
         expected = model(images)
-    for streams in (1, 2):  # two side-by-side runs on parts of 3 and 2 images: the same logits
-        with sonnx.session_forward(session, streams) as forward:
+    # one run; two side by side on parts of 3 and 2 images; two on parts of 2, 2 and 1: the same logits
+    for threading, sizes in ((sonnx.Threading(streams=1, chunk=0), [5]), (sonnx.Threading(streams=2, chunk=0), [3, 2]),
+                             (sonnx.Threading(streams=2, chunk=2), [2, 2, 1])):
+        assert [len(part) for part in threading.parts(images)] == sizes
+        with sonnx.session_forward(session, threading) as forward:
             torch.testing.assert_close(forward(images), expected, atol=sonnx.ATOL, rtol=sonnx.RTOL)
             torch.testing.assert_close(forward(images[:1]), expected[:1], atol=sonnx.ATOL, rtol=sonnx.RTOL)
 

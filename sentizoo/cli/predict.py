@@ -117,8 +117,8 @@ def add_predict_parser(subparsers) -> None:
 
 
 def _run_export_onnx(args: argparse.Namespace) -> int:
-    from ..onnx import ATOL, RTOL, ExportMismatchError, export_onnx, onnxruntime_available
-    from ..weights import WEIGHTS_ERRORS
+    from ..onnx import ATOL, RTOL, ExportMismatchError, export_onnx, onnxruntime_available, weights_file
+    from ..weights import WEIGHTS_ERRORS, sha256_file
 
     if not onnxruntime_available():
         raise UsageError('onnx and onnxruntime are not installed: pip install "sentizoo[onnx]".')
@@ -126,7 +126,9 @@ def _run_export_onnx(args: argparse.Namespace) -> int:
         raise UsageError(f'OUTPUT {args.output}: expected a .onnx file in an existing folder.')
     try:
         model, _ = create_classifier(args)
-        metadata = export_onnx(model, args.output, opset=args.opset, name=args.model)
+        weights = weights_file(model)  # provenance: the graph names the weight file it was made from
+        metadata = export_onnx(model, args.output, opset=args.opset, name=args.model,
+                               weights_sha256=sha256_file(weights) if weights else None)
     except (*WEIGHTS_ERRORS, ExportMismatchError) as e:
         print(f'{PROG} export-onnx: error: {e}', file=sys.stderr)
         return 1
