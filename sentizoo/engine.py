@@ -30,7 +30,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.distributed as dist
@@ -173,8 +173,12 @@ class _FineTuner(nn.Module):
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, task: Union[str, Task] = 'sll', *, device: Optional[str] = None,
-             channels_last: Optional[bool] = None, progress: bool = False) -> Dict[str, float]:
+             channels_last: Optional[bool] = None, progress: bool = False,
+             outputs: Optional[List[Tuple[torch.Tensor, torch.Tensor]]] = None) -> Dict[str, float]:
     """The task's metrics of ``model`` over ``loader`` (every sample once, also under torchrun).
+
+    ``outputs``: a list that receives each batch's ``(fp32 logits, targets)`` on the CPU, in the loader's order
+    (this process's share under torchrun), for per-sample analyses without a second pass.
 
     The model is moved to ``device`` and put in eval mode. It runs in fp32, with autocast switched off even
     inside a caller's autocast: bf16 logits tie, which moves the ranking loss by ~1e-3, the size of the
@@ -201,6 +205,8 @@ def evaluate(model: nn.Module, loader: DataLoader, task: Union[str, Task] = 'sll
             logits = model(to_device(images, device, channels_last)).float()
         task.check_target(targets, logits.shape[1])
         metrics.update(logits, targets)
+        if outputs is not None:
+            outputs.append((logits.cpu(), targets.cpu()))
     metrics.sync()
     return metrics.compute()
 

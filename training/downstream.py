@@ -23,7 +23,9 @@ split is evaluated once, with the selected weights.
 
 Each run writes ``<out>/<experiment>/<run>.json`` (the config, the per-epoch history, the selected epoch,
 the validation and test metrics, wall time, versions, ``synthetic``) and, with ``"checkpoints": true``,
-its checkpoints in ``<out>/<experiment>/<run>/``, from which a rerun resumes. With ``--reuse`` a run whose
+its checkpoints in ``<out>/<experiment>/<run>/``, from which a rerun resumes; with ``"predictions": true``, the
+test split's per-image outputs in ``<out>/<experiment>/<run>.predictions.npz`` (:func:`save_predictions`). With
+``--reuse`` a run whose
 result file was written with the same config and the same weight files (by sha256: the target's start and
 every teacher, recorded in the file's ``weights``) is not trained again, so a stopped series of experiments
 continues where it stopped. ``python -m training.report <out>`` renders them.
@@ -53,7 +55,7 @@ from sentizoo.tasks import DOWNSTREAM_TASKS
 
 __all__ = ['FORMAT', 'CONFIG_DIR', 'ConfigError', 'merge_config', 'load_config', 'validate_config', 'split_transforms',
            'table1_configs', 'config_names', 'build_splits', 'init_weights', 'run_teachers', 'weight_files',
-           'build_target', 'run_experiment', 'main']
+           'build_target', 'predictions_path', 'save_predictions', 'run_experiment', 'main']
 
 FORMAT = 'sentizoo.downstream/1'
 """``format`` of every result file (what :mod:`training.report` reads)."""
@@ -69,7 +71,7 @@ _PAPER_SCHEDULE = ('epochs', 'lr', 'momentum', 'weight_decay', 'step_size', 'gam
 _SYNTHETIC_DATA = {'n_train': 1000, 'n_val': 200, 'n_test': 400, 'seed': 0}
 _DEFAULTS: Dict[str, Any] = {'description': '', 'table': None, 'data_root': None, 'data': {}, 'image_size': 224,
                              'batch_size': 32, 'eval_batch_size': None, 'workers': None, 'checkpoints': True,
-                             'train': {}}
+                             'predictions': False, 'train': {}}
 _REQUIRED = ('arch', 'dataset', 'task', 'runs')
 
 _logger = logging.getLogger('training.downstream')
@@ -219,8 +221,9 @@ def validate_config(config: Mapping[str, Any], source: str = 'config') -> Dict[s
             problems.append(f'{key}: an integer >= {low}, got {c[key]!r}')
     if c['eval_batch_size'] is not None and not is_int(c['eval_batch_size'], 1):
         problems.append(f'eval_batch_size: null or an integer >= 1, got {c["eval_batch_size"]!r}')
-    if not isinstance(c['checkpoints'], bool):
-        problems.append(f'checkpoints: true or false, got {c["checkpoints"]!r}')
+    for flag in ('checkpoints', 'predictions'):
+        if not isinstance(c[flag], bool):
+            problems.append(f'{flag}: true or false, got {c[flag]!r}')
     if not isinstance(c['data'], Mapping):
         problems.append(f'data: an object, got {c["data"]!r}')
     elif c.get('dataset') == SYNTHETIC:
@@ -305,11 +308,35 @@ def weight_files(c: Mapping[str, Any], name: str) -> Dict[str, str]:
     return {key: sha256_file(path) for key, path in files.items()}
 
 
+def predictions_path(result: Path) -> Path:
+    """Where the per-image test outputs of the run whose result file is ``result`` are kept."""
+    return result.with_name(f'{result.stem}.predictions.npz')
+
+
+def save_predictions(path: Path, outputs: Sequence[Tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """Write the test split's per-image outputs, in the split's order, compactly and atomically: ``target``,
+    ``prediction`` (the argmax of the fp32 logits: what accuracy scored) and ``logits`` (float16)."""
+    import numpy as np
+
+    from sentizoo.weights import atomic_write
+    logits = torch.cat([o[0] for o in outputs])
+    arrays = {'target': torch.cat([o[1] for o in outputs]).numpy(), 'prediction': logits.argmax(1).short().numpy(),
+              'logits': logits.half().numpy()}
+
+    def write(tmp: str) -> None:
+        with open(tmp, 'wb') as f:  # a file object: given a name, numpy would append '.npz' to it
+            np.savez_compressed(f, **arrays)
+    atomic_write(path, write)
+
+
 def _finished(path: Path, c: Mapping[str, Any], weights: Mapping[str, str]) -> bool:
-    """Whether ``path`` is the result of this config's run with these weight files."""
+    """Whether ``path`` is the result of this config's run with these weight files (and, when the config keeps
+    them, its per-image predictions are there)."""
     try:
         saved = json.loads(path.read_text())
     except (OSError, ValueError):
+        return False
+    if c['predictions'] and not predictions_path(path).is_file():
         return False
     return saved.get('config') == json.loads(json.dumps(c)) and saved.get('weights') == dict(weights)
 
@@ -408,10 +435,14 @@ def run_experiment(config: Union[str, Path, Mapping[str, Any]], *, out: Union[st
         else:
             model = finetune(targets.pop(name), loaders['train'], task=c['task'], val_loader=loaders['val'],
                              **options)
-        test = evaluate(model, loaders['test'], c['task'], device=device, channels_last=c['train'].get('channels_last'))
+        outputs: List[Tuple[torch.Tensor, torch.Tensor]] = []
+        test = evaluate(model, loaders['test'], c['task'], device=device, channels_last=c['train'].get('channels_last'),
+                        outputs=outputs if c['predictions'] else None)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if c['predictions']:
+            save_predictions(predictions_path(path), outputs)
         result = _result(c, name, model.sentizoo_history, test, time.perf_counter() - started,
                          {split: len(ds) for split, ds in data.items()}, weights)
-        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(result, indent=2) + '\n')
         _logger.info('%s/%s: best epoch %s, test %s = %.4f (%.1f s) -> %s', c['name'], name, result['best_epoch'],
                      result['primary_metric'], test[result['primary_metric']], result['wall_seconds'], path)

@@ -248,11 +248,12 @@ def evaluate_pretext(model: PerceptionModel, heldout: Mapping[str, Dataset], tra
     return scores
 
 
-def load_perception_model(checkpoint: Union[str, Path], samples: Optional[int] = None
+def load_perception_model(checkpoint: Union[str, Path], samples: Optional[int] = None, split: Optional[str] = None
                           ) -> Tuple[PerceptionModel, Dict[str, Dataset], Dict[str, Dataset]]:
     """The perception model of a ``training.pretrain`` checkpoint, with its held-out and training datasets
     per task (``samples``: at most that many of each; the vocabulary is rebuilt from the full training data,
-    as pre-training built it)."""
+    as pre-training built it). ``split``: the held-out split to read (default: each dataset's own,
+    :data:`training.pretrain.HELDOUT_SPLITS`; ``'val'`` for choices, keeping the test split for the report)."""
     from sentizoo.checkpoint import read as read_checkpoint
     from .pretrain import PretrainConfig, build_datasets, build_model_and_data
     ckpt = read_checkpoint(checkpoint)
@@ -262,7 +263,7 @@ def load_perception_model(checkpoint: Union[str, Path], samples: Optional[int] =
     model, tasks, _ = build_model_and_data(config)
     model.load_state_dict(ckpt['model'])
     limited = dataclasses.replace(config, max_samples=samples or config.max_samples)
-    heldout = dict(build_datasets(limited, heldout=True))
+    heldout = dict(build_datasets(limited, heldout=True, split=split))
     train = {name: dataset for name, dataset, _ in tasks}
     if samples:
         train = {name: d if len(d) <= samples else Subset(d, range(samples)) for name, d in train.items()}
@@ -308,15 +309,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument('--batch-size', type=int, default=64, help='evaluation batch size (default: 64)')
     p.add_argument('--device', default='cpu', help='cpu, cuda, cuda:1, ... (default: cpu)')
     p.add_argument('--seed', type=int, default=0, help='seed of the jigsaw permutations drawn (default: 0)')
+    p.add_argument('--split', choices=('val', 'test'), help="held-out split: 'val' to make a choice (a recipe, a "
+                   "learning rate), 'test' for the report (default: each dataset's held-out split, the synthetic "
+                   "world's test)")
     args = p.parse_args(argv)
     try:
-        model, heldout, train = load_perception_model(args.checkpoint, args.samples)
+        model, heldout, train = load_perception_model(args.checkpoint, args.samples, args.split)
     except (OSError, ValueError) as e:
         print(f'python -m training.pretext_eval: error: {e}', file=sys.stderr)
         return 2
     scores = evaluate_pretext(model, heldout, train, batch_size=args.batch_size, device=args.device, seed=args.seed)
     if any(getattr(d, 'world', None) is not None for d in heldout.values()):  # the synthetic affect world's images
         print('SYNTHETIC: held-out images of the synthetic affect world, not real data\n')
+    split = args.split or "each dataset's own"
+    print(f'held-out split: {split}')
     print(scores_table({model.kind: scores}))
     return 0
 

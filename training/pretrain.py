@@ -173,15 +173,17 @@ def _subset(dataset: Dataset, max_samples: Optional[int], seed: int) -> Dataset:
     return Subset(dataset, keep.tolist())
 
 
-def build_datasets(config: PretrainConfig, heldout: bool = False) -> List[Tuple[str, Dataset]]:
+def build_datasets(config: PretrainConfig, heldout: bool = False, split: Optional[str] = None
+                   ) -> List[Tuple[str, Dataset]]:
     """The two ``(task, dataset)`` of the model, in ``training_step`` order, with the paper's augmentation.
 
     Resize to ``floor(image_size * 256 / 224)`` (:func:`sentizoo.datasets.resize_size`, the rule of every
     downstream path), random crop ``image_size``, horizontal flip; images stay RGB in
     [0, 1]: the tasks normalise them, and make their Lab / low-resolution / tile inputs, on the device.
     ``heldout=True`` gives images never trained on (:data:`HELDOUT_SPLITS`), centre-cropped, for
-    measuring the pretext tasks (:mod:`training.pretext_eval`). A missing or malformed dataset file
-    raises here, before anything trains.
+    measuring the pretext tasks (:mod:`training.pretext_eval`); ``split`` then names another held-out split
+    for every dataset (``'val'`` of the synthetic world: where choices are made, the test split being kept for
+    the report). A missing or malformed dataset file raises here, before anything trains.
     """
     from sentizoo.datasets import paper_data_config, resize_size
 
@@ -189,7 +191,7 @@ def build_datasets(config: PretrainConfig, heldout: bool = False) -> List[Tuple[
     c = config
     resize = resize_size(paper_data_config(c.image_size))
     transform = pretrain_transform(resize, c.image_size, normalize=False, train=not heldout)
-    split = {name: HELDOUT_SPLITS[name] if heldout else 'train' for name in HELDOUT_SPLITS}
+    split = {name: (split or HELDOUT_SPLITS[name]) if heldout else 'train' for name in HELDOUT_SPLITS}
     if c.dataset == 'synthetic':
         from .datasets import synthetic as syn
         kw = dict(n=c.max_samples or 1024, split=split['synthetic'], transform=transform, seed=c.seed, size=resize)

@@ -4,6 +4,8 @@
     python -m training.study --quick            # seconds: the smallest sizes (what the tests run)
     python -m training.study --full --device cuda   # + a second label budget, the ablations, an LDL run
     python -m training.study --quick --full     # seconds: every --full experiment at the smallest sizes
+    python -m training.study confirm            # the confirmatory protocol (training.confirm): hours, resumable
+    python -m training.study analyse runs/confirm   # its tables, intervals and tests, from the saved predictions
 
 No real dataset or weight can be fetched where sentizoo is built, so the procedural affect world of
 :mod:`training.datasets.synthetic` is where the paper's claim is put to the test. Its emotion label
@@ -425,6 +427,10 @@ Phase times ({record['threads']} torch threads, device {record['device']}): {tim
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in ('confirm', 'analyse'):  # the confirmatory study's subcommands
+        from .confirm import main as confirm_main
+        return confirm_main(argv)
     p = argparse.ArgumentParser(prog='python -m training.study', description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--out', type=Path, default=Path('runs/study'), help='output folder (default: runs/study)')

@@ -1,0 +1,488 @@
+"""The confirmatory synthetic study: a protocol fixed before its runs, and its analysis (results are SYNTHETIC).
+
+    python -m training.study confirm                    # the protocol: about 14 hours on 2 CPU cores, resumable
+    python -m training.study confirm --device cuda      # one shot on a GPU
+    python -m training.study confirm --quick            # a minute or two: every arm and control at toy sizes
+    python -m training.study analyse runs/confirm       # every table, interval and test, from the saved predictions
+
+The exploratory study (``python -m training.study``) found the amalgamation +1.9 points over HP fine-tuning on
+one set of teachers and three seeds, after a second look. This study asks the same question once more under a
+protocol committed before any of its runs (``training/configs/study/confirm.json``, explained in
+docs/confirmatory_study.md):
+
+1. **pretrain** three independent teacher sets (ST, HO and HP each from its own seed, the exploratory recipe);
+2. **pretext**: each model's pretext tasks on held-out test images, beside their references (reported, never
+   used to choose: no teacher is retrained);
+3. **zoos**: per teacher set, three zoos of ``senti_<arch>.{st,ho,hp}``: the pre-trained teachers, randomly
+   initialised ones (the control: same architecture and loss, no pre-training) and HP in all three slots;
+4. **tune**: every arm over the same small grid (learning rate x epochs) on the validation images of a
+   development seed that no test run uses; the best setting per arm is then held fixed;
+5. **test**: every arm on every (teacher set, test seed) cell, each with 5,000 test images whose per-image
+   outputs are saved; every target starts from its cell's HP backbone, with the same head, so two arms of a
+   cell differ only in what they learn from;
+6. **analyse**: per-image paired comparisons, McNemar's exact test per cell, and a hierarchical bootstrap over
+   teacher sets x seeds x images for the mean gain with its 95% interval, judged by the protocol's rule.
+
+Everything lands under ``--out`` and a stopped run continues where it stopped: models from their checkpoints,
+runs from their result files (same settings, same weight files).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+
+from sentizoo.models import BACKBONE_TAGS
+
+__all__ = ['PROTOCOL', 'ProtocolError', 'load_protocol', 'validate_protocol', 'earlier_seeds', 'protocol_seeds',
+           'build_zoos', 'choose_settings', 'run_confirm', 'analyse', 'main']
+
+PROTOCOL = Path(__file__).parent / 'configs' / 'study' / 'confirm.json'
+TEACHER_ZOOS = ('pretrained', 'random', 'hp')
+"""The zoos of a teacher set an arm's teachers come from (``null``: an arm without teachers)."""
+MINIMUMS = {'teacher_sets': 3, 'test_seeds': 5, 'n_test': 5000}
+"""What the protocol must at least hold (``--quick`` shrinks the sizes, never the protocol file)."""
+_REQUIRED = ('arch', 'image_size', 'hypotheses', 'teacher_sets', 'pretrain', 'pretext_eval', 'downstream',
+             'analysis')
+
+
+class ProtocolError(ValueError):
+    """The protocol file is invalid; the message lists every problem."""
+
+
+# ------------------------------------------------------------------------------------------------ protocol
+
+def load_protocol(path: Path = PROTOCOL, quick: bool = False) -> Dict[str, Any]:
+    """The protocol at ``path``, validated; ``quick`` merges its ``quick`` section (toy sizes, the first
+    ``max_teacher_sets`` sets) over it after the protocol itself has been checked."""
+    from .downstream import merge_config
+    try:
+        config = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise ProtocolError(f'{path}: {e}') from None
+    smaller = dict(config.pop('quick', {}))
+    validate_protocol(config, str(path))
+    if quick:
+        keep = smaller.pop('max_teacher_sets', None)
+        config = merge_config(config, smaller)
+        if keep:
+            config['teacher_sets'] = dict(list(config['teacher_sets'].items())[:keep])
+    config.update(source=str(path), size='quick' if quick else 'protocol')
+    return config
+
+
+def protocol_seeds(config: Mapping[str, Any]) -> List[int]:
+    """Every seed the protocol uses: pre-training and random teachers of each set, the test and development
+    seeds of the downstream worlds."""
+    seeds = [s for teacher_set in config['teacher_sets'].values() for kind in ('pretrain', 'random')
+             for s in teacher_set[kind].values()]
+    return seeds + list(config['downstream']['test_seeds']) + [config['downstream']['development_seed']]
+
+
+def earlier_seeds(folder: Path = PROTOCOL.parent.parent, exclude: Path = PROTOCOL) -> Dict[int, List[str]]:
+    """``{seed: [config files]}`` of every ``seed``/``seeds`` value in the configs under ``folder`` (the
+    exploratory study, the demo, the experiments), except ``exclude``."""
+    found: Dict[int, List[str]] = {}
+
+    def walk(node: Any, where: str) -> None:
+        if isinstance(node, Mapping):
+            for key, value in node.items():
+                if key in ('seed', 'seeds'):
+                    for seed in value if isinstance(value, list) else [value]:
+                        found.setdefault(seed, []).append(where)
+                walk(value, where)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item, where)
+
+    for path in sorted(Path(folder).rglob('*.json')):
+        if path.resolve() != Path(exclude).resolve():
+            walk(json.loads(path.read_text()), path.name)
+    return found
+
+
+def validate_protocol(config: Mapping[str, Any], source: str = 'protocol') -> None:
+    """Check that the protocol fixes everything the study needs, at the sizes it promises, with fresh seeds;
+    raises :class:`ProtocolError` listing every problem."""
+    problems = [f'missing required key "{key}"' for key in _REQUIRED if key not in config]
+    if problems:
+        raise ProtocolError(f'{source}: invalid protocol:\n  - ' + '\n  - '.join(problems))
+    d, sets = config['downstream'], config['teacher_sets']
+    if len(sets) < MINIMUMS['teacher_sets']:
+        problems.append(f'teacher_sets: at least {MINIMUMS["teacher_sets"]} independent sets, got {len(sets)}')
+    for name, teacher_set in sets.items():
+        for kind in ('pretrain', 'random'):
+            if set(teacher_set.get(kind, {})) != set(BACKBONE_TAGS):
+                problems.append(f'teacher_sets.{name}.{kind}: one seed for each of {list(BACKBONE_TAGS)}')
+    if len(d['test_seeds']) < MINIMUMS['test_seeds']:
+        problems.append(f'downstream.test_seeds: at least {MINIMUMS["test_seeds"]}, got {len(d["test_seeds"])}')
+    if d['development_seed'] in d['test_seeds']:
+        problems.append('downstream.development_seed: tuning must not see a test seed')
+    if d['development_teacher_set'] not in sets:
+        problems.append(f'downstream.development_teacher_set: one of {list(sets)}')
+    if problems:  # the seed checks below read these fields
+        raise ProtocolError(f'{source}: invalid protocol:\n  - ' + '\n  - '.join(problems))
+    seeds = protocol_seeds(config)
+    if len(set(seeds)) != len(seeds):
+        problems.append('seeds: every seed of the protocol is used once')
+    reused = {s: files for s, files in earlier_seeds().items() if s in set(seeds)}
+    if reused:
+        problems.append(f'seeds already used by earlier configs: {reused}; a confirmatory run needs fresh ones')
+    for name, spec in d['experiments'].items():
+        if spec['data']['n_test'] < MINIMUMS['n_test']:
+            problems.append(f'downstream.experiments.{name}.data.n_test: at least {MINIMUMS["n_test"]}')
+        problems += [f'downstream.experiments.{name}.arms: unknown arm {arm!r}' for arm in spec['arms']
+                     if arm not in d['arms']]
+    for name, arm in d['arms'].items():
+        if arm['teachers'] not in (None, *TEACHER_ZOOS):
+            problems.append(f'downstream.arms.{name}.teachers: null or one of {TEACHER_ZOOS}')
+        if not set(arm.get('seeds', d['test_seeds'])) <= set(d['test_seeds']):
+            problems.append(f'downstream.arms.{name}.seeds: a subset of the test seeds')
+    h = config['hypotheses']
+    for i, hypothesis in enumerate([h['primary'], *h.get('secondary', []), *h.get('descriptive', [])]):
+        arms = d['experiments'].get(hypothesis['experiment'], {}).get('arms', [])
+        if hypothesis['arm'] not in arms or hypothesis['versus'] not in arms:
+            problems.append(f'hypotheses[{i}]: {hypothesis["arm"]} and {hypothesis["versus"]} must both be arms of '
+                            f'experiment {hypothesis["experiment"]!r}')
+    if 'decision_rule' not in config['analysis'] or 'bootstrap' not in config['analysis']:
+        problems.append('analysis: needs "bootstrap" (replicates, seed, interval) and "decision_rule"')
+    if problems:
+        raise ProtocolError(f'{source}: invalid protocol:\n  - ' + '\n  - '.join(problems))
+
+
+# ---------------------------------------------------------------------------------------------- the teachers
+
+def _pretrain_sets(config: Mapping[str, Any], out: Path, device: Optional[str], progress: bool
+                   ) -> Dict[str, Dict[str, Path]]:
+    from .study import pretrain_model
+    p, checkpoints = config['pretrain'], {}
+    for name, teacher_set in config['teacher_sets'].items():
+        for tag in BACKBONE_TAGS:
+            print(f'      teacher set {name}: {tag.upper()} (seed {teacher_set["pretrain"][tag]})', flush=True)
+            settings = dict(p['common'], **p[tag], image_size=config['image_size'])
+            checkpoints.setdefault(name, {})[tag] = pretrain_model(
+                tag, config['arch'], out / 'pretrain' / name / tag, settings, seed=teacher_set['pretrain'][tag],
+                device=device, progress=progress, resume='auto')
+    return checkpoints
+
+
+def _pretext_scores(config: Mapping[str, Any], checkpoints: Mapping[str, Mapping[str, Path]], out: Path,
+                    device: Optional[str]) -> Dict[str, Dict[str, list]]:
+    """Each set's pretext scores on test images, kept in ``<out>/pretext.json`` by checkpoint sha256."""
+    from sentizoo.weights import sha256_file
+
+    from .study import measure_pretext
+    path, e = out / 'pretext.json', config['pretext_eval']
+    saved = json.loads(path.read_text()) if path.is_file() else {}
+    scores: Dict[str, Dict[str, list]] = {}
+    for name, tags in checkpoints.items():
+        for tag, checkpoint in tags.items():
+            key, digest = f'{name}/{tag}', sha256_file(checkpoint)
+            if saved.get(key, {}).get('sha256') != digest:
+                rows = measure_pretext(checkpoint, e['samples'], e['batch_size'], device)
+                saved[key] = {'sha256': digest, 'scores': [dict(vars(s), ratio=s.ratio) for s in rows]}
+                path.write_text(json.dumps(saved, indent=1) + '\n')
+            scores.setdefault(name, {})[tag] = saved[key]['scores']
+    return scores
+
+
+def build_zoos(config: Mapping[str, Any], checkpoints: Mapping[str, Mapping[str, Path]], out: Path
+               ) -> Dict[str, Dict[str, Path]]:
+    """``{set: {zoo kind: folder}}``: per teacher set, the pre-trained teachers, random ones (each from its own
+    seed) and HP in all three slots, each folder a zoo of ``senti_<arch>.{st,ho,hp}``. Deterministic, so a
+    rerun writes the same files (and the same sha256) again."""
+    import timm
+
+    from sentizoo.saving import save_pretrained
+
+    from .export import export
+    arch, zoos = config['arch'], {}
+    for name, tags in checkpoints.items():
+        folders = {kind: out / 'zoo' / name / kind for kind in TEACHER_ZOOS}
+        with contextlib.redirect_stdout(io.StringIO()):  # export prints the registry line for maintainers
+            for tag in BACKBONE_TAGS:
+                export(tags[tag], tag, out=folders['pretrained'] / f'senti_{arch}.{tag}')
+            hp = folders['pretrained'] / f'senti_{arch}.hp' / 'model.safetensors'
+            for tag in BACKBONE_TAGS:
+                export(hp, tag, arch=arch, out=folders['hp'] / f'senti_{arch}.{tag}')
+                torch.manual_seed(config['teacher_sets'][name]['random'][tag])
+                save_pretrained(timm.create_model(f'senti_{arch}.{tag}', num_classes=0),
+                                folders['random'] / f'senti_{arch}.{tag}', verbose=False)
+        zoos[name] = folders
+    return zoos
+
+
+# ------------------------------------------------------------------------------------------------- the runs
+
+def _run(config: Mapping[str, Any], zoos: Mapping[str, Path], experiment: str, arm: str, seed: int,
+         setting: Mapping[str, Any], out: Path, name: str, device: Optional[str], progress: bool) -> Dict[str, Any]:
+    """One arm on one downstream world; returns its result (reused when it finished before)."""
+    from .downstream import merge_config, run_experiment
+    from .study import using_zoo
+    d = config['downstream']
+    spec, teachers = d['experiments'][experiment], d['arms'][arm]['teachers']
+    cap = d.get('max_data', {})
+    # every arm of a cell starts from the cell's HP backbone through the same path, so the same target
+    start = zoos['pretrained'] / f'senti_{config["arch"]}.hp' / 'model.safetensors'
+    run = dict(d['arms'][arm]['run'], init=str(start))
+    epochs = setting['epochs']
+    c = merge_config(d['common'], {'task': spec['task'], 'runs': {arm: run}})
+    c.update(name=name, source=f'confirm:{experiment}', arch=config['arch'], dataset='synthetic',
+             data={**{k: min(v, cap.get(k, v)) for k, v in spec['data'].items()}, 'seed': seed},
+             train={'epochs': epochs, 'lr': setting['lr'], 'seed': seed,
+                    'step_size': max(1, round(d['tuning']['step_fraction'] * epochs))})
+    with using_zoo(zoos[teachers or 'pretrained']):
+        [path] = run_experiment(c, out=out, device=device, progress=progress, reuse=True)
+    return json.loads(path.read_text())
+
+
+def _grid(config: Mapping[str, Any]) -> List[Dict[str, Any]]:
+    grid = config['downstream']['tuning']['grid']
+    return [{'lr': lr, 'epochs': epochs} for lr in grid['lr'] for epochs in grid['epochs']]
+
+
+def choose_settings(results: Mapping[str, Sequence[Tuple[Mapping[str, Any], Mapping[str, Any]]]]
+                    ) -> Dict[str, Dict[str, Any]]:
+    """Per arm, the grid point whose run scored best on validation (``results``: ``{arm: [(setting, result),
+    ...]}`` in grid order; the earlier point wins a tie)."""
+    chosen = {}
+    for arm, rows in results.items():
+        best = None
+        for setting, result in rows:
+            value = result['val'][result['primary_metric']]
+            if best is None or (value > best[1] if result['higher_is_better'] else value < best[1]):
+                best = (setting, value)
+        chosen[arm] = dict(best[0], val=best[1])
+    return chosen
+
+
+def _tune(config, zoos, out, device, progress) -> Dict[str, Dict[str, Any]]:
+    d = config['downstream']
+    experiment, seed, teacher_set = d['tuning']['experiment'], d['development_seed'], d['development_teacher_set']
+    results: Dict[str, list] = {}
+    for arm in d['experiments'][experiment]['arms']:
+        for setting in _grid(config):
+            print(f'      {arm}: lr {setting["lr"]}, {setting["epochs"]} epochs (seed {seed}, set {teacher_set})',
+                  flush=True)
+            name = f'{experiment}_{teacher_set}_seed{seed}_lr{setting["lr"]}_ep{setting["epochs"]}'
+            result = _run(config, zoos[teacher_set], experiment, arm, seed, setting, out / 'tuning', name, device,
+                          progress)
+            results.setdefault(arm, []).append((setting, result))
+    chosen = choose_settings(results)
+    (out / 'chosen_settings.json').write_text(json.dumps(chosen, indent=1) + '\n')
+    return chosen
+
+
+def planned_cells(config: Mapping[str, Any]) -> Iterator[Tuple[str, str, int, str]]:
+    """``(experiment, teacher set, seed, arm)`` of every test run, in the order they run: experiment by
+    experiment (the primary first), cell by cell."""
+    d = config['downstream']
+    for experiment, spec in d['experiments'].items():
+        for teacher_set in config['teacher_sets']:
+            for seed in d['test_seeds']:
+                for arm in spec['arms']:
+                    if seed in d['arms'][arm].get('seeds', d['test_seeds']):
+                        yield experiment, teacher_set, seed, arm
+
+
+def run_confirm(out: Path = Path('runs/confirm'), config: Optional[Mapping[str, Any]] = None, *, quick: bool = False,
+                device: Optional[str] = None, progress: bool = True) -> Dict[str, Any]:
+    """Run the protocol's phases, then :func:`analyse`; returns the analysis."""
+    from .pretext_eval import PretextScore, scores_table
+    from .study import SYNTHETIC_BANNER, Phases
+
+    config = dict(config) if config is not None else load_protocol(quick=quick)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / 'protocol.json').write_text(json.dumps(config, indent=1) + '\n')  # what analyse reads
+    print(f'{SYNTHETIC_BANNER}\n\nProtocol: {config["source"]} ({config["size"]})\n', flush=True)
+    phase = Phases(6)
+    with phase('pretrain', f'Pre-training {len(config["teacher_sets"])} teacher sets (ST, HO, HP each)'):
+        checkpoints = _pretrain_sets(config, out, device, progress)
+    with phase('pretext', 'Measuring every pretext task on held-out test images'):
+        pretext = _pretext_scores(config, checkpoints, out, device)
+        for name, tags in pretext.items():
+            table = {tag: [PretextScore(**{k: v for k, v in s.items() if k != 'ratio'}) for s in rows]
+                     for tag, rows in tags.items()}
+            print(f'teacher set {name}:\n{scores_table(table)}', flush=True)
+    with phase('zoos', 'Writing the zoos: pre-trained, random and HP-only teachers'):
+        zoos = build_zoos(config, checkpoints, out)
+    with phase('tune', 'Tuning every arm on the development seed (validation images)'):
+        chosen = _tune(config, zoos, out, device, progress)
+        print('      chosen: ' + '; '.join(f'{arm} lr {s["lr"]}, {s["epochs"]} epochs (val {s["val"]:.4f})'
+                                           for arm, s in chosen.items()), flush=True)
+    cells = list(planned_cells(config))
+    with phase('test', f'Testing: {len(cells)} runs with per-image predictions'):
+        for i, (experiment, teacher_set, seed, arm) in enumerate(cells, 1):
+            print(f'      [{i}/{len(cells)}] {experiment}, set {teacher_set}, seed {seed}: {arm}', flush=True)
+            _run(config, zoos[teacher_set], experiment, arm, seed, chosen[arm], out / 'results',
+                 f'{experiment}_{teacher_set}_seed{seed}', device, progress)
+    with phase('analyse', 'Paired per-image analysis'):
+        analysis = analyse(out)
+    print(f'Report: {out / "confirm.md"}', flush=True)
+    return analysis
+
+
+# --------------------------------------------------------------------------------------------- the analysis
+
+def _correct(result_path: Path) -> 'Any':
+    """Per-image correctness of a run, checked against the accuracy its result file reports."""
+    import numpy as np
+
+    from .downstream import predictions_path
+    saved = np.load(predictions_path(result_path))
+    correct = saved['prediction'] == saved['target']
+    reported = json.loads(result_path.read_text())['test']['accuracy']
+    if abs(correct.mean() - reported) > 1e-9:
+        raise ValueError(f'{predictions_path(result_path)}: accuracy {correct.mean():.6f} from the predictions, '
+                         f'{reported:.6f} in {result_path.name}: the files do not belong together')
+    return correct
+
+
+def _comparison(config: Mapping[str, Any], out: Path, hypothesis: Mapping[str, Any]) -> Dict[str, Any]:
+    from .paired_stats import discordant, hierarchical_bootstrap, mcnemar_exact, sign_counts
+    d, b = config['downstream'], config['analysis']['bootstrap']
+    arm, versus, experiment = hypothesis['arm'], hypothesis['versus'], hypothesis['experiment']
+    seeds = [s for s in d['test_seeds'] if all(s in d['arms'][a].get('seeds', d['test_seeds']) for a in (arm, versus))]
+    cells: Dict[str, list] = {}
+    rows, expected = [], 0
+    for teacher_set in config['teacher_sets']:
+        for seed in seeds:
+            expected += 1
+            folder = out / 'results' / f'{experiment}_{teacher_set}_seed{seed}'
+            paths = [folder / f'{a}.json' for a in (arm, versus)]
+            if not all(p.is_file() for p in paths):
+                continue
+            pair = discordant(_correct(paths[0]), _correct(paths[1]))
+            cells.setdefault(teacher_set, []).append(pair)
+            accuracy = [json.loads(p.read_text())['test']['accuracy'] for p in paths]
+            rows.append({'teacher_set': teacher_set, 'seed': seed, arm: accuracy[0], versus: accuracy[1],
+                         'gain': pair.gain, 'a_only': pair.a_only, 'b_only': pair.b_only, 'n': pair.n,
+                         'mcnemar_p': mcnemar_exact(pair.a_only, pair.b_only)})
+    found = len(rows)
+    record: Dict[str, Any] = dict(hypothesis, cells=rows, found=found, expected=expected)
+    if found < expected:
+        record['verdict'] = f'incomplete ({found} of {expected} cells)'
+        return record
+    result = hierarchical_bootstrap(cells, b['replicates'], b['seed'], b['interval'])
+    record.update(mean_gain=result.mean, low=result.low, high=result.high,
+                  signs=dict(zip(('positive', 'zero', 'negative'), sign_counts([r['gain'] for r in rows]))),
+                  verdict='supported' if result.low > 0 else 'contradicted' if result.high < 0 else 'not supported')
+    return record
+
+
+def analyse(out: Path) -> Dict[str, Any]:
+    """Every comparison of the protocol saved in ``<out>/protocol.json``, from the per-image predictions under
+    ``<out>/results``; writes ``confirm.json`` and ``confirm.md`` and returns the record. A comparison whose runs
+    are not all there says so instead of giving a verdict."""
+    out = Path(out)
+    config = json.loads((out / 'protocol.json').read_text())
+    h = config['hypotheses']
+    named = [('primary', h['primary'])] + [('secondary', x) for x in h.get('secondary', [])] + \
+        [('descriptive', x) for x in h.get('descriptive', [])]
+    comparisons = [dict(_comparison(config, out, hypothesis), role=role) for role, hypothesis in named]
+    chosen = out / 'chosen_settings.json'
+    record = {'synthetic': True, 'protocol': config['source'], 'size': config['size'],
+              'chosen_settings': json.loads(chosen.read_text()) if chosen.is_file() else None,
+              'arms': _arm_means(config, out), 'comparisons': comparisons,
+              'pretext': json.loads((out / 'pretext.json').read_text()) if (out / 'pretext.json').is_file() else {}}
+    (out / 'confirm.json').write_text(json.dumps(record, indent=1) + '\n')
+    (out / 'confirm.md').write_text(render_markdown(record, config))
+    return record
+
+
+def _arm_means(config: Mapping[str, Any], out: Path) -> Dict[str, Dict[str, Any]]:
+    """``{experiment: {arm: {'mean', 'std', 'runs', 'seconds'}}}``: test accuracy over the finished cells."""
+    table: Dict[str, Dict[str, Any]] = {}
+    for experiment, teacher_set, seed, arm in planned_cells(config):
+        path = out / 'results' / f'{experiment}_{teacher_set}_seed{seed}' / f'{arm}.json'
+        if path.is_file():
+            result = json.loads(path.read_text())
+            cell = table.setdefault(experiment, {}).setdefault(arm, {'values': [], 'seconds': 0.0})
+            cell['values'].append(result['test']['accuracy'])
+            cell['seconds'] += result['wall_seconds']
+    for arms in table.values():
+        for cell in arms.values():
+            values = cell.pop('values')
+            cell.update(runs=len(values), mean=statistics.fmean(values),
+                        std=statistics.stdev(values) if len(values) > 1 else 0.0)
+    return table
+
+
+def render_markdown(record: Mapping[str, Any], config: Mapping[str, Any]) -> str:
+    """``confirm.md``: the verdicts first, then every cell, the arms, the chosen settings."""
+    from .study import SYNTHETIC_BANNER
+    lines = ['# Confirmatory synthetic study (SYNTHETIC)', '', SYNTHETIC_BANNER, '',
+             f'Protocol: `{config["source"]}` ({config["size"]}). Decision rule: {config["analysis"]["decision_rule"]}',
+             '', '## Verdicts', '',
+             '| role | comparison | experiment | mean gain (points) | 95% interval | cells + / 0 / - | verdict |',
+             '|---|---|---|---|---|---|---|']
+    for c in record['comparisons']:
+        what = f'{c["arm"]} - {c["versus"]}'
+        if 'mean_gain' in c:
+            s = c['signs']
+            lines.append(f'| {c["role"]} | {what} | {c["experiment"]} | {100 * c["mean_gain"]:+.2f} | '
+                         f'[{100 * c["low"]:+.2f}, {100 * c["high"]:+.2f}] | {s["positive"]} / {s["zero"]} / '
+                         f'{s["negative"]} | **{c["verdict"]}** |')
+        else:
+            lines.append(f'| {c["role"]} | {what} | {c["experiment"]} | — | — | — | {c["verdict"]} |')
+    lines += ['', '## Test accuracy per arm (mean ± std over cells)', '', '| experiment | arm | runs | accuracy | '
+              'compute (s) |', '|---|---|---|---|---|']
+    for experiment, arms in record['arms'].items():
+        for arm, cell in arms.items():
+            lines.append(f'| {experiment} | {arm} | {cell["runs"]} | {cell["mean"]:.4f} ± {cell["std"]:.4f} | '
+                         f'{cell["seconds"]:.0f} |')
+    for c in record['comparisons']:
+        lines += ['', f'## {c["role"]}: {c["arm"]} - {c["versus"]} ({c["experiment"]}), per cell', '',
+                  f'| set | seed | {c["arm"]} | {c["versus"]} | gain (points) | only {c["arm"]} | only {c["versus"]} '
+                  '| McNemar p |', '|---|---|---|---|---|---|---|---|']
+        for r in c['cells']:
+            lines.append(f'| {r["teacher_set"]} | {r["seed"]} | {r[c["arm"]]:.4f} | {r[c["versus"]]:.4f} | '
+                         f'{100 * r["gain"]:+.2f} | {r["a_only"]} | {r["b_only"]} | {r["mcnemar_p"]:.3g} |')
+    if record['chosen_settings']:
+        lines += ['', '## Settings chosen on the development seed (validation accuracy)', '',
+                  '| arm | lr | epochs | validation |', '|---|---|---|---|']
+        lines += [f'| {arm} | {s["lr"]} | {s["epochs"]} | {s["val"]:.4f} |'
+                  for arm, s in record['chosen_settings'].items()]
+    return '\n'.join(lines) + '\n'
+
+
+# ------------------------------------------------------------------------------------------------------ CLI
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``confirm`` and ``analyse``, the subcommands of ``python -m training.study``."""
+    p = argparse.ArgumentParser(prog='python -m training.study', description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest='command', required=True)
+    c = sub.add_parser('confirm', help='run the confirmatory protocol (resumable)')
+    c.add_argument('--out', type=Path, default=Path('runs/confirm'), help='output folder (default: runs/confirm)')
+    c.add_argument('--protocol', type=Path, default=PROTOCOL, help='protocol file (default: confirm.json in '
+                                                                   'training/configs/study/)')
+    c.add_argument('--quick', action='store_true', help='every arm and control at toy sizes (what the tests run)')
+    c.add_argument('--device', help="cpu, cuda, cuda:1, ... (default: this process's GPU if any, else CPU)")
+    c.add_argument('--threads', type=int, help="torch CPU threads (default: torch's choice)")
+    c.add_argument('--no-progress', dest='progress', action='store_false', help='no progress bars')
+    a = sub.add_parser('analyse', help='recompute every table, interval and test from the saved predictions')
+    a.add_argument('out', type=Path, help='the folder of a confirm run (holds protocol.json and results/)')
+    args = p.parse_args(argv)
+    try:
+        if args.command == 'analyse':
+            if not (args.out / 'protocol.json').is_file():
+                raise ProtocolError(f'{args.out}: no protocol.json: not the folder of a confirm run')
+            print((args.out / 'confirm.md').read_text() if analyse(args.out) else '')
+            return 0
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        config = load_protocol(args.protocol, args.quick)
+        run_confirm(args.out, config, device=args.device, progress=args.progress)
+    except ProtocolError as e:
+        print(f'python -m training.study {args.command}: error: {e}', file=sys.stderr)
+        return 2
+    return 0
