@@ -319,10 +319,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f'python -m training.pretext_eval: error: {e}', file=sys.stderr)
         return 2
     scores = evaluate_pretext(model, heldout, train, batch_size=args.batch_size, device=args.device, seed=args.seed)
+    split = f'the {args.split} split' if args.split else "each dataset's held-out split"
     if any(getattr(d, 'world', None) is not None for d in heldout.values()):  # the synthetic affect world's images
-        print('SYNTHETIC: held-out images of the synthetic affect world, not real data\n')
-    split = args.split or "each dataset's own"
-    print(f'held-out split: {split}')
+        print(f'SYNTHETIC: held-out images of the synthetic affect world ({split}), not real data\n')
+    else:
+        print(f'Held-out images: {split}\n')
     print(scores_table({model.kind: scores}))
     return 0
 
