@@ -75,7 +75,9 @@ def execute(job: Job, out: Path, argv: Optional[List[str]] = None,
                                  env={**os.environ, 'PYTHONPATH': os.pathsep.join(
                                      p for p in (str(ROOT), os.environ.get('PYTHONPATH')) if p)})
         started_child(child)
-        code = child.wait()
+        while child.poll() is None:  # not wait(): submitit's signal handler must be able to stop the child
+            time.sleep(0.2)
+        code = child.returncode
     error = None
     if code != 0:
         error = f'exit code {code}' + (f' (signal {-code})' if code < 0 else '')
@@ -286,8 +288,8 @@ def run_graph(jobs: Sequence[Job], out: Path, backend: Any, on_change: Callable[
     out = Path(out)
     state: Dict[str, str] = {}
     running: Dict[str, Any] = {}
-    for job in jobs:
-        if verified(out, job):
+    for job in jobs:  # done: verified, and so is every job it needs (a job run again may change its inputs)
+        if verified(out, job) and all(state[d] == 'done' for d in job.deps):
             state[job.id] = 'done'
             continue
         state[job.id] = 'pending'
@@ -311,7 +313,9 @@ def run_graph(jobs: Sequence[Job], out: Path, backend: Any, on_change: Callable[
                 continue
             ready = all(s == 'done' for s in deps) or (
                 backend.dependencies and all(s in ('done', 'running') for s in deps))
-            if ready:
+            if ready and all(s == 'done' for s in deps) and verified(out, job):  # its inputs came back unchanged
+                state[job.id] = 'done'
+            elif ready:
                 after = [str(running[d].job_id) for d in job.deps if state[d] == 'running']
                 state[job.id] = 'running'
                 log(f'{job.id}: {"submitted" if backend.name != "local" else "running"}: {job.command}')
