@@ -1,6 +1,7 @@
-"""The GPU figures in one command (at most 8 minutes on one GPU), as a "## GPU" section of BENCHMARKS.md.
+"""The GPU figures in one command (at most 8 minutes on one GPU), as a "## GPU" section of BENCHMARKS.md and as
+``benchmarks/gpu.json`` (what ``python -m training.release plan`` estimates GPU-hours from).
 
-    python benchmarks/gpu.py            # on a machine with a CUDA GPU; writes the section
+    python benchmarks/gpu.py            # on a machine with a CUDA GPU; writes the section and gpu.json
     python benchmarks/gpu.py --smoke    # tiny sizes on the CPU in seconds (the tests run it); writes nothing
 
 1. Plain fine-tuning of resnet50: images/s of the training step (bf16 autocast, channels_last, fused SGD;
@@ -19,6 +20,7 @@ Every step is timed as the fastest of a few interleaved rounds after a warm-up (
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shutil
@@ -26,7 +28,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Any, Callable, Dict, List
 
 import torch
 
@@ -78,8 +80,12 @@ def predict_rate(arch: str, images: int, batch: int, device: str, tmp: Path) -> 
     return images / seconds
 
 
-def run(sizes: dict, device: str) -> List[str]:
-    """Measure everything; the Markdown lines of the section."""
+GPU_JSON = Path(__file__).resolve().parent / 'gpu.json'
+
+
+def run(sizes: dict, device: str, figures: Dict[str, Any]) -> List[str]:
+    """Measure everything; the Markdown lines of the section. ``figures`` gets the training throughput and step
+    ratios (the keys ``training.release.estimate`` reads)."""
     sync = torch.cuda.synchronize if device.startswith('cuda') else (lambda: None)
     arch, batch, size, rounds = sizes['arch'], sizes['batch'], sizes['size'], sizes['rounds']
     lines = ['| measurement | value |', '|---|---|']
@@ -94,6 +100,9 @@ def run(sizes: dict, device: str) -> List[str]:
     train = fastest_steps(training_steps(arch, batch, size, device), rounds, sync)
     row(f'{arch} plain fine-tuning step, batch {batch}, {size} px ({precision}, channels_last)',
         f'{batch / train["plain"]:.0f} images/s')
+    figures.update(arch=arch, plain_images_per_second=round(batch / train['plain'], 1),
+                   amalgamation_vs_plain=round(train['exact'] / train['plain'], 3),
+                   frozen_vs_plain=round(train['frozen'] / train['plain'], 3))
     for mode, what in (('exact', 'amalgamation step (exact)'), ('frozen', 'frozen-teacher step')):
         row(f'{what} vs plain', f'{train[mode] / train["plain"]:.2f}x')
 
@@ -113,6 +122,7 @@ def run(sizes: dict, device: str) -> List[str]:
     for kind in ('st', 'ho', 'hp'):
         row(f'{kind.upper()} pretext step vs plain (batch {sizes["pretext_batch"]} per task, fp32)',
             f'{pretext[kind] / pretext["plain"]:.2f}x')
+    figures['pretext_vs_plain'] = {kind: round(pretext[kind] / pretext['plain'], 3) for kind in ('st', 'ho', 'hp')}
 
     root = Path(tempfile.mkdtemp(prefix='gpu_bench_places_'))
     try:
@@ -140,11 +150,15 @@ def main() -> None:
     header = (f'Machine: {what}, {os.cpu_count()} CPU cores; Python {platform.python_version()}, torch '
               f'{torch.__version__}. Command: `python benchmarks/gpu.py{" --smoke" if args.smoke else ""}` '
               f'({time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}).')
-    lines = run(SIZES['smoke' if args.smoke else 'full'], device)
+    figures: Dict[str, Any] = {'device': what, 'date': time.strftime('%Y-%m-%d', time.gmtime()),
+                               'command': f'python benchmarks/gpu.py{" --smoke" if args.smoke else ""}'}
+    lines = run(SIZES['smoke' if args.smoke else 'full'], device, figures)
     section = '\n'.join(['## GPU', '', header, '', *lines]) + '\n'
     print(section)
+    print(json.dumps(figures))
     if not args.smoke:
         write_section(section)
+        GPU_JSON.write_text(json.dumps(figures, indent=2) + '\n')
 
 
 if __name__ == '__main__':

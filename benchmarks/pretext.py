@@ -30,8 +30,7 @@ import torch
 import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # training/ and tests/ of the checkout
-sys.path.insert(0, str(ROOT / 'tests'))
+sys.path.insert(0, str(ROOT))  # training/ of the checkout
 
 from sentizoo.runtime import sgd  # noqa: E402  (the optimizer of the training loop)
 
@@ -102,7 +101,7 @@ def _pretext_steps(kind: str, arch: str, batch: int, size: int, device: torch.de
 
 def write_places(root: Path, n: int = 204) -> int:
     """``n`` 256x256 JPEGs (synthetic scenes) in the official Places365 layout; returns the count."""
-    from helpers import PLACES_CATEGORIES, write_places365_official
+    from training.datasets.miniature import PLACES_CATEGORIES, write_places365_official
     from training.datasets.synthetic import AffectWorld
     per_class = -(-n // len(PLACES_CATEGORIES))
     truth = write_places365_official(root, per_class=per_class, val_per_class=1)

@@ -1,7 +1,8 @@
 """The sha256 of every published weight file: one line per ``senti_<arch>.<tag>``, ``None`` until published.
 
-Written out as data so that publishing a checkpoint is a one-line change here: ``python -m training.export``
-prints the line to replace. A published sha256 also tells ``sentizoo info`` and the error messages that the
+Written out as data so that publishing a checkpoint is a one-line change here: ``python -m training.release publish
+--write-published`` writes the lines of a release from its manifest (``python -m training.export`` prints the line
+of one checkpoint). A published sha256 also tells ``sentizoo info`` and the error messages that the
 weights can be downloaded from the Hugging Face hub. It imports nothing of sentizoo: any module may read it.
 """
 from typing import Dict, Optional

@@ -1,4 +1,5 @@
 """benchmarks/gpu.py runs end to end before any GPU is at hand: --smoke on the CPU, tiny sizes."""
+import json
 import os
 import re
 import subprocess
@@ -24,6 +25,10 @@ def test_gpu_benchmark_smoke_on_cpu():
     assert len(numbers) >= len(rows) and all(n > 0 for n in numbers)
     assert '`python benchmarks/gpu.py --smoke`' in section
     assert (ROOT / 'BENCHMARKS.md').read_bytes() == before  # the smoke run writes nothing
+    assert not (ROOT / 'benchmarks' / 'gpu.json').exists()
+    figures = json.loads(result.stdout.strip().splitlines()[-1])  # what training.release.estimate reads
+    assert figures['plain_images_per_second'] > 0 and figures['amalgamation_vs_plain'] > 0
+    assert set(figures['pretext_vs_plain']) == {'st', 'ho', 'hp'} and figures['arch'] == 'resnet18'
 
 
 def test_gpu_benchmark_without_a_gpu_says_so():

@@ -1,7 +1,7 @@
 """training.datasets (the subpackage, one section per module): the shared helpers (common), the downstream registry
 and split (emotion), the six downstream readers (FI, EmoSet, UnBiasedEmo, EMOTIC, Emotion6, Abstract), the three
 pre-training readers (Places365, VSO, ArtEmis) and the synthetic world, on generated copies of the release formats
-(the writers are in helpers.py).
+(the writers are in training/datasets/miniature.py).
 
 One file for the subpackage, not one per module: a file per reader would hold one to three tests (UnBiasedEmo
 one, EmoSet, EMOTIC and Abstract two), and the readers share their test helpers (tests/README.md).
@@ -18,10 +18,12 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision.transforms import ToTensor
 
-from helpers import (ANP_LIST, EMOSET_LABEL2IDX, FI_CLASSES, PLACES_CATEGORIES, UNBIASEDEMO_CLASSES, emotic_csv_rows,
-                     make_abstract, make_emoset, make_emotic, make_emotion6, make_fi, make_unbiasedemo,
-                     write_artemis, write_emotic_mat, write_image, write_labelled_image, write_lines,
-                     write_places365_easy, write_places365_official, write_vso_folders, write_vso_split)
+from helpers import ANP_LIST
+from training.datasets.miniature import (EMOSET_LABEL2IDX, FI_CLASSES, PLACES_CATEGORIES, UNBIASEDEMO_CLASSES,
+                                         emotic_csv_rows, make_abstract, make_emoset, make_emotic, make_emotion6,
+                                         make_fi, make_unbiasedemo, write_artemis, write_emotic_mat, write_image,
+                                         write_labelled_image, write_lines, write_places365_easy,
+                                         write_places365_official, write_vso_folders, write_vso_split)
 from sentizoo.models import FI_LABELS
 from training.datasets import common, synthetic
 from training.datasets.artemis import EMOTIONS as ARTEMIS_EMOTIONS

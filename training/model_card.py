@@ -81,7 +81,7 @@ def _eval_results(results: Sequence[Mapping[str, Any]]) -> list:
     from huggingface_hub import EvalResult
     return [EvalResult(task_type=_TASK_TYPES.get(r.get('task'), 'image-classification'), dataset_name=r['dataset'],
                        dataset_type=r.get('dataset_type', r['dataset'].lower()), dataset_split=r.get('split'),
-                       metric_type=r['metric'], metric_value=r['value'], source_name=r.get('source'))
+                       metric_type=r['metric'], metric_value=r['value'])  # the source is in the card's table
             for r in results if not r.get('synthetic')]
 
 

@@ -222,10 +222,11 @@ def plot_experiment(results: Sequence[Result], path: PathLike) -> Path:
     return path
 
 
-def render(folder: PathLike, out: Optional[PathLike] = None, plots: bool = True) -> Path:
+def render(folder: PathLike, out: Optional[PathLike] = None, plots: bool = True, synthetic: bool = False) -> Path:
     """Write ``report.md`` (and the plots) for the results under ``folder`` into ``out`` (default
-    ``<folder>/report``); returns the report's path."""
-    results = load_results(folder)
+    ``<folder>/report``); returns the report's path. ``synthetic``: report every result as SYNTHETIC, never beside
+    the paper's numbers (the release rehearsal's miniature datasets, which are not the real ones)."""
+    results = [dict(r, synthetic=True) if synthetic else r for r in load_results(folder)]
     out = Path(out) if out is not None else Path(folder) / 'report'
     out.mkdir(parents=True, exist_ok=True)
     parts = ['# Downstream results', '',
@@ -269,11 +270,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument('results', help='folder of result JSON files (searched recursively)')
     p.add_argument('--out', help='output folder (default: <results>/report)')
     p.add_argument('--no-plots', dest='plots', action='store_false', help='skip the PNG plots')
+    p.add_argument('--synthetic', action='store_true', help='report every result as SYNTHETIC (data that is not the '
+                                                            'real datasets, such as the release rehearsal\'s)')
     args = p.parse_args(argv)
     if not Path(args.results).is_dir():
         print(f'python -m training.report: error: {args.results} is not a folder', file=sys.stderr)
         return 2
-    report = render(args.results, args.out, args.plots)
+    report = render(args.results, args.out, args.plots, args.synthetic)
     print(report.read_text(encoding='utf-8'))
     print(f'written: {report}', file=sys.stderr)
     return 0
