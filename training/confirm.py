@@ -161,7 +161,7 @@ def validate_protocol(config: Mapping[str, Any], source: str = 'protocol') -> No
 
 def _pretrain_sets(config: Mapping[str, Any], out: Path, device: Optional[str], progress: bool
                    ) -> Dict[str, Dict[str, Path]]:
-    from .study import pretrain_model
+    from .study_steps import pretrain_model
     p, checkpoints = config['pretrain'], {}
     for name, teacher_set in config['teacher_sets'].items():
         for tag in BACKBONE_TAGS:
@@ -178,7 +178,7 @@ def _pretext_scores(config: Mapping[str, Any], checkpoints: Mapping[str, Mapping
     """Each set's pretext scores on test images, kept in ``<out>/pretext.json`` by checkpoint sha256."""
     from sentizoo.weights import sha256_file
 
-    from .study import measure_pretext
+    from .study_steps import measure_pretext
     path, e = out / 'pretext.json', config['pretext_eval']
     saved = json.loads(path.read_text()) if path.is_file() else {}
     scores: Dict[str, Dict[str, list]] = {}
@@ -225,7 +225,7 @@ def _run(config: Mapping[str, Any], zoos: Mapping[str, Path], experiment: str, a
          setting: Mapping[str, Any], out: Path, name: str, device: Optional[str], progress: bool) -> Dict[str, Any]:
     """One arm on one downstream world; returns its result (reused when it finished before)."""
     from .downstream import merge_config, run_experiment
-    from .study import using_zoo
+    from .study_steps import using_zoo
     d = config['downstream']
     spec, teachers = d['experiments'][experiment], d['arms'][arm]['teachers']
     cap = d.get('max_data', {})
@@ -296,7 +296,7 @@ def run_confirm(out: Path = Path('runs/confirm'), config: Optional[Mapping[str, 
                 device: Optional[str] = None, progress: bool = True) -> Dict[str, Any]:
     """Run the protocol's phases, then :func:`analyse`; returns the analysis."""
     from .pretext_eval import PretextScore, scores_table
-    from .study import SYNTHETIC_BANNER, Phases
+    from .study_steps import SYNTHETIC_BANNER, Phases
 
     config = dict(config) if config is not None else load_protocol(quick=quick)
     out = Path(out)
@@ -418,7 +418,7 @@ def _arm_means(config: Mapping[str, Any], out: Path) -> Dict[str, Dict[str, Any]
 
 def render_markdown(record: Mapping[str, Any], config: Mapping[str, Any]) -> str:
     """``confirm.md``: the verdicts first, then every cell, the arms, the chosen settings."""
-    from .study import SYNTHETIC_BANNER
+    from .study_steps import SYNTHETIC_BANNER
     lines = ['# Confirmatory synthetic study (SYNTHETIC)', '', SYNTHETIC_BANNER, '',
              f'Protocol: `{config["source"]}` ({config["size"]}). Decision rule: {config["analysis"]["decision_rule"]}',
              '', '## Verdicts', '',

@@ -116,7 +116,7 @@ def run_demo(out: Path = Path('runs/demo'), zoo: Optional[Path] = None, quick: b
     from .export import export
     from .pretext_eval import format_scores
     from .report import SYNTHETIC_NOTE, load_results, render, runs_table
-    from .study import Phases, measure_pretext, pretrain_model, using_zoo
+    from .study_steps import Phases, measure_pretext, pretrain_model, using_zoo
 
     out = Path(out)
     zoo = Path(zoo) if zoo is not None else out / 'zoo'

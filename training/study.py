@@ -38,57 +38,24 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import io
 import json
-import os
 import statistics
 import sys
-import time
-import warnings
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import torch
 
 from sentizoo.models import BACKBONE_TAGS
 
+from .study_steps import (SYNTHETIC_BANNER, CannotResumeError, Phases, measure_pretext, pretrain_model,
+                          using_zoo)
+
 __all__ = ['STUDY_CONFIG', 'CannotResumeError', 'Phases', 'using_zoo', 'load_study_config', 'pretrain_model',
            'measure_pretext', 'run_probes', 'run_downstream', 'summarise_downstream', 'run_study', 'main']
 
 STUDY_CONFIG = Path(__file__).parent / 'configs' / 'study' / 'default.json'
-SYNTHETIC_BANNER = ('SYNTHETIC: every number here comes from the procedural affect world of '
-                    'training.datasets.synthetic; it tests this implementation, says nothing about real visual '
-                    "sentiment and is not comparable with the paper's results.")
-
-
-class Phases:
-    """Prints ``[k/n] title`` as each phase starts and records its wall time in :attr:`seconds`."""
-
-    def __init__(self, total: int):
-        self.total, self.seconds = total, {}
-
-    @contextlib.contextmanager
-    def __call__(self, name: str, title: str) -> Iterator[None]:
-        print(f'[{len(self.seconds) + 1}/{self.total}] {title}', flush=True)
-        started = time.perf_counter()
-        yield
-        self.seconds[name] = round(time.perf_counter() - started, 2)
-        print(f'      done in {self.seconds[name]:.1f} s', flush=True)
-
-
-@contextlib.contextmanager
-def using_zoo(folder: Path) -> Iterator[None]:
-    """``SENTIZOO_HOME=folder`` inside the block, restored afterwards."""
-    previous = os.environ.get('SENTIZOO_HOME')
-    os.environ['SENTIZOO_HOME'] = str(Path(folder).resolve())
-    try:
-        yield
-    finally:
-        if previous is None:
-            del os.environ['SENTIZOO_HOME']
-        else:
-            os.environ['SENTIZOO_HOME'] = previous
 
 
 def load_study_config(path: Path = STUDY_CONFIG, quick: bool = False, full: bool = False) -> Dict[str, Any]:
@@ -102,48 +69,6 @@ def load_study_config(path: Path = STUDY_CONFIG, quick: bool = False, full: bool
     config.update(source=str(path), size='+'.join(name for name, wanted in (('quick', quick), ('full', full))
                                                  if wanted) or 'default')
     return config
-
-
-def pretrain_model(tag: str, arch: str, out: Path, settings: Mapping[str, Any], *, seed: int,
-                   device: Optional[str] = None, progress: bool = True, resume: Optional[str] = None) -> Path:
-    """Pre-train the ``tag`` model on the synthetic world from a random start; returns ``final.pt``.
-
-    ``resume='auto'`` continues from ``<out>/last.pt`` when there is one (a finished model: at once).
-    """
-    from .pretrain import PretrainConfig, pretrain
-    config = PretrainConfig(model=tag, arch=arch, dataset='synthetic', workers=0, seed=seed, device=device,
-                            progress=progress, out_dir=str(out), resume=resume, **settings)
-    if resume == 'auto' and (Path(out) / 'last.pt').is_file():
-        _check_same_run(Path(out) / 'last.pt', config)
-    with warnings.catch_warnings():  # a random start is the point here: no ImageNet weights on a fresh machine
-        warnings.filterwarnings('ignore', message='pre-training .* from a random initialisation')
-        return pretrain(config)
-
-
-class CannotResumeError(ValueError):
-    """A checkpoint under ``--out`` that this study cannot continue (other settings, an earlier format)."""
-
-
-def _check_same_run(checkpoint: Path, config: Any) -> None:
-    """Refuse to continue a checkpoint made with other settings (a finished one would be reused as it is) or in a
-    format this version cannot resume."""
-    from sentizoo.checkpoint import load as load_checkpoint
-    try:
-        saved = load_checkpoint(checkpoint)['config']
-    except ValueError as e:
-        raise CannotResumeError(f'{e} Or pass another --out.') from e
-    wanted = dataclasses.asdict(config.resolved())
-    changed = sorted(k for k in wanted if k not in ('resume', 'progress', 'device') and saved.get(k) != wanted[k])
-    if changed:
-        raise CannotResumeError(f'{checkpoint} was pre-trained with other settings ({", ".join(changed)}); delete '
-                                f'{checkpoint.parent} or pass another --out to pre-train with these')
-
-
-def measure_pretext(checkpoint: Path, samples: int, batch_size: int, device: Optional[str] = None) -> list:
-    """The held-out :class:`~training.pretext_eval.PretextScore` of each task of a pre-trained model."""
-    from .pretext_eval import evaluate_pretext, load_perception_model
-    model, heldout, train = load_perception_model(checkpoint, samples)
-    return evaluate_pretext(model, heldout, train, batch_size=batch_size, device=device or 'cpu')
 
 
 # ------------------------------------------------------------------------------------------------- probes

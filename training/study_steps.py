@@ -1,0 +1,91 @@
+"""The steps the synthetic studies and the demo are made of: pre-train a model on the synthetic world (resuming
+only a run of the same settings), measure its pretext tasks, time the phases, point ``SENTIZOO_HOME`` at a zoo.
+
+:mod:`training.study` (exploratory), :mod:`training.confirm` (confirmatory) and :mod:`training.demo` share them.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Optional
+
+__all__ = ['SYNTHETIC_BANNER', 'Phases', 'using_zoo', 'pretrain_model', 'CannotResumeError', 'measure_pretext']
+
+SYNTHETIC_BANNER = ('SYNTHETIC: every number here comes from the procedural affect world of '
+                    'training.datasets.synthetic; it tests this implementation, says nothing about real visual '
+                    "sentiment and is not comparable with the paper's results.")
+
+
+class Phases:
+    """Prints ``[k/n] title`` as each phase starts and records its wall time in :attr:`seconds`."""
+
+    def __init__(self, total: int):
+        self.total, self.seconds = total, {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str, title: str) -> Iterator[None]:
+        print(f'[{len(self.seconds) + 1}/{self.total}] {title}', flush=True)
+        started = time.perf_counter()
+        yield
+        self.seconds[name] = round(time.perf_counter() - started, 2)
+        print(f'      done in {self.seconds[name]:.1f} s', flush=True)
+
+
+@contextlib.contextmanager
+def using_zoo(folder: Path) -> Iterator[None]:
+    """``SENTIZOO_HOME=folder`` inside the block, restored afterwards."""
+    previous = os.environ.get('SENTIZOO_HOME')
+    os.environ['SENTIZOO_HOME'] = str(Path(folder).resolve())
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ['SENTIZOO_HOME']
+        else:
+            os.environ['SENTIZOO_HOME'] = previous
+
+
+def pretrain_model(tag: str, arch: str, out: Path, settings: Mapping[str, Any], *, seed: int,
+                   device: Optional[str] = None, progress: bool = True, resume: Optional[str] = None) -> Path:
+    """Pre-train the ``tag`` model on the synthetic world from a random start; returns ``final.pt``.
+
+    ``resume='auto'`` continues from ``<out>/last.pt`` when there is one (a finished model: at once).
+    """
+    from .pretrain import PretrainConfig, pretrain
+    config = PretrainConfig(model=tag, arch=arch, dataset='synthetic', workers=0, seed=seed, device=device,
+                            progress=progress, out_dir=str(out), resume=resume, **settings)
+    if resume == 'auto' and (Path(out) / 'last.pt').is_file():
+        _check_same_run(Path(out) / 'last.pt', config)
+    with warnings.catch_warnings():  # a random start is the point here: no ImageNet weights on a fresh machine
+        warnings.filterwarnings('ignore', message='pre-training .* from a random initialisation')
+        return pretrain(config)
+
+
+class CannotResumeError(ValueError):
+    """A checkpoint under ``--out`` that this study cannot continue (other settings, an earlier format)."""
+
+
+def _check_same_run(checkpoint: Path, config: Any) -> None:
+    """Refuse to continue a checkpoint made with other settings (a finished one would be reused as it is) or in a
+    format this version cannot resume."""
+    from sentizoo.checkpoint import load as load_checkpoint
+    try:
+        saved = load_checkpoint(checkpoint)['config']
+    except ValueError as e:
+        raise CannotResumeError(f'{e} Or pass another --out.') from e
+    wanted = dataclasses.asdict(config.resolved())
+    changed = sorted(k for k in wanted if k not in ('resume', 'progress', 'device') and saved.get(k) != wanted[k])
+    if changed:
+        raise CannotResumeError(f'{checkpoint} was pre-trained with other settings ({", ".join(changed)}); delete '
+                                f'{checkpoint.parent} or pass another --out to pre-train with these')
+
+
+def measure_pretext(checkpoint: Path, samples: int, batch_size: int, device: Optional[str] = None) -> list:
+    """The held-out :class:`~training.pretext_eval.PretextScore` of each task of a pre-trained model."""
+    from .pretext_eval import evaluate_pretext, load_perception_model
+    model, heldout, train = load_perception_model(checkpoint, samples)
+    return evaluate_pretext(model, heldout, train, batch_size=batch_size, device=device or 'cpu')
