@@ -304,7 +304,7 @@ def weight_files(c: Mapping[str, Any], name: str) -> Dict[str, str]:
         files['init'] = resolve_weights(f'senti_{arch}.{run["init"]}')
     elif run['init'] not in ('random', 'imagenet'):
         files['init'] = Path(run['init'])
-    files.update({tag: resolve_weights(f'senti_{arch}.{tag}') for tag in run_teachers(run)})
+    files.update({tag: resolve_weights(f'senti_{arch}.{tag}') for tag in sorted(run_teachers(run))})
     return {key: sha256_file(path) for key, path in files.items()}
 
 
@@ -405,22 +405,26 @@ def run_experiment(config: Union[str, Path, Mapping[str, Any]], *, out: Union[st
     missing = [r for r in selected if r not in c['runs']]
     if missing:
         raise ConfigError(f'{c["source"]}: no run(s) {missing}; the config has {list(c["runs"])}.')
-    data = build_splits(c, data_root)
-    num_classes = len(data['train'].classes)
-    loaders = {split: DataLoader(ds, batch_size=c['batch_size'] if split == 'train' else c['eval_batch_size'],
-                                 shuffle=split == 'train', num_workers=c['workers'])
-               for split, ds in data.items()}
-    seed = c['train'].get('seed', 0)
-    # Fail fast: every run's initial model and teachers load before the first one trains.
-    targets = {name: build_target(c['arch'], c['runs'][name]['init'], num_classes, seed) for name in selected}
-    for tag in sorted({t for name in selected for t in run_teachers(c['runs'][name])}):
-        load_teachers(c['arch'], num_classes, (tag,))  # one at a time: only whether it loads matters here
-
     folder = Path(out) / c['name']
+    weights = {name: weight_files(c, name) for name in selected}
+    finished = {name for name in selected if reuse and _finished(folder / f'{name}.json', c, weights[name])}
+    todo = [name for name in selected if name not in finished]
+    if todo:  # the data and models only for runs that train: resuming a long series stays cheap
+        data = build_splits(c, data_root)
+        num_classes = len(data['train'].classes)
+        loaders = {split: DataLoader(ds, batch_size=c['batch_size'] if split == 'train' else c['eval_batch_size'],
+                                     shuffle=split == 'train', num_workers=c['workers'])
+                   for split, ds in data.items()}
+        seed = c['train'].get('seed', 0)
+        # Fail fast: every run's initial model and teachers load before the first one trains.
+        targets = {name: build_target(c['arch'], c['runs'][name]['init'], num_classes, seed) for name in todo}
+        for tag in sorted({t for name in todo for t in run_teachers(c['runs'][name])}):
+            load_teachers(c['arch'], num_classes, (tag,))  # one at a time: only whether it loads matters here
+
     written = []
     for name in selected:
-        run, path, weights = c['runs'][name], folder / f'{name}.json', weight_files(c, name)
-        if reuse and _finished(path, c, weights):
+        run, path = c['runs'][name], folder / f'{name}.json'
+        if name in finished:
             _logger.info('%s/%s: finished before with this config and these weights, reused: %s', c['name'], name, path)
             written.append(path)
             continue
@@ -442,7 +446,7 @@ def run_experiment(config: Union[str, Path, Mapping[str, Any]], *, out: Union[st
         if c['predictions']:
             save_predictions(predictions_path(path), outputs)
         result = _result(c, name, model.sentizoo_history, test, time.perf_counter() - started,
-                         {split: len(ds) for split, ds in data.items()}, weights)
+                         {split: len(ds) for split, ds in data.items()}, weights[name])
         path.write_text(json.dumps(result, indent=2) + '\n')
         _logger.info('%s/%s: best epoch %s, test %s = %.4f (%.1f s) -> %s', c['name'], name, result['best_epoch'],
                      result['primary_metric'], test[result['primary_metric']], result['wall_seconds'], path)
