@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch.utils.data import Dataset
 
-from .images import list_images, load_image
+from .images import ImageLoadError, check_image_header, list_images, load_image
 from .tasks import Task
 
 __all__ = ['LabelledImages', 'image_folder', 'image_csv', 'open_dataset', 'paper_data_config', 'resize_size',
@@ -53,8 +53,9 @@ class LabelledImages(Dataset):
 
     def check_labels(self, task: Task, num_outputs: int, max_listed: int = 20) -> None:
         """Raise one ValueError listing every row whose target does not fit ``task`` and a model with
-        ``num_outputs`` outputs, and every image file that does not exist. Reads labels, not pixels: cheap
-        enough to run over the whole dataset before training (a bad row found mid-epoch wastes the epoch)."""
+        ``num_outputs`` outputs, and every image file that is missing, empty or not an image by its header
+        (:func:`~sentizoo.images.check_image_header`). Reads labels and headers, not pixels: cheap enough to run
+        over the whole dataset before training (a bad row found mid-epoch wastes the epoch)."""
         problems = []
         if task.name == 'sll' and len(self.label_names) < 2:
             problems.append(f'single-label data needs at least two classes; found {self.label_names}')
@@ -65,12 +66,9 @@ class LabelledImages(Dataset):
                 why = _why_not(task, self.targets[i:i + 1], num_outputs)
                 if why:
                     problems.append(f'{source}: {why}')
-        problems += [f'{source}: image file {path} does not exist' for source, path in zip(self.sources, self.paths)
-                     if not path.is_file()]
+        problems += [f'{source}: {why}' for source, path in zip(self.sources, self.paths) if (why := _bad_file(path))]
         if problems:
-            more = len(problems) - max_listed
-            raise ValueError(f'{len(problems)} problem(s) in the data: ' + '; '.join(problems[:max_listed])
-                             + (f'; and {more} more' if more > 0 else '') + '.')
+            raise ValueError(_listed(problems, 'in the data', max_listed))
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -78,6 +76,24 @@ class LabelledImages(Dataset):
     def __getitem__(self, index: int) -> Tuple[Any, torch.Tensor]:
         image = load_image(self.paths[index])
         return (self.transform(image) if self.transform is not None else image), self.targets[index]
+
+
+def _bad_file(path: Path) -> Optional[str]:
+    """Why the image file ``path`` cannot be trained on, from its size and header; None if it looks fine."""
+    if not path.is_file():
+        return f'image file {path} does not exist'
+    try:
+        check_image_header(path)
+    except ImageLoadError as e:
+        return f'image file {path}: {e.reason}'
+    return None
+
+
+def _listed(problems: Sequence[str], where: str, max_listed: int = 20) -> str:
+    """One message with every problem (the first ``max_listed`` spelled out)."""
+    more = len(problems) - max_listed
+    return (f'{len(problems)} problem(s) {where}: ' + '; '.join(problems[:max_listed])
+            + (f'; and {more} more' if more > 0 else '') + '.')
 
 
 def _why_not(task: Task, targets: torch.Tensor, num_outputs: int) -> Optional[str]:
@@ -109,20 +125,28 @@ def image_csv(path: PathLike, transform: Optional[Callable] = None) -> LabelledI
     """Label vectors from a CSV: header ``path,<label 1>,...``; image paths relative to the CSV's folder."""
     path = Path(path)
     expected = 'a header "path,<label 1>,...,<label C>" and rows "<image path>,<C numbers>"'
-    with open(path, newline='', encoding='utf-8') as f:
-        reader = csv.reader(f)
-        rows = [(reader.line_num, row) for row in reader if any(cell.strip() for cell in row)]
+    try:
+        with open(path, newline='', encoding='utf-8') as f:
+            reader = csv.reader(f)
+            rows = [(reader.line_num, row) for row in reader if any(cell.strip() for cell in row)]
+    except UnicodeDecodeError as e:
+        raise ValueError(f'{path}: not UTF-8 text (it holds the byte {e.object[e.start]:#04x}, e.g. Latin-1); '
+                         f'save the file as UTF-8.') from None
+    except csv.Error as e:
+        raise ValueError(f'{path}: not a readable CSV file ({e}).') from None
     if len(rows) < 2 or len(rows[0][1]) < 2:
         raise ValueError(f'{path}: expected {expected}; got {len(rows)} non-empty line(s).')
-    header, paths, targets = rows[0][1], [], []
+    header, paths, targets, problems = rows[0][1], [], [], []
     for line_no, row in rows[1:]:
         try:
             if len(row) != len(header):
                 raise ValueError(f'{len(row)} fields for {len(header)} columns')
             targets.append([float(cell) for cell in row[1:]])
         except ValueError as e:
-            raise ValueError(f'{path}:{line_no}: expected {expected}; got {row!r} ({e}).') from None
+            problems.append(f'{path}:{line_no}: got {row!r} ({e})')
         paths.append(path.parent / row[0].strip())
+    if problems:
+        raise ValueError(_listed(problems, f'in {path} (expected {expected})'))
     return LabelledImages(paths, torch.tensor(targets, dtype=torch.float32), [h.strip() for h in header[1:]],
                           transform, sources=[f'{path}:{line_no}' for line_no, _ in rows[1:]])
 

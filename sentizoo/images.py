@@ -10,15 +10,16 @@ from __future__ import annotations
 import errno
 import os
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Callable, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ['IMAGE_EXTENSIONS', 'MAX_ASPECT_RATIO', 'DRAFT_SIZE', 'ImageLoadError', 'load_image', 'list_images',
-           'ImageFiles', 'ImageBatch', 'collate_images', 'default_workers']
+__all__ = ['IMAGE_EXTENSIONS', 'MAX_ASPECT_RATIO', 'DRAFT_SIZE', 'ImageLoadError', 'load_image', 'check_image_header',
+           'list_images', 'ImageFiles', 'ImageBatch', 'collate_images', 'default_workers']
 
 PathLike = Union[str, 'os.PathLike[str]']
 
@@ -87,21 +88,10 @@ def _check_shape(path: str, image: Image.Image) -> None:
                                    f'take too much memory once resized; crop the image first')
 
 
-def load_image(path: PathLike) -> Image.Image:
-    """Read ``path`` as an upright 8-bit RGB image.
-
-    * EXIF orientation is applied (a photo taken in portrait comes back in portrait).
-    * Palette, greyscale, 1-bit, CMYK, 16-bit integer (scaled by 255/65535, not clipped) and 32-bit float
-      images are converted to RGB; transparency (alpha or palette/colour-key) is composited onto white.
-    * Multi-frame files (GIF, TIFF) give their first frame.
-    * JPEGs larger than :data:`DRAFT_SIZE` on both sides are decoded at a reduced scale, not below it.
-
-    Raises:
-        ImageLoadError: the file is empty, missing, not an image, truncated or corrupt, larger than
-            ``PIL.Image.MAX_IMAGE_PIXELS`` (a possible decompression bomb; raise the limit for trusted files),
-            or with an aspect ratio beyond :data:`MAX_ASPECT_RATIO`.
-    """
-    path = os.fspath(path)
+@contextmanager
+def _opened(path: str) -> Iterator[Image.Image]:
+    """``path`` opened by Pillow (its header read, no pixel decoded) and checked for size and shape; any failure,
+    also of what the caller does with the image inside, is an :class:`ImageLoadError` naming the file."""
     try:
         if os.path.getsize(path) == 0:
             raise ImageLoadError(path, 'the file is empty (0 bytes)')
@@ -110,11 +100,7 @@ def load_image(path: PathLike) -> Image.Image:
             warnings.simplefilter('error', Image.DecompressionBombWarning)
             with Image.open(path) as image:
                 _check_shape(path, image)
-                if image.format == 'JPEG':
-                    image.draft(None, (DRAFT_SIZE, DRAFT_SIZE))
-                image.load()  # decode now: truncated or corrupt data fails here, not later in a transform
-                image = ImageOps.exif_transpose(image)
-                return _to_rgb(image)
+                yield image
     except ImageLoadError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -134,6 +120,37 @@ def load_image(path: PathLike) -> Image.Image:
         raise ImageLoadError(path, f'corrupt or truncated image data ({type(e).__name__}: {e})') from e
     except Exception as e:  # any other decoder failure (e.g. NotImplementedError for DDS variants) is this file's
         raise ImageLoadError(path, f'cannot decode ({type(e).__name__}: {e})') from e
+
+
+def load_image(path: PathLike) -> Image.Image:
+    """Read ``path`` as an upright 8-bit RGB image.
+
+    * EXIF orientation is applied (a photo taken in portrait comes back in portrait).
+    * Palette, greyscale, 1-bit, CMYK, 16-bit integer (scaled by 255/65535, not clipped) and 32-bit float
+      images are converted to RGB; transparency (alpha or palette/colour-key) is composited onto white.
+    * Multi-frame files (GIF, TIFF) give their first frame.
+    * JPEGs larger than :data:`DRAFT_SIZE` on both sides are decoded at a reduced scale, not below it.
+
+    Raises:
+        ImageLoadError: the file is empty, missing, not an image, truncated or corrupt, larger than
+            ``PIL.Image.MAX_IMAGE_PIXELS`` (a possible decompression bomb; raise the limit for trusted files),
+            or with an aspect ratio beyond :data:`MAX_ASPECT_RATIO`.
+    """
+    path = os.fspath(path)
+    with _opened(path) as image:
+        if image.format == 'JPEG':
+            image.draft(None, (DRAFT_SIZE, DRAFT_SIZE))
+        image.load()  # decode now: truncated or corrupt data fails here, not later in a transform
+        return _to_rgb(ImageOps.exif_transpose(image))
+
+
+def check_image_header(path: PathLike) -> None:
+    """Raise the :class:`ImageLoadError` that :func:`load_image` would raise from the file's size and header alone
+    (missing, empty, not an image, a decompression bomb, an extreme aspect ratio), decoding no pixel: cheap
+    enough to run over a whole training set before its first step. Corrupt pixel data still fails later."""
+    path = os.fspath(path)
+    with _opened(path):
+        pass
 
 
 def _is_hidden(path: Path, root: Path) -> bool:

@@ -87,13 +87,33 @@ def test_image_csv_rows_paths_and_line_numbers(tmp_path):
 @pytest.mark.parametrize('text, match', [
     ('path,calm\n', r'got 1 non-empty line\(s\)'),
     ('path\na.jpg\n', r'got 2 non-empty line\(s\)'),  # a header without a label column
-    ('path,calm,joy\na.jpg,1,0\nb.jpg,1\n', r'labels\.csv:3: expected .*\(2 fields for 3 columns\)'),
-    ('path,calm,joy\n\na.jpg,1,high\n', r"labels\.csv:3: expected .*\['a\.jpg', '1', 'high'\]"),
+    ('path,calm,joy\na.jpg,1,0\nb.jpg,1\n', r'labels\.csv:3: got .*\(2 fields for 3 columns\)'),
+    ('path,calm,joy\n\na.jpg,1,high\n', r"labels\.csv:3: got \['a\.jpg', '1', 'high'\]"),
 ], ids=['header only', 'no label column', 'short row', 'not a number'])
 def test_image_csv_errors_name_the_file_and_line(tmp_path, text, match):
     (tmp_path / 'labels.csv').write_text(text)
     with pytest.raises(ValueError, match=match):
         image_csv(tmp_path / 'labels.csv')
+
+
+def test_image_csv_reports_every_bad_row_at_once(tmp_path):
+    csv = tmp_path / 'labels.csv'
+    csv.write_text('path,calm,joy\na.jpg,1\nb.jpg,0,1\nc.jpg,x,0\nd.jpg,1,0,1\n')
+    with pytest.raises(ValueError) as info:
+        image_csv(csv)
+    message = str(info.value)
+    assert message.startswith(f'3 problem(s) in {csv} (expected a header "path,<label 1>,...')
+    assert f'{csv}:2: got' in message and '(2 fields for 3 columns)' in message
+    assert f"{csv}:4: got ['c.jpg', 'x', '0']" in message and f'{csv}:5: got' in message
+    assert f'{csv}:3' not in message
+
+
+def test_a_csv_that_is_not_utf8_is_one_error_naming_the_file(tmp_path):
+    csv = tmp_path / 'labels.csv'
+    csv.write_bytes('path,café,joy\na.jpg,1,0\n'.encode('latin-1'))
+    with pytest.raises(ValueError, match=rf'^{csv}: not UTF-8 text \(it holds the byte 0xe9, e\.g\. '
+                                         r'Latin-1\); save the file as UTF-8\.$'):
+        image_csv(csv)
 
 
 # --- open_dataset and LabelledImages ----------------------------------------------------------------------
@@ -124,7 +144,7 @@ def test_check_labels_passes_good_data(folder, tmp_path):
 
 
 def test_check_labels_lists_every_problem_at_once(tmp_path):
-    (tmp_path / 'ok.jpg').write_bytes(b'')  # exists: the check reads no pixels
+    _image(tmp_path / 'ok.jpg')
     rows = ['ok.jpg,0.5,0.5', 'ok.jpg,0.9,0.9', 'missing.jpg,1,0', 'ok.jpg,-1,2']
     (tmp_path / 'l.csv').write_text('path,x,y\n' + '\n'.join(rows) + '\n')
     data = image_csv(tmp_path / 'l.csv')
@@ -149,6 +169,19 @@ def test_check_labels_lists_every_problem_at_once(tmp_path):
     message = str(info.value)
     assert message.startswith(f'3 problem(s) in the data: {csv}:3: ldl task') and message.endswith('; and 2 more.')
     assert f'{csv}:5' not in message and 'missing.jpg' not in message
+
+
+def test_check_labels_reads_the_header_of_every_image_file(tmp_path):
+    _image(tmp_path / 'good.png')
+    (tmp_path / 'empty.jpg').touch()
+    (tmp_path / 'text.jpg').write_text('not an image')
+    data = LabelledImages([tmp_path / name for name in ('good.png', 'empty.jpg', 'text.jpg')], torch.tensor([0, 1, 0]),
+                          ['calm', 'joy'])
+    with pytest.raises(ValueError) as info:
+        data.check_labels(get_task('sll'), 2)
+    assert str(info.value) == (f'2 problem(s) in the data: {tmp_path / "empty.jpg"}: image file {tmp_path / "empty.jpg"}: '
+                               f'the file is empty (0 bytes); {tmp_path / "text.jpg"}: image file {tmp_path / "text.jpg"}: '
+                               'not an image file, or a format Pillow cannot read.')
 
 
 def test_check_labels_single_label_needs_two_classes_and_indices_in_range(tmp_path):
