@@ -27,6 +27,9 @@ __all__ = ['find_pretrained_cfg', 'tagged_name', 'load_classifier', 'image_files
 PathLike = Union[str, 'os.PathLike[str]']
 Row = Dict[str, Any]
 
+NON_FINITE = 'the model gave non-finite logits (NaN or inf) for this image: its weights or inputs are broken'
+"""The ``error`` of a row whose logits hold NaN or inf."""
+
 # Images per forward on CPU: larger batches spill the activations out of the caches and run slower per image.
 _CPU_CHUNK = 4
 
@@ -137,7 +140,7 @@ def image_files(paths: Union[PathLike, Iterable[PathLike]]) -> ImageFiles:
 def _label_names(model: nn.Module) -> List[str]:
     names = model.pretrained_cfg.get('label_names')
     if names and len(names) == model.num_classes:
-        return list(names)
+        return [_escaped(name) for name in names]
     return [str(i) for i in range(model.num_classes)]
 
 
@@ -173,6 +176,12 @@ def _backend_forward(model: nn.Module, device: torch.device, backend: str, log: 
 def _path_text(path: Path) -> str:
     """``path`` as text that any output encoding holds: bytes of a file name that are not UTF-8 become ``\\xNN``."""
     return os.fsencode(path).decode('utf-8', 'backslashreplace')
+
+
+def _escaped(text: str) -> str:
+    """``text`` (a label, an error) as text that any output encoding holds: a lone surrogate (JSON allows one in a
+    config's label names) becomes ``\\udNNN``."""
+    return text.encode('utf-8', 'backslashreplace').decode('utf-8')
 
 
 def predict(model: Union[str, nn.Module], paths: Union[PathLike, Sequence[PathLike], ImageFiles], *, top_k: int = 3,
@@ -241,14 +250,20 @@ def _predict_rows(model: nn.Module, dataset: ImageFiles, top_k: int, batch_size:
               disable=None if progress else True) as bar, \
             _backend_forward(model, device, backend, log) as forward, torch.inference_mode():
         for batch in loader:
-            for index, error in batch.failures:
-                log(f'error: {error}')
-                rows[index] = dict(path=_path_text(dataset.files[index]), predictions=[], error=error.reason)
+            failures = [(index, error.reason, str(error)) for index, error in batch.failures]
             if batch.images is not None:
                 # NCHW as decoded: each backend takes its own layout (ONNX Runtime NCHW, PyTorch channels_last)
-                top = forward(batch.images.to(device, non_blocking=True)).float().softmax(dim=-1).topk(k, dim=-1)
-                for index, probs, classes in zip(batch.indices, top.values.tolist(), top.indices.tolist()):
-                    rows[index] = dict(path=_path_text(dataset.files[index]), error=None,
-                                       predictions=[(labels[c], p) for c, p in zip(classes, probs)])
+                probs = forward(batch.images.to(device, non_blocking=True)).float().softmax(dim=-1)
+                finite = probs.isfinite().all(dim=-1).tolist()
+                top = probs.topk(k, dim=-1)
+                for index, ok, values, classes in zip(batch.indices, finite, top.values.tolist(), top.indices.tolist()):
+                    if ok:
+                        rows[index] = dict(path=_path_text(dataset.files[index]), error=None,
+                                           predictions=[(labels[c], p) for c, p in zip(classes, values)])
+                    else:  # NaN is no probability (nor valid JSON): the row says what happened instead
+                        failures.append((index, NON_FINITE, f'{dataset.files[index]}: {NON_FINITE}'))
+            for index, reason, message in failures:
+                log(f'error: {message}')
+                rows[index] = dict(path=_path_text(dataset.files[index]), predictions=[], error=_escaped(reason))
             bar.update(len(batch.indices) + len(batch.failures))
     return rows

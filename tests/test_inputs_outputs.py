@@ -47,3 +47,76 @@ def test_an_empty_training_image_is_refused_before_the_first_step(capsys, tmp_pa
     assert code == 2 and len(err.splitlines()) == 1 and '2 problem(s)' in err
     assert f'{tmp_path / "images" / "joy" / "1.jpg"}: the file is empty (0 bytes)' in err
     assert f'{tmp_path / "images" / "rage" / "2.jpg"}: not an image file' in err
+
+
+# --- predict's output: what a spreadsheet or a JSON parser reads, and never over the model -----------------
+
+def _save_classifier(folder: Path, labels, broken: bool = False) -> Path:
+    """resnet18 (64 px, seeded) with these labels in the zoo format; ``broken``: NaN weights in its head."""
+    torch.manual_seed(0)
+    model = timm.create_model('resnet18', num_classes=len(labels))
+    model.pretrained_cfg = dict(model.pretrained_cfg, input_size=(3, 64, 64))
+    if broken:
+        torch.nn.init.constant_(model.fc.weight, float('nan'))
+    save_pretrained(model, folder, label_names=labels, verbose=False)
+    return folder
+
+
+def _photos(root: Path, names) -> Path:
+    from PIL import Image
+    root.mkdir(parents=True, exist_ok=True)
+    for i, name in enumerate(names):
+        Image.new('RGB', (40, 32), (40 * i, 90, 200 - 40 * i)).save(root / name, format='PNG')
+    return root
+
+
+def test_csv_cells_that_would_run_as_formulas_are_neutralised(capsys, tmp_path, monkeypatch):
+    labels = ['=HYPERLINK("http://x")', '+1', '-2', '@SUM(1)', 'calm']
+    model = _save_classifier(tmp_path / 'model', labels)
+    names = ["=cmd|' C calc'!A0.png", '=1+1.png', '@SUM(1+1).png', '+cmd.png', '-x.png', '\tt.png', '\rr.png',
+             'plain.png']
+    monkeypatch.chdir(_photos(tmp_path / 'photos', names))
+    code, out, _ = _run(capsys, 'predict', model, '--format', 'csv', '--top-k', 5, '--workers', 0, '--', *names)
+    rows = list(csv.reader(io.StringIO(out, newline='')))
+    assert code == 0 and [row[0] for row in rows[1:]] == [("'" + name if name != 'plain.png' else name)
+                                                          for name in names]
+    for row in rows[1:]:
+        assert sorted(row[1:-1:2]) == sorted(["'" + label if label != 'calm' else label for label in labels])
+
+
+def test_a_label_with_a_lone_surrogate_is_written_escaped(capsys, tmp_path):
+    model = _save_classifier(tmp_path / 'model', ['calm', 'ha\ud800ppy'])
+    photos = _photos(tmp_path / 'photos', ['a.png'])
+    out = tmp_path / 'out.csv'
+    code, _, err = _run(capsys, 'predict', model, photos, '--format', 'csv', '--output', out, '--workers', 0)
+    assert code == 0 and '1 images predicted, 0 failed' in err
+    [row] = list(csv.DictReader(out.open(encoding='utf-8')))
+    assert {row['label_1'], row['label_2']} == {'calm', 'ha\\ud800ppy'}
+
+
+def test_nan_logits_are_error_rows_in_valid_json(capsys, tmp_path):
+    model = _save_classifier(tmp_path / 'model', ['calm', 'joy', 'rage'], broken=True)
+    photos = _photos(tmp_path / 'photos', ['a.png', 'b.png'])
+    out = tmp_path / 'out.json'
+    code, _, err = _run(capsys, 'predict', model, photos, '--format', 'json', '--output', out, '--workers', 0)
+
+    def refuse(constant):
+        raise ValueError(f'{constant} is not JSON')
+
+    rows = json.loads(out.read_text(), parse_constant=refuse)
+    assert code == 1 and '0 images predicted, 2 failed' in err and 'non-finite logits' in err
+    assert [(row['predictions'], row['error'].split(':')[0]) for row in rows] == [
+        ([], 'the model gave non-finite logits (NaN or inf) for this image')] * 2
+
+
+@pytest.mark.parametrize('own', ['model.safetensors', 'config.json'])
+def test_predict_refuses_to_write_over_the_models_own_files(capsys, tmp_path, own):
+    model = _save_classifier(tmp_path / 'model', ['calm', 'joy'])
+    before = (model / own).read_bytes()
+    photos = _photos(tmp_path / 'photos', ['a.png'])
+    code, _, err = _run(capsys, 'predict', model, photos, '--output', model / own, '--workers', 0)
+    assert code == 2 and f'--output {model / own} is a file of the model {model} itself' in err
+    code, _, err = _run(capsys, 'predict', 'resnet18', photos, '--checkpoint', model / 'model.safetensors',
+                        '--output', model / own, '--workers', 0)
+    assert code == 2 and 'is a file of the model resnet18 itself' in err
+    assert (model / own).read_bytes() == before

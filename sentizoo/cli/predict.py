@@ -16,8 +16,18 @@ __all__ = ['add_predict_parser', 'add_export_onnx_parser']
 def _write_json(rows: List[dict], k: int, out: TextIO) -> None:
     json.dump([dict(path=row['path'], predictions=[dict(label=label, probability=p) for label, p in
                                                     row['predictions']], error=row['error']) for row in rows],
-              out, indent=2)
+              out, indent=2, allow_nan=False)  # NaN is not JSON: predict turns such rows into errors
     out.write('\n')
+
+
+# A spreadsheet runs a cell that starts with one of these as a formula (CSV injection).
+_FORMULA_STARTS = ('=', '+', '-', '@', '\t', '\r')
+
+
+def _text_cell(text: str) -> str:
+    """A text cell (file name, label, error) that no spreadsheet runs: a formula start gets a leading ``'``,
+    as OWASP recommends."""
+    return "'" + text if text.startswith(_FORMULA_STARTS) else text
 
 
 def _write_csv(rows: List[dict], k: int, out: TextIO) -> None:
@@ -25,8 +35,9 @@ def _write_csv(rows: List[dict], k: int, out: TextIO) -> None:
     writer.writerow(['path', *[f'{field}_{i}' for i in range(1, k + 1) for field in ('label', 'probability')],
                      'error'])
     for row in rows:
-        cells = [cell for label, p in row['predictions'] for cell in (label, f'{p:.6f}')]
-        writer.writerow([row['path'], *cells, *[''] * (2 * k - len(cells)), row['error'] or ''])
+        cells = [cell for label, p in row['predictions'] for cell in (_text_cell(label), f'{p:.6f}')]
+        writer.writerow([_text_cell(row['path']), *cells, *[''] * (2 * k - len(cells)),
+                         _text_cell(row['error'] or '')])
 
 
 def _write_table(rows: List[dict], k: int, out: TextIO) -> None:
@@ -67,6 +78,20 @@ def _write_output(rows: List[dict], k: int, args: argparse.Namespace) -> bool:
     return args.output is None  # False: --output failed
 
 
+def _check_not_the_model(output: Path, name: str, model) -> None:
+    """A UsageError if ``--output`` is one of the model's own files: its weights, their config.json, or any file of
+    a MODEL folder (writing there would replace the model with the predictions)."""
+    from ..onnx import weights_file
+    from ..weights import CONFIG_NAME
+
+    weights = weights_file(model)
+    own = {weights, weights.parent / CONFIG_NAME} if weights else set()
+    if Path(name).is_dir():
+        own.update(Path(name).iterdir())
+    if output.resolve() in {path.resolve() for path in own}:
+        raise UsageError(f'--output {output} is a file of the model {name} itself; write the results elsewhere.')
+
+
 def _run_predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -81,6 +106,8 @@ def _run_predict(args: argparse.Namespace) -> int:
         check_output(args.output)
     try:
         model, _ = create_classifier(args)
+        if args.output is not None:
+            _check_not_the_model(args.output, args.model, model)
         with usage_errors():  # --backend that cannot run here
             rows = predict(model, dataset, top_k=args.top_k, batch_size=args.batch_size, workers=args.workers,
                            device=args.device, backend=args.backend, progress=True,
