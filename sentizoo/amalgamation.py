@@ -29,8 +29,8 @@ from .models import ARCHS, BACKBONE_TAGS, amalgamator_cfg, imagenet_name, paper_
 from .stages import AMALGAMATION_STAGES, stage_channels, stage_features
 from .tasks import Task, get_task
 
-__all__ = ['TEACHER_TAGS', 'STAGE_TEACHER', 'TARGET_INITS', 'AmalgamationOutput', 'Amalgamator', 'needed_teachers',
-           'load_teachers', 'init_target_from', 'target_weights', 'create_target', 'create_amalgamator']
+__all__ = ['TEACHER_TAGS', 'STAGE_TEACHER', 'TARGET_INITS', 'AmalgamationOutput', 'Amalgamator', 'FineTuner',
+           'needed_teachers', 'load_teachers', 'init_target_from', 'target_weights', 'create_target', 'create_amalgamator']
 
 TEACHER_TAGS = BACKBONE_TAGS
 """The teachers are the three sentiment-pretrained backbones, in stage order (ST, HO, HP)."""
@@ -219,6 +219,24 @@ class Amalgamator(nn.Module):
         with torch.no_grad() if frozen else nullcontext():
             feats, logits = stage_features(model, images, stages, with_logits)
         return [*feats, logits]
+
+
+class FineTuner(nn.Module):
+    """The target alone with the Amalgamator's interface (``.target``, train-mode output with terms): plain
+    fine-tuning with the task loss, the paper's baseline (what :func:`sentizoo.finetune` trains)."""
+
+    def __init__(self, target: nn.Module, task: Task):
+        super().__init__()
+        self.target = target
+        self.task = task
+
+    def forward(self, images: torch.Tensor, targets: Optional[torch.Tensor] = None
+                ) -> Union[torch.Tensor, AmalgamationOutput]:
+        logits = self.target(images)
+        if not self.training:
+            return logits
+        loss = self.task.loss(logits, targets)
+        return AmalgamationOutput(logits, loss, {'task/target': loss})
 
 
 def load_teachers(arch: Union[str, nn.Module], num_classes: int, tags: Sequence[str] = TEACHER_TAGS, *,

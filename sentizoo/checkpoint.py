@@ -16,14 +16,15 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Union
+from typing import Any, Callable, Dict, Mapping, Optional, Union
 
 import numpy as np
 import torch
 
 from .weights import atomic_write  # temp file + fsync + rename
 
-__all__ = ['FORMAT', 'CHECKPOINT_NAME', 'save', 'load', 'read', 'read_state_dict', 'rng_state', 'set_rng_state']
+__all__ = ['FORMAT', 'CHECKPOINT_NAME', 'CheckpointWriteError', 'save', 'save_weights', 'load', 'read',
+           'read_state_dict', 'rng_state', 'set_rng_state']
 
 FORMAT = 'sentizoo.checkpoint/2'
 CHECKPOINT_NAME = 'last.pt'
@@ -32,12 +33,35 @@ _EARLIER = {'sentizoo.engine/1': 'sentizoo.amalgamate / finetune', 'sentizoo.pre
 PathLike = Union[str, Path]
 
 
-def save(state: Mapping[str, Any], path: PathLike) -> Path:
-    """Write ``state`` (stamped with :data:`FORMAT`) to ``path`` atomically; returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda tmp: torch.save({**state, 'format': FORMAT}, tmp))
+class CheckpointWriteError(OSError):
+    """A checkpoint file could not be written (a full disk, a folder made read-only); the file it was to replace is
+    intact, so a rerun resumes from it."""
+
+
+def _write(path: Path, write: Callable[[str], None]) -> Path:
+    """``atomic_write``, with any failure (torch reports a full disk as a RuntimeError) a CheckpointWriteError."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, write)
+    except (OSError, RuntimeError) as e:
+        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip().splitlines()[-1]
+        raise CheckpointWriteError(f'cannot write {path} ({why}); the checkpoint it would replace is intact') from e
     return path
+
+
+def save(state: Mapping[str, Any], path: PathLike) -> Path:
+    """Write ``state`` (stamped with :data:`FORMAT`) to ``path`` atomically; returns the path.
+
+    Raises:
+        CheckpointWriteError: the file could not be written; an earlier one at ``path`` is kept.
+    """
+    return _write(Path(path), lambda tmp: torch.save({**state, 'format': FORMAT}, tmp))
+
+
+def save_weights(tensors: Mapping[str, torch.Tensor], path: PathLike) -> Path:
+    """Write ``tensors`` to the ``.safetensors`` file ``path`` atomically, failing as :func:`save` does."""
+    from safetensors.torch import save_file
+    return _write(Path(path), lambda tmp: save_file(dict(tensors), tmp))
 
 
 def read(path: PathLike) -> Any:

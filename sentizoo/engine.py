@@ -14,7 +14,8 @@ ones without ``val_loader``), the history (``model.sentizoo_history``, ``history
   the order of a DistributedSampler (also for one process) or of the user's own sampler, seeded by ``seed``
   and the epoch; every sample is drawn with the generators seeded from ``(seed, epoch, index)``.
 * **Checkpoints** (:mod:`sentizoo.checkpoint`): ``last.pt`` after every epoch (and every
-  ``checkpoint_every`` steps), written atomically, and ``best.safetensors``. A rerun with the same
+  ``checkpoint_every`` steps), written atomically, and ``best.safetensors``; a write that fails raises
+  :class:`~sentizoo.checkpoint.CheckpointWriteError` with the earlier files intact. A rerun with the same
   ``checkpoint_dir`` resumes exactly: on the CPU the final weights are bit-identical to an uninterrupted run.
 * **Failing fast**: options, the first sample of each loader and the teachers are checked before the first
   step; a NaN/inf loss term stops training with :class:`NonFiniteLossError` before the optimizer step.
@@ -35,17 +36,18 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
-from .amalgamation import AmalgamationOutput, Amalgamator, init_target_from, num_outputs
-from .checkpoint import CHECKPOINT_NAME, load, rng_state, save, set_rng_state
+from .amalgamation import AmalgamationOutput, Amalgamator, FineTuner, init_target_from, num_outputs
+from .checkpoint import CHECKPOINT_NAME, load, rng_state, save, save_weights, set_rng_state
 from .options import TrainOptions, train_options
 from .progress import EpochProgress, HistoryFiles, as_loggers, progress_mode, show_summary, summary
 from .runtime import (all_gather, autocast, batch_size, distribute, process_group, rank_world, rebase_lr,
                       resolve_device, revert_sync_batchnorm, sgd, to_device, use_channels_last)
 from .sampling import Shard, Stream, check_data, check_labels, describe_loaders, rebuild
 from .tasks import Task, get_task
-from .weights import atomic_write, remove_stale_temps
+from .weights import remove_stale_temps
 
 __all__ = ['NonFiniteLossError', 'amalgamate', 'finetune', 'evaluate', 'Loop', 'CHECKPOINT_NAME',
            'BEST_NAME', 'HISTORY_NAME']
@@ -129,7 +131,7 @@ def finetune(model: nn.Module, loader: DataLoader, *, task: Union[str, Task] = '
     opts = train_options(options)
     task = get_task(task)
     check_data(model, loader, val_loader, task)
-    return _train(lambda: _FineTuner(model, task), loader, val_loader, task, opts, {'mode': 'finetune'}, loggers)
+    return _train(lambda: FineTuner(model, task), loader, val_loader, task, opts, {'mode': 'finetune'}, loggers)
 
 
 def _train(build: Callable[[], nn.Module], loader: DataLoader, val_loader: Optional[DataLoader], task: Task,
@@ -152,23 +154,6 @@ def _train(build: Callable[[], nn.Module], loader: DataLoader, val_loader: Optio
 
         return Loop(module, {'loader': loader}, opts, device=device, task=task, val_loader=val_loader,
                     describe=describe, resume_from=resume_from, loggers=loggers, check_batch=check).run()
-
-
-class _FineTuner(nn.Module):
-    """The target alone, with the Amalgamator's interface (``.target``, train-mode output with terms)."""
-
-    def __init__(self, target: nn.Module, task: Task):
-        super().__init__()
-        self.target = target
-        self.task = task
-
-    def forward(self, images: torch.Tensor, targets: Optional[torch.Tensor] = None
-                ) -> Union[torch.Tensor, AmalgamationOutput]:
-        logits = self.target(images)
-        if not self.training:
-            return logits
-        loss = self.task.loss(logits, targets)
-        return AmalgamationOutput(logits, loss, {'task/target': loss})
 
 
 @torch.no_grad()
@@ -314,10 +299,11 @@ class Loop:
             stream.load_state_dict(state)
         set_rng_state(ckpt['rng'][self.rank], self.device)
         if self.history['best_epoch'] is not None and self.dir is not None:
-            from safetensors.torch import load_file
             self.best_state = load_file(self.dir / BEST_NAME)
-        if self.rank == 0:
-            _logger.info('resuming from %s: epoch %d, batch %d', path, self.epoch + 1, self.step)
+        if self.rank == 0:  # a progress line, as the epochs' summaries: the run does not start afresh
+            into = f' and {self.step}/{self.steps_per_epoch} steps' if self.step else ''
+            show_summary(f'{self.label}resuming from {path}: {self.epoch}/{self.opts.epochs} epochs{into} done',
+                         self.opts.progress, _logger)
 
     def save(self, path: Path, resumable: bool = True) -> None:
         """A checkpoint of the current position; without ``resumable``, the weights and facts only.
@@ -414,15 +400,13 @@ class Loop:
     def _select(self, value: float) -> None:
         best = self.history['best_epoch']
         best_value = best and self.history['epochs'][best - 1]['val'][self.task.primary_metric]
-        better = best is None or (value > best_value if self.task.higher_is_better else value < best_value)
-        if not better:
+        if best is not None and not (value > best_value if self.task.higher_is_better else value < best_value):
             return
         self.history['best_epoch'] = self.epoch + 1
         self.best_state = {k: v.detach().to('cpu', copy=True).contiguous()
                            for k, v in self.target.state_dict().items()}
         if self.dir is not None and self.rank == 0:
-            from safetensors.torch import save_file
-            atomic_write(self.dir / BEST_NAME, lambda tmp: save_file(self.best_state, tmp))
+            save_weights(self.best_state, self.dir / BEST_NAME)
 
     def run(self) -> nn.Module:
         """Train to ``opts.epochs`` (from the checkpoint, when resuming); returns the target in eval mode, with

@@ -120,3 +120,68 @@ def test_predict_refuses_to_write_over_the_models_own_files(capsys, tmp_path, ow
                         '--output', model / own, '--workers', 0)
     assert code == 2 and 'is a file of the model resnet18 itself' in err
     assert (model / own).read_bytes() == before
+
+
+# --- training failures: one line, nothing lost, the same command resumes (and says so) ---------------------
+
+def _fail_second_write(monkeypatch, error):
+    """The second checkpoint write (epoch 2's last.pt) fails with ``error``, as on a full disk or a read-only folder."""
+    import sentizoo.checkpoint as checkpoint
+    calls, write = [], checkpoint.atomic_write
+
+    def failing(path, writer):
+        calls.append(path)
+        if len(calls) == 2:
+            raise error
+        return write(path, writer)
+
+    monkeypatch.setattr(checkpoint, 'atomic_write', failing)
+
+
+@pytest.mark.usefixtures('one_thread')
+@pytest.mark.parametrize('error, why', [
+    (RuntimeError('[enforce fail at inline_container.cc:603] . unexpected pos 128 vs 64\nfile write failed'),
+     'file write failed'),  # how torch.save reports a full disk
+    (PermissionError(errno.EACCES, os.strerror(errno.EACCES)), 'Permission denied')], ids=['disk full', 'read-only'])
+def test_a_checkpoint_that_cannot_be_written_stops_in_one_line_and_the_rerun_resumes(capsys, tmp_path, tiny_resnet18,
+                                                                                    monkeypatch, error, why):
+    write_images(tmp_path / 'data')
+    run = ['amalgamate', 'resnet18', tmp_path / 'data', '--output', tmp_path / 'out', *TRAIN[:6], '--epochs', 2,
+           '--baseline', '--init', 'random']
+    assert _run(capsys, *run[:4], tmp_path / 'reference', *run[5:])[0] == 0  # the uninterrupted run
+    with monkeypatch.context() as patch:
+        _fail_second_write(patch, error)
+        code, _, err = _run(capsys, *run)
+    checkpoints = tmp_path / 'out' / 'checkpoints'
+    last = err.splitlines()[-1]  # below the progress lines
+    assert code == 1 and 'Traceback' not in err and f'error: cannot write {checkpoints / "last.pt"} ({why})' in last
+    assert last.endswith(f'rerun the same command to resume from the last one in {checkpoints}.')
+    assert torch.load(checkpoints / 'last.pt', weights_only=True)['epoch'] == 1  # epoch 1's, intact
+    code, _, err = _run(capsys, *run)
+    assert code == 0 and f'resuming from {checkpoints / "last.pt"}: 1/2 epochs done' in err
+    assert (tmp_path / 'out' / 'model.safetensors').read_bytes() == (tmp_path / 'reference' / 'model.safetensors'
+                                                                     ).read_bytes()
+
+
+@pytest.mark.usefixtures('one_thread')
+def test_ctrl_c_during_amalgamate_is_one_line_and_the_rerun_says_where_it_resumes(capsys, tmp_path, tiny_resnet18,
+                                                                                 monkeypatch):
+    write_images(tmp_path / 'data')
+    run = ['amalgamate', 'resnet18', tmp_path / 'data', '--output', tmp_path / 'out', *TRAIN[:6], '--epochs', 2,
+           '--baseline', '--init', 'random', '--checkpoint-every', 1]
+    step = engine.Loop._train_step
+
+    def interrupted(loop):
+        if loop.global_step == 4:  # the second step of epoch 2 (3 steps of 4 images each epoch)
+            raise KeyboardInterrupt
+        return step(loop)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(engine.Loop, '_train_step', interrupted)
+        code, _, err = _run(capsys, *run)
+    checkpoints = tmp_path / 'out' / 'checkpoints'
+    assert code == 130 and err.splitlines()[-1] == (
+        f'sentizoo amalgamate: interrupted. Rerun the same command to resume from the last checkpoint in {checkpoints}.')
+    assert 'Traceback' not in err
+    code, _, err = _run(capsys, *run)
+    assert code == 0 and f'resuming from {checkpoints / "last.pt"}: 1/2 epochs and 1/3 steps done' in err

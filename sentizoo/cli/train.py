@@ -132,6 +132,15 @@ def _run_amalgamate(args: argparse.Namespace) -> int:
     except (*WEIGHTS_ERRORS, NonFiniteLossError) as e:
         print(f'{PROG} amalgamate: error: {e}', file=sys.stderr)
         return 1
+    except OSError as e:  # a full disk or a folder made read-only mid-run, a file that broke mid-epoch
+        print(f'{PROG} amalgamate: error: {e}. The checkpoints written so far are intact: fix the cause (free disk '
+              f'space, a writable folder) and rerun the same command to resume from the last one in '
+              f'{options["checkpoint_dir"]}.', file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f'{PROG} amalgamate: interrupted. Rerun the same command to resume from the last checkpoint in '
+              f'{options["checkpoint_dir"]}.', file=sys.stderr)
+        return 130  # 128 + SIGINT, as shells report it
     if int(os.environ.get('RANK', '0')) != 0:
         return 0
     how = f'amalgamated with {", ".join(teachers)}' if teachers else 'fine-tuned'
