@@ -236,14 +236,32 @@ def check_loader(name: str, loader: Any, task: Task, outputs: int) -> None:
 
 
 def check_labels(name: str, dataset: Dataset, task: Task, outputs: int) -> None:
-    """Every label row and image file of a dataset that can check them itself (``check_labels``, e.g.
-    :class:`sentizoo.datasets.LabelledImages`), before any image is read."""
+    """Every label row of a dataset, before any image is read: one that can check them itself (``check_labels``,
+    e.g. :class:`sentizoo.datasets.LabelledImages`, which also checks its image files), or one that lists them
+    all in ``targets`` (torchvision's ``ImageFolder``: a class index beyond the model's outputs would stop
+    training mid-epoch)."""
     check = getattr(dataset, 'check_labels', None)
-    if callable(check):
-        try:
+    targets = None if callable(check) else _listed_targets(dataset)
+    try:
+        if callable(check):
             check(task, outputs)
-        except ValueError as e:
-            raise ValueError(f'{name}: {e}') from None
+        elif targets is not None:
+            task.check_target(targets, outputs)
+    except ValueError as e:
+        raise ValueError(f'{name}: {e}') from None
+
+
+def _listed_targets(dataset: Dataset) -> Optional[torch.Tensor]:
+    """``dataset.targets`` as one tensor when it holds the target of every sample as the dataset yields it (no
+    ``target_transform``); else None, and only the first batch is checked."""
+    targets = getattr(dataset, 'targets', None)
+    if (not isinstance(targets, (list, tuple, torch.Tensor)) or len(targets) != len(dataset)
+            or getattr(dataset, 'target_transform', None) is not None):
+        return None
+    try:
+        return torch.as_tensor(targets)
+    except (TypeError, ValueError, RuntimeError):  # not labels of one shape
+        return None
 
 
 def check_data(model: nn.Module, loader: DataLoader, val_loader: Optional[DataLoader], task: Task) -> None:

@@ -185,3 +185,19 @@ def test_ctrl_c_during_amalgamate_is_one_line_and_the_rerun_says_where_it_resume
     assert 'Traceback' not in err
     code, _, err = _run(capsys, *run)
     assert code == 0 and f'resuming from {checkpoints / "last.pt"}: 1/2 epochs and 1/3 steps done' in err
+
+
+def test_more_classes_than_outputs_are_refused_before_the_first_step(tmp_path, monkeypatch):
+    from torch.utils.data import DataLoader
+    from torchvision.datasets import ImageFolder
+    from torchvision.transforms import ToTensor
+
+    from helpers import tiny
+    from sentizoo.amalgamation import TEACHER_TAGS
+
+    write_images(tmp_path, classes=('calm', 'joy', 'rage', 'awe'), per_class=2)
+    loader = DataLoader(ImageFolder(str(tmp_path), ToTensor()), batch_size=4)  # the first batch is calm and joy
+    monkeypatch.setattr(engine.Loop, '_train_step', None)  # a step would crash
+    with pytest.raises(ValueError, match=r'^loader: sll task: targets must be class indices .* in \[0, 2\); got '
+                                         r'values in \[0, 3\]'):
+        engine.amalgamate(tiny(2), loader, teachers={tag: tiny(0) for tag in TEACHER_TAGS}, epochs=1, progress=False)
