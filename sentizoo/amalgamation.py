@@ -30,7 +30,8 @@ from .stages import AMALGAMATION_STAGES, stage_channels, stage_features
 from .tasks import Task, get_task
 
 __all__ = ['TEACHER_TAGS', 'STAGE_TEACHER', 'TARGET_INITS', 'AmalgamationOutput', 'Amalgamator', 'FineTuner',
-           'needed_teachers', 'load_teachers', 'init_target_from', 'target_weights', 'create_target', 'create_amalgamator']
+           'needed_teachers', 'load_teachers', 'init_target_from', 'target_weights', 'create_target',
+           'create_amalgamator']
 
 TEACHER_TAGS = BACKBONE_TAGS
 """The teachers are the three sentiment-pretrained backbones, in stage order (ST, HO, HP)."""

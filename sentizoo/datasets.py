@@ -172,14 +172,19 @@ def resize_size(data_config: Dict[str, Any]) -> int:
 
 def train_transform(data_config: Dict[str, Any]) -> Callable:
     """The paper's training augmentation: resize to a square of :func:`resize_size` (256 for 224) with the
-    config's interpolation, random crop ``size``, horizontal flip, normalise with its mean/std."""
+    config's interpolation, random crop ``size``, horizontal flip, normalise with its mean/std.
+
+    The transform keeps ``data_config`` as its ``data_config`` attribute: a model trained on a dataset with this
+    transform (:func:`sentizoo.amalgamate`, :func:`sentizoo.finetune`) records it as its preprocessing."""
     from timm.data.transforms import str_to_interp_mode
     from torchvision import transforms as T
 
     size, resize = data_config['input_size'][-1], resize_size(data_config)
-    return T.Compose([T.Resize((resize, resize), interpolation=str_to_interp_mode(data_config['interpolation'])),
-                      T.RandomCrop(size), T.RandomHorizontalFlip(), T.ToTensor(),
-                      T.Normalize(data_config['mean'], data_config['std'])])
+    transform = T.Compose([T.Resize((resize, resize), interpolation=str_to_interp_mode(data_config['interpolation'])),
+                           T.RandomCrop(size), T.RandomHorizontalFlip(), T.ToTensor(),
+                           T.Normalize(data_config['mean'], data_config['std'])])
+    transform.data_config = dict(data_config)
+    return transform
 
 
 def eval_transform(data_config: Dict[str, Any]) -> Callable:

@@ -46,6 +46,7 @@ from .progress import EpochProgress, HistoryFiles, as_loggers, progress_mode, sh
 from .runtime import (all_gather, autocast, batch_size, distribute, process_group, rank_world, rebase_lr,
                       resolve_device, revert_sync_batchnorm, sgd, to_device, use_channels_last)
 from .sampling import Shard, Stream, check_data, check_labels, describe_loaders, rebuild
+from .saving import trained_cfg
 from .tasks import Task, get_task
 from .weights import remove_stale_temps
 
@@ -152,8 +153,12 @@ def _train(build: Callable[[], nn.Module], loader: DataLoader, val_loader: Optio
         def check(images: torch.Tensor, targets: torch.Tensor) -> None:  # every batch: an (N, 1) target broadcasts
             task.check_shape(targets, outputs)
 
-        return Loop(module, {'loader': loader}, opts, device=device, task=task, val_loader=val_loader,
-                    describe=describe, resume_from=resume_from, loggers=loggers, check_batch=check).run()
+        target = Loop(module, {'loader': loader}, opts, device=device, task=task, val_loader=val_loader,
+                      describe=describe, resume_from=resume_from, loggers=loggers, check_batch=check).run()
+    if getattr(target, 'pretrained_cfg', None) is not None:  # new weights: no tag or licence of the initial ones
+        transform = getattr(loader.dataset, 'transform', None)  # sentizoo.datasets.train_transform's records its config
+        target.pretrained_cfg = trained_cfg(target.pretrained_cfg, getattr(transform, 'data_config', None))
+    return target
 
 
 @torch.no_grad()

@@ -15,7 +15,19 @@ import torch.nn as nn
 from .models import PaperVGG, stock_name
 from .weights import CONFIG_NAME, WEIGHTS_NAME, atomic_write, sha256_file
 
-__all__ = ['save_pretrained']
+__all__ = ['save_pretrained', 'trained_cfg']
+
+# What a pretrained_cfg says about the architecture (kept for weights trained from it), and its preprocessing.
+_STRUCTURE_KEYS = ('architecture', 'first_conv', 'classifier', 'num_classes', 'label_names', 'fixed_input_size')
+_DATA_KEYS = ('input_size', 'interpolation', 'crop_pct', 'crop_mode', 'mean', 'std')
+
+
+def trained_cfg(cfg: Dict[str, Any], data_config: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """The pretrained_cfg of weights trained from those of ``cfg``: its architecture keys, the preprocessing they
+    were trained with (``data_config``; ``cfg``'s own when unknown), and nothing that names the weights they
+    started from (tag, licence, paper, hub repo, file, test-time size and crop)."""
+    data = {k: data_config[k] for k in _DATA_KEYS if k in data_config} if data_config else {}
+    return {**{k: cfg[k] for k in _STRUCTURE_KEYS + _DATA_KEYS if cfg.get(k) is not None}, **data}
 
 
 def _config_for(model: nn.Module, label_names: Optional[Sequence[str]], extra: Optional[Dict[str, Any]]) -> Dict:

@@ -201,3 +201,27 @@ def test_more_classes_than_outputs_are_refused_before_the_first_step(tmp_path, m
     with pytest.raises(ValueError, match=r'^loader: sll task: targets must be class indices .* in \[0, 2\); got '
                                          r'values in \[0, 3\]'):
         engine.amalgamate(tiny(2), loader, teachers={tag: tiny(0) for tag in TEACHER_TAGS}, epochs=1, progress=False)
+
+
+# --- a user's own model: described by what it was trained with ----------------------------------------------
+
+@pytest.mark.usefixtures('one_thread')
+def test_a_fine_tuned_model_is_saved_with_its_own_preprocessing_and_no_borrowed_licence_or_tag(tmp_path):
+    from timm.data import resolve_model_data_config
+    from torch.utils.data import DataLoader
+
+    from helpers import TINY
+    from sentizoo.datasets import image_folder, paper_data_config, train_transform
+    from sentizoo.weights import load_folder
+
+    write_images(tmp_path / 'data')
+    loader = DataLoader(image_folder(tmp_path / 'data', train_transform(paper_data_config(32))), batch_size=4)
+    model = timm.create_model('resnet18.a1_in1k', num_classes=3, **TINY)  # timm's cfg: bicubic, crop 0.95, apache-2.0
+    model = engine.finetune(model, loader, epochs=1, progress=False)
+    save_pretrained(model, tmp_path / 'mine', verbose=False)
+    cfg = json.loads((tmp_path / 'mine' / 'config.json').read_text())['pretrained_cfg']
+    assert {k: cfg.get(k) for k in ('input_size', 'interpolation', 'crop_pct', 'crop_mode')} == {
+        'input_size': [3, 32, 32], 'interpolation': 'bilinear', 'crop_pct': 0.875, 'crop_mode': 'squash'}
+    assert not {'tag', 'license', 'origin_url', 'paper_ids', 'test_input_size', 'test_crop_pct'} & set(cfg)
+    data = resolve_model_data_config(load_folder(tmp_path / 'mine')[0])
+    assert (data['input_size'], data['interpolation'], data['crop_pct']) == ((3, 32, 32), 'bilinear', 0.875)

@@ -49,10 +49,9 @@ def _trained_cfg(model, config: dict, init: str, teachers: List[str], descriptio
     from timm.models import get_pretrained_cfg
 
     from ..models import senti_name
+    from ..saving import trained_cfg
 
-    # built afresh: nothing of the init's own cfg (tag, licence, paper, test-time size and crop) carries over
-    cfg = {k: model.pretrained_cfg.get(k) for k in ('architecture', 'first_conv', 'classifier')}
-    cfg.update(description=description, **config)
+    cfg = dict(trained_cfg(model.pretrained_cfg, config), description=description)
     if teachers or init.startswith('senti_'):
         senti = get_pretrained_cfg(f'{senti_name(model)}.hp')
         cfg.update(license=senti.license, paper_name=senti.paper_name, origin_url=senti.origin_url)
