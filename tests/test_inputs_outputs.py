@@ -225,3 +225,54 @@ def test_a_fine_tuned_model_is_saved_with_its_own_preprocessing_and_no_borrowed_
     assert not {'tag', 'license', 'origin_url', 'paper_ids', 'test_input_size', 'test_crop_pct'} & set(cfg)
     data = resolve_model_data_config(load_folder(tmp_path / 'mine')[0])
     assert (data['input_size'], data['interpolation'], data['crop_pct']) == ((3, 32, 32), 'bilinear', 0.875)
+
+
+def _own_run(folder: Path) -> Path:
+    """A classifier as `sentizoo amalgamate --output` writes it: 32 px, its description, its labels."""
+    from sentizoo.datasets import paper_data_config
+    from sentizoo.saving import trained_cfg
+
+    torch.manual_seed(0)
+    model = timm.create_model('resnet18', num_classes=3)
+    model.pretrained_cfg = dict(trained_cfg(model.pretrained_cfg, paper_data_config(32)),
+                                description='resnet18 fine-tuned on moods (sll), starting from random.')
+    save_pretrained(model, folder, label_names=['calm', 'joy', 'rage'], verbose=False)
+    return folder / 'model.safetensors'
+
+
+def test_export_writes_what_the_run_recorded_under_a_users_own_tag_and_dataset(tmp_path, capsys):
+    from training.export import main as export_main
+
+    weights = _own_run(tmp_path / 'run')
+    assert export_main(['--checkpoint', str(weights), '--tag', 'moods', '--arch', 'resnet18', '--dataset', 'Moods',
+                        '--out', str(tmp_path / 'moods')]) == 0
+    card = (tmp_path / 'moods' / 'README.md').read_text()
+    assert 'resnet18 fine-tuned on moods (sll), starting from random.' in card and 'fine-tuned on FI' not in card
+    assert 'datasets:\n- Moods\n' in card and '**Dataset:** Moods' in card and 'Image size: 32 x 32' in card
+    cfg = json.loads((tmp_path / 'moods' / 'config.json').read_text())['pretrained_cfg']
+    assert cfg['tag'] == 'moods' and cfg['input_size'] == [3, 32, 32] and 'hf_hub_id' not in cfg
+    assert export_main(['--checkpoint', str(weights), '--tag', 'fi', '--arch', 'resnet18', '--out',
+                        str(tmp_path / 'fi')]) == 0  # the zoo's tag on other data: nothing borrowed from FI
+    card = (tmp_path / 'fi' / 'README.md').read_text()
+    assert 'fine-tuned on FI' not in card and 'datasets:' not in card and '(Flickr' not in card
+    assert 'resnet18 fine-tuned on moods (sll)' in card and '**Dataset:** not recorded in the checkpoint' in card
+    assert 'Image size: 32 x 32' in card
+
+
+def test_export_takes_a_downstream_result_file_and_refuses_others_in_one_line(tmp_path, capsys):
+    from training.export import main as export_main
+
+    weights = _own_run(tmp_path / 'run')
+    result = tmp_path / 'amalgamation.json'  # what training.downstream writes for a run (the keys export reads)
+    result.write_text(json.dumps({'format': 'sentizoo.downstream/1', 'experiment': 'moods_resnet18', 'run':
+                                  'amalgamation', 'dataset': 'moods', 'task': 'sll', 'synthetic': False,
+                                  'test': {'accuracy': 0.625}}))
+    assert export_main(['--checkpoint', str(weights), '--tag', 'moods', '--arch', 'resnet18', '--out',
+                        str(tmp_path / 'out'), '--results', str(result)]) == 0
+    card = (tmp_path / 'out' / 'README.md').read_text()
+    assert f'| moods | test | sll | accuracy | 0.625 | {result} (moods_resnet18/amalgamation) |' in card
+    (tmp_path / 'other.json').write_text('{"accuracy": 0.6}')
+    code = export_main(['--checkpoint', str(weights), '--tag', 'moods', '--arch', 'resnet18', '--out',
+                        str(tmp_path / 'out'), '--results', str(tmp_path / 'other.json')])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count('\n') == 1 and f'error: {tmp_path / "other.json"}: expected a JSON list' in err

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -29,8 +30,10 @@ from sentizoo.checkpoint import read as read_checkpoint
 from sentizoo.checkpoint import read_state_dict
 from sentizoo.models import ARCHS, BACKBONE_TAGS, TAGS, senti_name, stock_name
 from sentizoo.saving import save_pretrained
-from sentizoo.weights import zoo_home
+from sentizoo.weights import CONFIG_NAME, read_config, zoo_home
 
+from .downstream import FORMAT as DOWNSTREAM_FORMAT
+from .downstream import SYNTHETIC
 from .model_card import _fmt, base_model, pretrain_recipe, render_card, validate_results
 
 __all__ = ['Exported', 'export', 'find_prefix', 'push_to_hub', 'load_card_results', 'published_line', 'main']
@@ -71,15 +74,29 @@ def find_prefix(state: Mapping[str, torch.Tensor], model: nn.Module, prefix: Opt
 
 
 def load_card_results(paths: Sequence[PathLike]) -> List[Dict[str, Any]]:
-    """Evaluation records from JSON files: a list of records or ``{"results": [...]}``."""
+    """Evaluation records from JSON files: a list of records, ``{"results": [...]}``, or the result file of a
+    ``training.downstream`` run (its test metrics)."""
     results: List[Dict[str, Any]] = []
     for path in paths:
-        data = json.loads(Path(path).read_text())
+        try:
+            data = json.loads(Path(path).read_text(encoding='utf-8'))
+        except (OSError, ValueError) as e:
+            raise ValueError(f'--results {path}: cannot read it as JSON ({e})') from None
+        if isinstance(data, Mapping) and data.get('format') == DOWNSTREAM_FORMAT:
+            data = _downstream_records(data, path)
         records = data.get('results') if isinstance(data, Mapping) else data
         if not isinstance(records, list):
-            raise ValueError(f'{path}: expected a JSON list of result records or {{"results": [...]}}')
+            raise ValueError(f'{path}: expected a JSON list of result records, {{"results": [...]}} or the result '
+                             f'file of a training.downstream run')
         results += validate_results(records, origin=str(path))
     return results
+
+
+def _downstream_records(result: Mapping[str, Any], path: PathLike) -> List[Dict[str, Any]]:
+    """The test metrics of a ``training.downstream`` result file as card records."""
+    return [dict(dataset=result['dataset'], metric=metric, value=value, split='test', task=result['task'],
+                 source=f'{path} ({result["experiment"]}/{result["run"]})', synthetic=bool(result['synthetic']))
+            for metric, value in result['test'].items()]
 
 
 def _recipe(ckpt: Mapping[str, Any]) -> Tuple[List[Tuple[str, Any]], List[str], bool]:
@@ -123,43 +140,87 @@ def _checked_arch(checkpoint: Path, config: Mapping[str, Any], arch: Optional[st
     return arch
 
 
+def _recorded(checkpoint: Path, config: Mapping[str, Any]) -> Dict[str, Any]:
+    """What the files of a run record about the weights (``dataset``, ``image_size``, ``description``,
+    ``label_names``, ``synthetic``):
+    a ``training.pretrain`` checkpoint's config; the ``config.json`` beside a ``.safetensors`` file
+    (``sentizoo amalgamate --output``, ``save_pretrained``); the result file of the ``training.downstream`` run
+    whose checkpoint folder holds the file (``<run>/best.safetensors`` beside ``<run>.json``)."""
+    facts = {k: config.get(k) for k in ('dataset', 'image_size')}
+    beside, run = checkpoint.parent / CONFIG_NAME, checkpoint.parent.with_suffix('.json')
+    if checkpoint.suffix == '.safetensors' and beside.is_file():
+        saved = read_config(checkpoint.parent)
+        cfg = saved.get('pretrained_cfg') or {}
+        facts.update(image_size=(cfg.get('input_size') or [None])[-1], description=cfg.get('description'),
+                     label_names=saved.get('label_names'))
+    elif run.is_file():
+        result = json.loads(run.read_text(encoding='utf-8'))
+        if isinstance(result, Mapping) and result.get('format') == DOWNSTREAM_FORMAT:
+            facts.update(dataset=result['dataset'], image_size=result['config'].get('image_size'))
+    facts['synthetic'] = facts.get('dataset') == SYNTHETIC
+    return {k: v for k, v in facts.items() if v is not None}
+
+
+def _check_tag(tag: str) -> None:
+    if tag not in TAGS and not re.fullmatch(r'[a-z][a-z0-9_]*', tag):
+        raise ValueError(f'--tag {tag!r}: use a zoo tag ({", ".join(TAGS)}) or a name of your own classifier in '
+                         f'lower case (letters, digits, _), e.g. --tag mydata')
+
+
+def _classifier_cfg(cfg: Mapping[str, Any], tag: str, dataset: Optional[str], arch: str, num_classes: int,
+                    recorded: Mapping[str, Any]) -> Dict[str, Any]:
+    """The cfg of a classifier: the zoo tag's own only for the zoo's data (``fi`` on FI), else what was recorded."""
+    if tag in TAGS and dataset == tag:
+        return dict(cfg)
+    trained_on = f'trained on {dataset}' if dataset else 'trained on data the checkpoint does not record'
+    return dict(cfg, tag=tag, hf_hub_id=None, description=recorded.get('description') or
+                f'{stock_name(arch)} classifier ({num_classes} classes) {trained_on}.')
+
+
 def export(checkpoint: PathLike, tag: str, *, arch: Optional[str] = None, out: Optional[PathLike] = None,
            results: Sequence[Mapping[str, Any]] = (), label_names: Optional[Sequence[str]] = None,
-           prefix: Optional[str] = None, command: Optional[str] = None) -> Exported:
+           prefix: Optional[str] = None, command: Optional[str] = None, dataset: Optional[str] = None,
+           repo_id: Optional[str] = None) -> Exported:
     """Write ``senti_<arch>.<tag>`` from ``checkpoint`` into ``out``; returns its name, folder and sha256.
 
     Args:
         checkpoint: a ``training.pretrain`` checkpoint, another trainer's torch checkpoint holding a
             state dict (``model``/``state_dict`` entry or the dict itself), or a ``.safetensors`` file.
-        tag: ``st``, ``ho``, ``hp`` (backbone only) or a classifier tag such as ``fi``.
+        tag: ``st``, ``ho``, ``hp`` (backbone only), ``fi`` or a tag of your own for a classifier.
         arch: the architecture; read from the checkpoint's config when it has one.
         out: output folder; default ``$SENTIZOO_HOME/senti_<arch>.<tag>``.
         results: evaluation records for the card and its model-index (only real results).
         label_names: classifier tags: the class names (default: the checkpoint's, else the registry's).
         prefix: key prefix of the model's tensors when the checkpoint holds several models.
         command: the export command line, for the card (default: reconstructed).
+        dataset: a classifier's training data, for its card (default: what the run recorded, :func:`_recorded`).
+        repo_id: the hub repository of the card (default: the zoo's, ``sentizoo/<name>``).
     """
     import timm
-    if tag not in TAGS:
-        raise ValueError(f'--tag {tag!r} is not a zoo tag; use one of {TAGS}')
+    _check_tag(tag)
     checkpoint = Path(checkpoint)
     ckpt = {} if checkpoint.suffix == '.safetensors' else read_checkpoint(checkpoint)
     config = ckpt.get('config') if isinstance(ckpt.get('config'), Mapping) else {}
     arch = _checked_arch(checkpoint, config, arch, tag)
     name = f'{senti_name(arch)}.{tag}'
+    template = name if tag in TAGS else f'{senti_name(arch)}.fi'  # a classifier of the user's own tag
+    recorded = _recorded(checkpoint, config)
     kwargs: Dict[str, Any] = {}
     if tag not in BACKBONE_TAGS:
-        label_names = list(label_names or ckpt.get('label_names') or
-                           timm.models.get_pretrained_cfg(name).to_dict().get('label_names') or [])
+        label_names = list(label_names or ckpt.get('label_names') or recorded.get('label_names') or
+                           timm.models.get_pretrained_cfg(template).to_dict().get('label_names') or [])
         if not label_names:
             raise ValueError(f'{name} is a classifier: pass --label-names')
         kwargs['num_classes'] = len(label_names)
-    model = timm.create_model(name, pretrained=False, **kwargs)
+    model = timm.create_model(template, pretrained=False, **kwargs)
     state = read_state_dict(ckpt or checkpoint)
     prefix = find_prefix(state, model, prefix)
     model.load_state_dict({k: state[prefix + k] for k in model.state_dict()})
-    if config.get('image_size'):  # the size it was trained at (the demo pre-trains at 32 px), not the registry's 224
-        size = config['image_size']
+    dataset = dataset or recorded.get('dataset')
+    if tag not in BACKBONE_TAGS:
+        model.pretrained_cfg = _classifier_cfg(model.pretrained_cfg, tag, dataset, arch, model.num_classes, recorded)
+    if recorded.get('image_size'):  # the size it was trained at (the demo's 32 or 64 px), not the registry's 224
+        size = recorded['image_size']
         model.pretrained_cfg = dict(model.pretrained_cfg, input_size=(3, size, size), pool_size=None)
 
     folder = Path(out) if out else zoo_home() / name
@@ -167,14 +228,18 @@ def export(checkpoint: PathLike, tag: str, *, arch: Optional[str] = None, out: O
     facts, commands, synthetic = _recipe(ckpt)
     commands.append(command or shlex.join(['python', '-m', 'training.export', '--checkpoint', str(checkpoint),
                                            '--tag', tag, '--arch', arch]))
-    cfg = model.pretrained_cfg
-    card = render_card(name, repo_id=cfg.get('hf_hub_id') or f'sentizoo/{name}', architecture=stock_name(name),
-                       description=cfg.get('description') or name, recipe=facts, commands=commands,
-                       results=results, synthetic=synthetic, num_classes=model.num_classes,
-                       image_size=cfg['input_size'][-1],
+    cfg, synthetic = model.pretrained_cfg, synthetic or recorded['synthetic']
+    datasets = None  # the tag's own (a backbone's pretext data, FI for fi)
+    if tag not in BACKBONE_TAGS and dataset != tag:
+        datasets = (dataset, [dataset]) if dataset else ('not recorded in the checkpoint (export with --dataset)', [])
+    card = render_card(name, repo_id=repo_id or cfg.get('hf_hub_id') or f'sentizoo/{name}',
+                       architecture=stock_name(name), description=cfg.get('description') or name, recipe=facts,
+                       commands=commands, results=results, synthetic=synthetic, num_classes=model.num_classes,
+                       image_size=cfg['input_size'][-1], datasets=datasets,
                        base_model=None if synthetic else base_model(stock_name(name), tag, str(ckpt.get('init', ''))))
     (folder / 'README.md').write_text(card, encoding='utf-8')
-    print(f'to publish it, upload {folder} and set its line in {published_line(name)}:  \'{name}\': \'{sha256}\',')
+    if tag in TAGS:
+        print(f'to publish it, upload {folder} and set its line in {published_line(name)}:  \'{name}\': \'{sha256}\',')
     return Exported(name, folder, sha256)
 
 
@@ -211,13 +276,15 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--checkpoint', required=True, help='training checkpoint (final.pt / last.pt of training.pretrain, '
                                                        'another trainer\'s .pt, or .safetensors)')
-    p.add_argument('--tag', required=True, choices=TAGS, help='zoo tag: st/ho/hp backbones, fi classifier')
+    p.add_argument('--tag', required=True, help='zoo tag: st/ho/hp backbones, fi classifier; or a tag of your own '
+                                                'classifier (lower case, e.g. mydata)')
     p.add_argument('--arch', choices=ARCHS, help='architecture (default: recorded in the checkpoint)')
     p.add_argument('--out', help='output folder (default: $SENTIZOO_HOME/senti_<arch>.<tag>)')
     p.add_argument('--results', nargs='*', default=[], metavar='JSON',
                    help='evaluation result files for the model card: [{"dataset", "metric", "value", "split", '
                         '"task", "source", "synthetic"}, ...]')
     p.add_argument('--label-names', nargs='+', help='class names of a classifier tag (default: checkpoint / registry)')
+    p.add_argument('--dataset', help='a classifier\'s training data, for its card (default: recorded by the run)')
     p.add_argument('--prefix', help='key prefix of the model in a checkpoint holding several (e.g. target.)')
     p.add_argument('--push', action='store_true', help='upload the folder to the Hugging Face hub')
     p.add_argument('--repo-id', help='hub repo for --push (default: sentizoo/senti_<arch>.<tag>)')
@@ -231,8 +298,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     command = shlex.join(['python', '-m', 'training.export', *(sys.argv[1:] if argv is None else argv)])
-    exported = export(args.checkpoint, args.tag, arch=args.arch, out=args.out, results=load_card_results(args.results),
-                      label_names=args.label_names, prefix=args.prefix, command=command)
+    try:
+        exported = export(args.checkpoint, args.tag, arch=args.arch, out=args.out,
+                          results=load_card_results(args.results), label_names=args.label_names, prefix=args.prefix,
+                          command=command, dataset=args.dataset, repo_id=args.repo_id)
+    except (ValueError, FileNotFoundError) as e:
+        print(f'python -m training.export: error: {e}', file=sys.stderr)
+        return 2
     if args.push:
         push_to_hub(exported.folder, args.repo_id or f'sentizoo/{exported.name}', dry_run=args.dry_run)
     return 0

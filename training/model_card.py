@@ -153,7 +153,7 @@ def render_card(name: str, *, repo_id: str, architecture: str, description: str,
                 recipe: Sequence[Tuple[str, Any]], commands: Sequence[str],
                 results: Sequence[Mapping[str, Any]] = (), synthetic: bool = False, planned: bool = False,
                 num_classes: int = 0, image_size: int = 224, base_model: Optional[str] = None,
-                template: Optional[Path] = None) -> str:
+                datasets: Optional[Tuple[str, Sequence[str]]] = None, template: Optional[Path] = None) -> str:
     """The model card (Markdown with Hugging Face metadata, built with ``huggingface_hub.ModelCard``) of ``name``
     (``'senti_resnet50.hp'``).
 
@@ -171,12 +171,14 @@ def render_card(name: str, *, repo_id: str, architecture: str, description: str,
         num_classes: the classifier's outputs; 0 for a backbone (``image-feature-extraction``).
         image_size: the input size of the weights (the model stats are counted at it).
         base_model: the hub id of the weights these started from, if any.
+        datasets: the training data as (text for the card, hub dataset ids); default: the tag's (FI for ``fi``).
         template: a different template file (``$``-placeholders as in ``template.md``).
     """
     from huggingface_hub import ModelCard, ModelCardData
 
     results = validate_results(results)
-    dataset, dataset_ids = (SYNTHETIC_DATA, []) if synthetic else _DATASETS.get(name.split('.')[-1], ('', []))
+    dataset, dataset_ids = ((SYNTHETIC_DATA, []) if synthetic else datasets
+                            or _DATASETS.get(name.split('.')[-1], ('', [])))
     pipeline = 'image-classification' if num_classes else 'image-feature-extraction'
     evaluated = _eval_results(results)
     data = ModelCardData(license='cc-by-nc-4.0', library_name='timm', pipeline_tag=pipeline,
