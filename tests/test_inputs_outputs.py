@@ -276,3 +276,17 @@ def test_export_takes_a_downstream_result_file_and_refuses_others_in_one_line(tm
                         str(tmp_path / 'out'), '--results', str(tmp_path / 'other.json')])
     err = capsys.readouterr().err
     assert code == 2 and err.count('\n') == 1 and f'error: {tmp_path / "other.json"}: expected a JSON list' in err
+
+
+def test_info_takes_a_folder_that_predict_takes_and_verifies_it_alike(capsys, tmp_path):
+    model = _save_classifier(tmp_path / 'model', ['calm', 'joy'])
+    code, out, _ = _run(capsys, 'info', model)
+    assert code == 0 and f'model: {model}\n' in out and 'architecture: resnet18\n' in out
+    assert 'labels: 2\nlabel names: calm, joy\n' in out
+    assert f'weights: {model / "model.safetensors"} (sha256 verified)' in out
+    assert '  input_size: (3, 64, 64)' in out
+    data = bytearray((model / 'model.safetensors').read_bytes())
+    data[-1] ^= 1
+    (model / 'model.safetensors').write_bytes(bytes(data))
+    code, out, err = _run(capsys, 'info', model)
+    assert code == 1 and 'sha256' in err and err.count('\n') == 1

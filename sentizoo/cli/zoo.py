@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 from typing import Optional
 
-from .common import usage_errors
+from .common import PROG, usage_errors
 
 __all__ = ['add_list_parser', 'add_info_parser']
 
@@ -38,12 +40,43 @@ def add_list_parser(subparsers) -> None:
     p.set_defaults(func=_run_list)
 
 
+def _print_cfg(cfg: dict) -> None:
+    print('pretrained config:')
+    for key, value in cfg.items():
+        if value is not None:
+            print(f'  {key}: {value}')
+
+
+def _folder_info(folder: Path) -> int:
+    """``info`` of a folder that ``predict`` takes (``save_pretrained``'s), verified as predict verifies it."""
+    from ..weights import WEIGHTS_ERRORS, WEIGHTS_NAME, load_folder
+    try:
+        model, config = load_folder(folder)
+    except WEIGHTS_ERRORS as e:
+        print(f'{PROG} info: error: {e}', file=sys.stderr)
+        return 1
+    cfg = model.pretrained_cfg
+    print(f'model: {folder}')
+    print(f'architecture: {cfg.get("architecture")}')
+    print(f'labels: {model.num_classes or "none (backbone: num_classes=0, no classifier)"}')
+    if cfg.get('label_names'):
+        print(f'label names: {", ".join(cfg["label_names"])}')
+    if config.get('task'):
+        print(f'task: {config["task"]}')
+    verified = 'sha256 verified' if config.get('sha256') else 'no sha256 recorded in its config.json'
+    print(f'weights: {folder / WEIGHTS_NAME} ({verified})')
+    _print_cfg(cfg)
+    return 0
+
+
 def _run_info(args: argparse.Namespace) -> int:
     from ..inference import find_pretrained_cfg, tagged_name
     from ..models import stock_name
     from ..published import SHA256
     from ..weights import ChecksumMismatchError, InvalidWeightsError, WeightsNotFoundError, resolve_weights
 
+    if Path(args.model).is_dir():
+        return _folder_info(Path(args.model))
     with usage_errors():
         cfg = find_pretrained_cfg(args.model)
     name = tagged_name(args.model, cfg)
@@ -66,10 +99,7 @@ def _run_info(args: argparse.Namespace) -> int:
         except (ChecksumMismatchError, InvalidWeightsError) as e:
             print(f'weights: {e}')
             code = 1
-    print('pretrained config:')
-    for key, value in cfg.to_dict().items():
-        if value is not None:
-            print(f'  {key}: {value}')
+    _print_cfg(cfg.to_dict())
     return code
 
 
@@ -77,5 +107,6 @@ def add_info_parser(subparsers) -> None:
     p = subparsers.add_parser(
         'info', help="show a model's config, label names and where its weights resolve from",
         description='Show the pretrained config of MODEL, its label names and where its weights come from.')
-    p.add_argument('model', metavar='MODEL', help='e.g. senti_resnet50.fi (no tag: the default tag)')
+    p.add_argument('model', metavar='MODEL', help='e.g. senti_resnet50.fi (no tag: the default tag), or a folder that '
+                                                 'predict takes (written by sentizoo amalgamate or save_pretrained)')
     p.set_defaults(func=_run_info)
