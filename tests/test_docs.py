@@ -36,3 +36,11 @@ def test_readme_lists_the_deviations_from_the_paper():
     assert len(items) >= 5
     for topic in ('Logits term', 'Super-resolution input', 'Model selection', 'LDL metrics'):
         assert any(item.startswith(f'- **{topic}') for item in items), topic
+
+
+def test_readme_says_before_the_quick_start_that_no_weights_are_published_and_how_to_install_for_a_cpu():
+    readme = (ROOT / 'README.md').read_text(encoding='utf-8')
+    top = readme.split('## Quick start', 1)[0]
+    assert '**No checkpoint is published yet**' in top and 'python -m training.release' in top
+    command = 'pip install torch torchvision --index-url https://download.pytorch.org/whl/cpu'
+    assert command in top and command in readme.split('## Install', 1)[1].split('\n## ', 1)[0]
