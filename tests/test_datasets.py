@@ -179,9 +179,9 @@ def test_check_labels_reads_the_header_of_every_image_file(tmp_path):
                           ['calm', 'joy'])
     with pytest.raises(ValueError) as info:
         data.check_labels(get_task('sll'), 2)
-    assert str(info.value) == (f'2 problem(s) in the data: {tmp_path / "empty.jpg"}: image file {tmp_path / "empty.jpg"}: '
-                               f'the file is empty (0 bytes); {tmp_path / "text.jpg"}: image file {tmp_path / "text.jpg"}: '
-                               'not an image file, or a format Pillow cannot read.')
+    empty, text = tmp_path / 'empty.jpg', tmp_path / 'text.jpg'
+    assert str(info.value) == (f'2 problem(s) in the data: {empty}: image file {empty}: the file is empty (0 bytes); '
+                               f'{text}: image file {text}: not an image file, or a format Pillow cannot read.')
 
 
 def test_check_labels_single_label_needs_two_classes_and_indices_in_range(tmp_path):

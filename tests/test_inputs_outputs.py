@@ -76,7 +76,8 @@ def test_csv_cells_that_would_run_as_formulas_are_neutralised(capsys, tmp_path, 
     names = ["=cmd|' C calc'!A0.png", '=1+1.png', '@SUM(1+1).png', '+cmd.png', '-x.png', '\tt.png', '\rr.png',
              'plain.png']
     monkeypatch.chdir(_photos(tmp_path / 'photos', names))
-    code, out, _ = _run(capsys, 'predict', model, '--format', 'csv', '--top-k', 5, '--workers', 0, '--', *names)
+    code, out, _ = _run(capsys, 'predict', model, '--format', 'csv', '--top-k', 5, '--workers', 0, '--backend', 'torch',
+                        '--', *names)
     rows = list(csv.reader(io.StringIO(out, newline='')))
     assert code == 0 and [row[0] for row in rows[1:]] == [("'" + name if name != 'plain.png' else name)
                                                           for name in names]
@@ -88,7 +89,8 @@ def test_a_label_with_a_lone_surrogate_is_written_escaped(capsys, tmp_path):
     model = _save_classifier(tmp_path / 'model', ['calm', 'ha\ud800ppy'])
     photos = _photos(tmp_path / 'photos', ['a.png'])
     out = tmp_path / 'out.csv'
-    code, _, err = _run(capsys, 'predict', model, photos, '--format', 'csv', '--output', out, '--workers', 0)
+    code, _, err = _run(capsys, 'predict', model, photos, '--format', 'csv', '--output', out, '--workers', 0,
+                        '--backend', 'torch')
     assert code == 0 and '1 images predicted, 0 failed' in err
     [row] = list(csv.DictReader(out.open(encoding='utf-8')))
     assert {row['label_1'], row['label_2']} == {'calm', 'ha\\ud800ppy'}
@@ -98,7 +100,8 @@ def test_nan_logits_are_error_rows_in_valid_json(capsys, tmp_path):
     model = _save_classifier(tmp_path / 'model', ['calm', 'joy', 'rage'], broken=True)
     photos = _photos(tmp_path / 'photos', ['a.png', 'b.png'])
     out = tmp_path / 'out.json'
-    code, _, err = _run(capsys, 'predict', model, photos, '--format', 'json', '--output', out, '--workers', 0)
+    code, _, err = _run(capsys, 'predict', model, photos, '--format', 'json', '--output', out, '--workers', 0,
+                        '--backend', 'torch')
 
     def refuse(constant):
         raise ValueError(f'{constant} is not JSON')
@@ -180,8 +183,8 @@ def test_ctrl_c_during_amalgamate_is_one_line_and_the_rerun_says_where_it_resume
         patch.setattr(engine.Loop, '_train_step', interrupted)
         code, _, err = _run(capsys, *run)
     checkpoints = tmp_path / 'out' / 'checkpoints'
-    assert code == 130 and err.splitlines()[-1] == (
-        f'sentizoo amalgamate: interrupted. Rerun the same command to resume from the last checkpoint in {checkpoints}.')
+    assert code == 130 and err.splitlines()[-1] == ('sentizoo amalgamate: interrupted. Rerun the same command to '
+                                                    f'resume from the last checkpoint in {checkpoints}.')
     assert 'Traceback' not in err
     code, _, err = _run(capsys, *run)
     assert code == 0 and f'resuming from {checkpoints / "last.pt"}: 1/2 epochs and 1/3 steps done' in err
