@@ -142,10 +142,10 @@ def _checked_arch(checkpoint: Path, config: Mapping[str, Any], arch: Optional[st
 
 def _recorded(checkpoint: Path, config: Mapping[str, Any]) -> Dict[str, Any]:
     """What the files of a run record about the weights (``dataset``, ``image_size``, ``description``,
-    ``label_names``, ``synthetic``):
-    a ``training.pretrain`` checkpoint's config; the ``config.json`` beside a ``.safetensors`` file
-    (``sentizoo amalgamate --output``, ``save_pretrained``); the result file of the ``training.downstream`` run
-    whose checkpoint folder holds the file (``<run>/best.safetensors`` beside ``<run>.json``)."""
+    ``label_names``, ``synthetic``): a ``training.pretrain`` checkpoint's config; the ``config.json`` beside a
+    ``.safetensors`` file (``sentizoo amalgamate --output``, ``save_pretrained``); the result file of the
+    ``training.downstream`` run whose checkpoint folder holds the file (``<run>/best.safetensors`` beside
+    ``<run>.json``)."""
     facts = {k: config.get(k) for k in ('dataset', 'image_size')}
     beside, run = checkpoint.parent / CONFIG_NAME, checkpoint.parent.with_suffix('.json')
     if checkpoint.suffix == '.safetensors' and beside.is_file():
@@ -173,8 +173,9 @@ def _classifier_cfg(cfg: Mapping[str, Any], tag: str, dataset: Optional[str], ar
     if tag in TAGS and dataset == tag:
         return dict(cfg)
     trained_on = f'trained on {dataset}' if dataset else 'trained on data the checkpoint does not record'
-    return dict(cfg, tag=tag, hf_hub_id=None, description=recorded.get('description') or
-                f'{stock_name(arch)} classifier ({num_classes} classes) {trained_on}.')
+    return dict(cfg, tag=tag, hf_hub_id=cfg.get('hf_hub_id') if tag in TAGS else None,
+                description=recorded.get('description') or f'{stock_name(arch)} classifier ({num_classes} classes) '
+                                                           f'{trained_on}.')
 
 
 def export(checkpoint: PathLike, tag: str, *, arch: Optional[str] = None, out: Optional[PathLike] = None,
