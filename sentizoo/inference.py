@@ -95,11 +95,13 @@ def load_classifier(name: str, checkpoint: Optional[PathLike] = None, *, pretrai
     if is_folder and checkpoint is not None:
         raise ValueError(f'--checkpoint {checkpoint}: MODEL {name} is a folder with its own weights; drop '
                          f'--checkpoint, or give an architecture name (e.g. resnet50) with it.')
-    if is_folder and pretrained:
-        model, config = load_folder(*resolve_folder(name))
-        task = config.get('task')
-    elif is_folder:
-        model = timm.create_model(name if name.startswith(('hf-hub:', 'local-dir:')) else f'local-dir:{name}')
+    if is_folder:
+        folder, published = resolve_folder(name)
+        if pretrained:
+            model, config = load_folder(folder, published)
+            task = config.get('task')
+        else:
+            model = timm.create_model(f'local-dir:{folder}')
     else:
         cfg = find_pretrained_cfg(name)
         name = tagged_name(name, cfg)

@@ -136,12 +136,13 @@ def _verified_graph(model: nn.Module, *, opset: int = DEFAULT_OPSET, weights_sha
                     label_names=label_names(model), data_config=data_config, opset=opset,
                     weights_sha256=weights_sha256, tolerance=dict(atol=atol, rtol=rtol),
                     sentizoo_version=__version__)
-    graph = onnx.load_from_string(_export_graph(model, input_size, opset))
-    difference, metadata['max_abs_diff'] = _difference(model, _session(graph.SerializeToString(), Threading(streams=1)),
-                                                       input_size, atol, rtol)
+    exported = _export_graph(model, input_size, opset)
+    session = _session(exported, Threading(streams=1))
+    difference, metadata['max_abs_diff'] = _difference(model, session, input_size, atol, rtol)
     if difference:
         raise ExportMismatchError(f'the ONNX graph disagrees with eager PyTorch on a batch of {_CHECK_BATCH}: '
                                   f'{difference}; nothing was written. Use the torch backend for this model.')
+    graph = onnx.load_from_string(exported)
     onnx.helper.set_model_props(graph, {key: json.dumps(value) for key, value in metadata.items()})
     return graph.SerializeToString(), metadata
 

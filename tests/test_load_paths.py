@@ -86,7 +86,8 @@ def test_a_folder_with_only_a_pickle_is_refused(tiny_folder, offline_hub):
 def test_checkpoint_with_a_folder_is_refused(capsys, tiny_folder, images):
     # before, --checkpoint (even a missing file) was ignored and the folder's own weights predicted
     write_images(tiny_folder.parent / 'data', classes=TINY_LABELS, per_class=1)
-    for command in (['predict', tiny_folder, images / 'a_gradient.jpg'], ['evaluate', tiny_folder, tiny_folder.parent / 'data'],
+    for command in (['predict', tiny_folder, images / 'a_gradient.jpg'],
+                    ['evaluate', tiny_folder, tiny_folder.parent / 'data'],
                     ['predict', f'local-dir:{tiny_folder}', images / 'a_gradient.jpg']):
         code, _, err = _run(capsys, *command, '--checkpoint', '/nonexistent.safetensors')
         assert code == 2 and 'is a folder with its own weights; drop --checkpoint' in _one_line(err)
@@ -100,7 +101,8 @@ def test_a_config_without_sha256_warns_once_naming_it(tiny_folder, capsys, image
         with pytest.warns(UnverifiedWeightsWarning, match=f'{tiny_folder / "config.json"} records no "sha256"') as got:
             load_classifier(str(tiny_folder))
         assert len(got) == 1
-    code, out, err = _run(capsys, 'predict', tiny_folder, images / 'a_gradient.jpg', '--workers', 0, '--backend', 'torch')
+    code, _, err = _run(capsys, 'predict', tiny_folder, images / 'a_gradient.jpg', '--workers', 0, '--backend',
+                        'torch')
     assert code == 0 and f'sentizoo predict: warning: {tiny_folder / "config.json"} records no "sha256"' in err
 
 
@@ -155,7 +157,8 @@ def test_the_weights_own_config_wins_for_preprocessing(isolated_zoo):
 
 def test_timm_cache_dir_is_honoured(tmp_path, isolated_zoo):
     save_pretrained(timm.create_model('senti_resnet18.st'), tmp_path / 'st', verbose=False)
-    write_hf_cache(tmp_path / 'mine', 'sentizoo/senti_resnet18.st', {'model.safetensors': tmp_path / 'st' / 'model.safetensors'})
+    weights = tmp_path / 'st' / 'model.safetensors'
+    write_hf_cache(tmp_path / 'mine', 'sentizoo/senti_resnet18.st', {'model.safetensors': weights})
     with pytest.raises(WeightsNotFoundError):
         timm.create_model('senti_resnet18.st', pretrained=True)
     loaded = timm.create_model('senti_resnet18.st', pretrained=True, cache_dir=tmp_path / 'mine')

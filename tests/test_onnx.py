@@ -244,18 +244,16 @@ def test_auto_falls_back_to_torch_when_the_export_disagrees(monkeypatch):
 
 
 # Runs `sentizoo predict` as another user (nobody) when this process is root, else as this user. The interpreter may
-# live where only root can read it (a private home): everything predict imports is imported first, by an in-memory
-# export and a prediction of a random model, then the process drops root and runs the command.
+# live where only root can read its standard library (a private home): what predict imports from it is imported
+# first, by a prediction of a tiny random model, then the process drops root and runs the command.
 AS_ANOTHER_USER = '''
 import os, sys
 sys.path.insert(0, sys.argv[1])
-import torch
-from helpers import tiny_classifier
-import sentizoo.onnx
+import onnx, onnxruntime, torch.onnx
+from helpers import tiny
+import sentizoo
 from sentizoo.cli import main
-model = tiny_classifier()
-sentizoo.onnx.load_session(model, log=lambda message: None)
-sentizoo.predict(model, sys.argv[2], workers=0, backend='onnxruntime')
+sentizoo.predict(tiny(), sys.argv[2], workers=0, backend='torch')
 if os.geteuid() == 0:
     try:
         os.setgid(65534)
