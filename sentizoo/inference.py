@@ -21,6 +21,8 @@ import torch
 import torch.nn as nn
 
 from .images import ImageFiles
+from .models import label_names
+from .runtime import CPU_CHUNK
 
 __all__ = ['find_pretrained_cfg', 'tagged_name', 'load_classifier', 'image_files', 'predict']
 
@@ -29,9 +31,6 @@ Row = Dict[str, Any]
 
 NON_FINITE = 'the model gave non-finite logits (NaN or inf) for this image: its weights or inputs are broken'
 """The ``error`` of a row whose logits hold NaN or inf."""
-
-# Images per forward on CPU: larger batches spill the activations out of the caches and run slower per image.
-_CPU_CHUNK = 4
 
 
 def find_pretrained_cfg(name: str):
@@ -78,11 +77,13 @@ def load_classifier(name: str, checkpoint: Optional[PathLike] = None, *, pretrai
     """A classifier as the user names it, with its task when known (``(model, task)``).
 
     Args:
-        name: a folder written by ``sentizoo amalgamate`` or :func:`~sentizoo.save_pretrained` (verified as the
-            zoo is: a valid config.json, only model.safetensors, its sha256), an ``hf-hub:`` / ``local-dir:``
-            name, or a timm / senti name such as ``senti_resnet50.fi``.
+        name: a folder written by ``sentizoo amalgamate`` or :func:`~sentizoo.save_pretrained`, or such a folder
+            as an ``hf-hub:`` / ``local-dir:`` name (all verified as the zoo is: a valid config.json, only
+            model.safetensors, its sha256; :func:`~sentizoo.weights.load_folder`), or a timm / senti name such as
+            ``senti_resnet50.fi``.
         checkpoint: with a model name, load these weights (``.safetensors``; classes and label names from the
-            config.json beside it, else the classifier's size) instead of the published ones.
+            config.json beside it, else the classifier's size) instead of the published ones. Not with a
+            folder, which holds its own weights.
         pretrained: False for random weights (testing, timing).
 
     Raises:
@@ -91,14 +92,20 @@ def load_classifier(name: str, checkpoint: Optional[PathLike] = None, *, pretrai
     """
     import timm
 
-    from .weights import load_folder, load_weights
+    from .weights import load_folder, load_weights, resolve_folder
 
     task = None
-    if Path(name).is_dir():
-        model, config = load_folder(name)
-        task = config.get('task')
-    elif name.startswith(('hf-hub:', 'local-dir:')):
-        model = timm.create_model(name, pretrained=pretrained)
+    is_folder = name.startswith(('hf-hub:', 'local-dir:')) or Path(name).is_dir()
+    if is_folder and checkpoint is not None:
+        raise ValueError(f'--checkpoint {checkpoint}: MODEL {name} is a folder with its own weights; drop '
+                         f'--checkpoint, or give an architecture name (e.g. resnet50) with it.')
+    if is_folder:
+        folder, published = resolve_folder(name)
+        if pretrained:
+            model, config = load_folder(folder, published)
+            task = config.get('task')
+        else:
+            model = timm.create_model(f'local-dir:{folder}')
     else:
         cfg = find_pretrained_cfg(name)
         name = tagged_name(name, cfg)
@@ -137,16 +144,9 @@ def image_files(paths: Union[PathLike, Iterable[PathLike]]) -> ImageFiles:
     return dataset
 
 
-def _label_names(model: nn.Module) -> List[str]:
-    names = model.pretrained_cfg.get('label_names')
-    if names and len(names) == model.num_classes:
-        return [_escaped(name) for name in names]
-    return [str(i) for i in range(model.num_classes)]
-
-
 @contextmanager
 def _forward_function(model: nn.Module, device: torch.device) -> Iterator[Callable]:
-    """``images -> logits``, in channels_last. On CPU the batch is cut into chunks of ``_CPU_CHUNK`` images, run
+    """``images -> logits``, in channels_last. On CPU the batch is cut into chunks of ``CPU_CHUNK`` images, run
     by one single-threaded forward per torch thread side by side: this scales across cores better than one
     multi-threaded forward and collapses far less when other processes share the cores (BENCHMARKS.md)."""
     def forward(images):
@@ -161,7 +161,7 @@ def _forward_function(model: nn.Module, device: torch.device) -> Iterator[Callab
     torch.set_num_threads(1)  # new threads take this process-wide setting
     try:
         with ThreadPoolExecutor(threads) as pool:
-            yield lambda images: torch.cat(list(pool.map(forward, images.split(_CPU_CHUNK))))
+            yield lambda images: torch.cat(list(pool.map(forward, images.split(CPU_CHUNK))))
     finally:
         torch.set_num_threads(threads)
 
@@ -241,7 +241,7 @@ def _predict_rows(model: nn.Module, dataset: ImageFiles, top_k: int, batch_size:
     device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     model = model.eval().to(device, memory_format=torch.channels_last)
     dataset.transform = eval_transform(resolve_model_data_config(model))
-    labels = _label_names(model)
+    labels = [_escaped(str(name)) for name in label_names(model) or range(model.num_classes)]
     k = min(top_k, len(labels))
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers,
                                          collate_fn=collate_images, pin_memory=device.type == 'cuda')

@@ -15,7 +15,8 @@ Tags, one Hugging Face repo each (``sentizoo/<arch>.<tag>``):
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, List, Union
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
 
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -25,10 +26,11 @@ from timm.models._builder import resolve_pretrained_cfg
 from timm.models.vgg import VGG
 from timm.models.vgg import cfgs as vgg_cfgs
 
-from .weights import resolve_weights, weights_mismatch
+from .published import HUB_ORG
+from .weights import read_config, resolve_weights, weights_mismatch
 
 __all__ = ['ARCHS', 'BACKBONE_TAGS', 'TAGS', 'FI_LABELS', 'PREPROCESSING', 'PaperVGG', 'senti_name', 'stock_name',
-           'imagenet_name', 'paper_arch', 'amalgamator_cfg']
+           'imagenet_name', 'paper_arch', 'amalgamator_cfg', 'label_names']
 
 ARCHS = ('vgg16_bn', 'vgg19_bn', 'resnet18', 'resnet50', 'resnet101')
 BACKBONE_TAGS = ('st', 'ho', 'hp')
@@ -57,7 +59,7 @@ _DESCRIPTIONS = {
 def _cfg(arch: str, tag: str) -> Dict[str, Any]:
     is_classifier = tag not in BACKBONE_TAGS
     return dict(
-        hf_hub_id=f'sentizoo/senti_{arch}.{tag}',
+        hf_hub_id=f'{HUB_ORG}/senti_{arch}.{tag}',
         hf_hub_filename='model.safetensors',
         num_classes=len(FI_LABELS) if is_classifier else 0,
         label_names=FI_LABELS if is_classifier else None,
@@ -137,13 +139,30 @@ class PaperVGG(VGG):
         self.head_hidden_size = self.num_features
 
 
+def label_names(model: nn.Module) -> Optional[List[str]]:
+    """The label names of a classifier's pretrained config, None without one per class."""
+    names = (getattr(model, 'pretrained_cfg', None) or {}).get('label_names')
+    return list(names) if names and len(names) == getattr(model, 'num_classes', None) else None
+
+
+_PREPROCESSING_KEYS = ('input_size', *PREPROCESSING)
+
+
+def _weights_preprocessing(file: str) -> Dict[str, Any]:
+    """The preprocessing that the config.json beside a weight file records: it wins over the registry's, as
+    the weights were trained (and are documented) with it."""
+    saved = read_config(Path(file).parent)
+    cfg = dict(saved.get('pretrained_cfg') or {}, **{k: saved[k] for k in _PREPROCESSING_KEYS if k in saved})
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items() if k in _PREPROCESSING_KEYS}
+
+
 def _create(variant: str, pretrained: bool = False, pretrained_cfg=None, pretrained_cfg_overlay=None,
             **kwargs) -> nn.Module:
     cfg = resolve_pretrained_cfg(variant, pretrained_cfg=pretrained_cfg, pretrained_cfg_overlay=pretrained_cfg_overlay)
     if pretrained and cfg.source not in ('hf-hub', 'local-dir'):  # those timm loads from where they name
         # Resolve (and verify) here so timm only ever sees a local safetensors file: no network retries.
-        name = f'{variant}.{cfg.tag}'
-        cfg = dataclasses.replace(cfg, file=str(resolve_weights(name, cfg)), custom_load=False)
+        file = str(resolve_weights(f'{variant}.{cfg.tag}', cfg, cache_dir=kwargs.get('cache_dir')))
+        cfg = dataclasses.replace(cfg, file=file, custom_load=False, **_weights_preprocessing(file))
     arch = stock_name(variant)
     try:
         if arch.startswith('vgg'):

@@ -5,30 +5,38 @@
   that disagrees is never written (:class:`ExportMismatchError`).
 * :func:`read_metadata` reads that metadata back.
 * :func:`backend_session` and :func:`session_forward` serve ``sentizoo predict --backend``: the export is
-  cached beside the model's weight file, keyed by the file's sha256, so only the first run exports.
+  cached beside the model's weight file, keyed by its architecture, the file's sha256 and its preprocessing,
+  so only the first run exports. A cached graph is used only after it computes the model on a probe batch
+  (the export's check): a stale or forged file is exported again. The cache is an optimisation: where it
+  cannot be written (a read-only shared zoo, a full disk), the graph goes to the per-user cache
+  (``$XDG_CACHE_HOME/sentizoo/onnx``), else stays in memory.
 
 ``onnx`` and ``onnxruntime`` (``pip install "sentizoo[onnx]"``) are imported on first use only.
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
-import tempfile
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Union
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
 
+from .models import label_names
+from .runtime import CPU_CHUNK
 from .version import __version__
-from .weights import WEIGHTS_NAME, atomic_write, sha256_file, zoo_home
+from .weights import WEIGHTS_NAME, atomic_write, sha256_file
 
 __all__ = ['BACKENDS', 'DEFAULT_OPSET', 'ATOL', 'RTOL', 'ExportMismatchError', 'export_onnx', 'read_metadata',
-           'onnxruntime_available', 'resolve_backend', 'weights_file', 'cache_path', 'Threading', 'THREADING',
+           'onnxruntime_available', 'resolve_backend', 'weights_file', 'cache_name', 'cache_folders', 'Threading',
+           'THREADING',
            'load_session', 'backend_session', 'session_forward']
 
 BACKENDS = ('auto', 'torch', 'onnxruntime')
@@ -51,48 +59,43 @@ def _data_config(model: nn.Module) -> Dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}
 
 
-def _label_names(model: nn.Module) -> Optional[list]:
-    names = (getattr(model, 'pretrained_cfg', None) or {}).get('label_names')
-    return list(names) if names and len(names) == getattr(model, 'num_classes', None) else None
-
-
 def _max_excess(got: torch.Tensor, expected: torch.Tensor, atol: float, rtol: float) -> tuple:
     """How far ``got`` is outside ``atol + rtol * |expected|`` (<= 0: inside), and the max abs difference."""
     diff = (got - expected).abs()
     return float((diff - atol - rtol * expected.abs()).max()), float(diff.max())
 
 
-def _export_graph(model: nn.Module, path: str, input_size: tuple, opset: int) -> None:
+def _opsets() -> range:
+    """The opsets torch's TorchScript exporter writes."""
+    from torch.onnx import _constants
+    return range(_constants.ONNX_MIN_OPSET, _constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET + 1)
+
+
+def _export_graph(model: nn.Module, input_size: tuple, opset: int) -> bytes:
     example = torch.zeros(2, *input_size, device=next(model.parameters()).device)
+    graph = io.BytesIO()
     with warnings.catch_warnings():
         # The TorchScript exporter (dynamo=False) needs no onnxscript; torch warns that it is deprecated.
         warnings.simplefilter('ignore', DeprecationWarning)
-        torch.onnx.export(model, (example,), path, dynamo=False, opset_version=opset, input_names=[INPUT],
+        torch.onnx.export(model, (example,), graph, dynamo=False, opset_version=opset, input_names=[INPUT],
                           output_names=[OUTPUT], dynamic_axes={INPUT: {0: 'batch'}, OUTPUT: {0: 'batch'}})
+    return graph.getvalue()
 
 
-def _check(model: nn.Module, graph: bytes, input_size: tuple, atol: float, rtol: float) -> float:
-    """Run ``graph`` in ONNX Runtime and ``model`` eagerly on one seeded batch; the max abs difference.
-
-    Raises:
-        ExportMismatchError: an output is outside the tolerance.
-    """
-    import onnxruntime
+def _difference(model: nn.Module, session, input_size: tuple, atol: float, rtol: float) -> Tuple[Optional[str], float]:
+    """Run ``session`` (ONNX Runtime) and ``model`` eagerly on one seeded batch of :data:`_CHECK_BATCH` images:
+    ``(None, max abs difference)`` within the tolerance, else ``(how they differ, max abs difference)``."""
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(_CHECK_BATCH, *input_size, generator=generator)
-    session = onnxruntime.InferenceSession(graph, providers=['CPUExecutionProvider'])
     got = torch.from_numpy(session.run(None, {INPUT: images.numpy()})[0])
     with torch.inference_mode():
         expected = model(images.to(next(model.parameters()).device)).float().cpu()
     if got.shape != expected.shape:
-        difference = f'output shape {tuple(got.shape)} instead of {tuple(expected.shape)}'
-    else:
-        excess, max_diff = _max_excess(got, expected, atol, rtol)
-        if excess <= 0:
-            return max_diff
-        difference = f'max abs difference {max_diff:.3g} (tolerance {atol:g} + {rtol:g} x |eager|)'
-    raise ExportMismatchError(f'the ONNX graph disagrees with eager PyTorch on a batch of {_CHECK_BATCH}: '
-                              f'{difference}; nothing was written. Use the torch backend for this model.')
+        return f'output shape {tuple(got.shape)} instead of {tuple(expected.shape)}', float('inf')
+    excess, max_diff = _max_excess(got, expected, atol, rtol)
+    if excess <= 0:
+        return None, max_diff
+    return f'max abs difference {max_diff:.3g} (tolerance {atol:g} + {rtol:g} x |eager|)', max_diff
 
 
 def export_onnx(model: nn.Module, path: Union[str, Path], *, opset: int = DEFAULT_OPSET,
@@ -108,28 +111,40 @@ def export_onnx(model: nn.Module, path: Union[str, Path], *, opset: int = DEFAUL
 
     Raises:
         ExportMismatchError: the graph disagrees with the model (nothing is written).
+        ValueError: an opset that torch cannot write.
+        OSError: ``path`` cannot be written.
     """
+    graph, metadata = _verified_graph(model, opset=opset, weights_sha256=weights_sha256, name=name, atol=atol,
+                                      rtol=rtol)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(graph))
+    return metadata
+
+
+def _verified_graph(model: nn.Module, *, opset: int = DEFAULT_OPSET, weights_sha256: Optional[str] = None,
+                    name: Optional[str] = None, atol: float = ATOL, rtol: float = RTOL) -> Tuple[bytes, Dict]:
+    """The serialized graph of :func:`export_onnx` (in memory) and its metadata."""
     import onnx
 
-    path = Path(path)
+    if opset not in _opsets():
+        raise ValueError(f'--opset {opset}: torch exports opsets {_opsets().start} to {_opsets().stop - 1}.')
     model = model.eval()
     data_config = _data_config(model)
     input_size = tuple(data_config['input_size'])
     metadata = dict(model=name or model.pretrained_cfg.get('architecture', type(model).__name__),
-                    label_names=_label_names(model), data_config=data_config, opset=opset,
+                    label_names=label_names(model), data_config=data_config, opset=opset,
                     weights_sha256=weights_sha256, tolerance=dict(atol=atol, rtol=rtol),
                     sentizoo_version=__version__)
-
-    def write(tmp: str) -> None:
-        _export_graph(model, tmp, input_size, opset)
-        graph = onnx.load(tmp)
-        metadata['max_abs_diff'] = _check(model, graph.SerializeToString(), input_size, atol, rtol)
-        onnx.helper.set_model_props(graph, {key: json.dumps(value) for key, value in metadata.items()})
-        onnx.save(graph, tmp)
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, write)
-    return metadata
+    exported = _export_graph(model, input_size, opset)
+    session = _session(exported, Threading(streams=1))
+    difference, metadata['max_abs_diff'] = _difference(model, session, input_size, atol, rtol)
+    if difference:
+        raise ExportMismatchError(f'the ONNX graph disagrees with eager PyTorch on a batch of {_CHECK_BATCH}: '
+                                  f'{difference}; nothing was written. Use the torch backend for this model.')
+    graph = onnx.load_from_string(exported)
+    onnx.helper.set_model_props(graph, {key: json.dumps(value) for key, value in metadata.items()})
+    return graph.SerializeToString(), metadata
 
 
 def _decode(props: Mapping[str, str]) -> Dict[str, Any]:
@@ -192,11 +207,20 @@ def weights_file(model: nn.Module) -> Optional[Path]:
     return path if path is not None and path.suffix == '.safetensors' and path.is_file() else None
 
 
-def cache_path(weights: Path, sha256: str) -> Path:
-    """Where the export of ``weights`` is cached: beside them (``model.<sha256>.onnx``), or in
-    ``$SENTIZOO_HOME/onnx/`` when their folder is not writable."""
-    folder = weights.parent if os.access(weights.parent, os.W_OK) else zoo_home() / 'onnx'
-    return folder / f'{weights.stem}.{sha256}.onnx'
+def cache_name(model: nn.Module, weights: Path, sha256: str) -> str:
+    """The file name of ``model``'s cached export: ``<weights stem>.<key>.onnx``, the key a digest of what the
+    graph computes from: the architecture, the weights (their sha256), the preprocessing and the classes."""
+    cfg = getattr(model, 'pretrained_cfg', None) or {}
+    what = dict(architecture=cfg.get('architecture', type(model).__name__), weights_sha256=sha256,
+                data_config=_data_config(model), num_classes=getattr(model, 'num_classes', None))
+    return f'{weights.stem}.{hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:32]}.onnx'
+
+
+def cache_folders(weights: Path) -> List[Path]:
+    """Where exports of ``weights`` are cached, in order of preference: beside them, then the per-user cache
+    (``$XDG_CACHE_HOME/sentizoo/onnx``, default ``~/.cache/sentizoo/onnx``) for a folder that cannot be written."""
+    user = Path(os.environ.get('XDG_CACHE_HOME') or Path.home() / '.cache').expanduser() / 'sentizoo' / 'onnx'
+    return [weights.parent, user]
 
 
 @dataclass(frozen=True)
@@ -211,7 +235,7 @@ class Threading:
     streams: int = 0
     intra_op: int = 0
     spinning: bool = False
-    chunk: int = 4
+    chunk: int = CPU_CHUNK
 
     def stream_count(self) -> int:
         return self.streams or torch.get_num_threads()
@@ -225,10 +249,9 @@ class Threading:
 
 
 THREADING = Threading()
-"""The default of ``sentizoo predict``: one single-threaded run per torch thread, each taking 4-image parts of
-the batch in turn, no spinning. On 2 cores the runtime alone ran 46.3 images/s, vs 44.3 with one half of the
-batch per run and 43.3 with one 2-thread run, and predict was fastest with it at the default 2 decoding
-workers (BENCHMARKS.md, Predict)."""
+"""The default of ``sentizoo predict``: one single-threaded run per torch thread, each taking
+:data:`~sentizoo.runtime.CPU_CHUNK`-image parts of the batch in turn, no spinning: the fastest of the settings
+measured, for the runtime alone and for predict with its decoding workers (BENCHMARKS.md, Predict)."""
 
 
 def _session(source: Union[str, Path, bytes], threading: Threading):
@@ -241,42 +264,62 @@ def _session(source: Union[str, Path, bytes], threading: Threading):
                                         providers=['CPUExecutionProvider'])
 
 
-def _cached_session(path: Path, sha256: str, data_config: Dict[str, Any], threading: Threading):
-    """The session of a cached export made from the same weights and preprocessing, else None."""
+def _cached_session(path: Path, model: nn.Module, sha256: str, threading: Threading,
+                    log: Callable[[str], None]):
+    """The session of the cached export at ``path`` if it computes ``model`` (its metadata names the weights and
+    preprocessing, and its output on the probe batch of the export's check is within the tolerance), else None
+    (``log`` says why a file that exists is not used)."""
     if not path.is_file():
         return None
     try:
         session = _session(path, threading)
-    except Exception:  # a damaged cache file (onnxruntime raises its own exception types): export again
+        metadata = _decode(session.get_modelmeta().custom_metadata_map)
+    except Exception:  # a damaged file (onnxruntime raises its own exception types)
+        log(f'the cached ONNX graph {path} cannot be read; exporting the model again')
         return None
-    metadata = _decode(session.get_modelmeta().custom_metadata_map)
-    current = metadata.get('weights_sha256') == sha256 and metadata.get('data_config') == data_config
-    return session if current else None
+    data_config = _data_config(model)
+    difference = ('its metadata names other weights or preprocessing'
+                  if metadata.get('weights_sha256') != sha256 or metadata.get('data_config') != data_config
+                  else _difference(model, session, tuple(data_config['input_size']), ATOL, RTOL)[0])
+    if difference:
+        log(f'the cached ONNX graph {path} does not compute this model ({difference}); exporting it again')
+        return None
+    return session
 
 
 def load_session(model: nn.Module, threading: Optional[Threading] = None,
                  log: Callable[[str], None] = print):
-    """An ONNX Runtime session computing ``model``: the cached export of its weights, exported on a miss.
+    """An ONNX Runtime session computing ``model``: a cached export of it (:func:`cache_name`,
+    :func:`cache_folders`), checked against the model before use, or a new export on a miss.
 
-    The cache is keyed by the sha256 of the weight file (:func:`weights_file`, :func:`cache_path`); a
-    model without a known weight file is exported to a temporary file each time. ``threading``: default
-    :data:`THREADING`. ``log`` reports an export.
+    The new export is cached in the first folder that can be written; if none can, or ``model`` has no known
+    weight file (e.g. random weights), it stays in memory. ``threading``: default :data:`THREADING`. ``log``
+    reports an export, where it went and why a cache was not used, in one line each.
     """
     threading = threading or THREADING
     weights = weights_file(model)
     if weights is None:
-        log('exporting to ONNX (no weight file to cache against)')
-        with tempfile.TemporaryDirectory() as tmp:
-            export_onnx(model, Path(tmp) / 'model.onnx')
-            return _session((Path(tmp) / 'model.onnx').read_bytes(), threading)
+        log('exporting to ONNX in memory (no weight file to cache against)')
+        return _session(_verified_graph(model)[0], threading)
     sha256 = sha256_file(weights)
-    path = cache_path(weights, sha256)
-    session = _cached_session(path, sha256, _data_config(model), threading)
-    if session is None:
-        log(f'exporting to ONNX once, cached at {path}')
-        export_onnx(model, path, weights_sha256=sha256)
-        session = _session(path, threading)
-    return session
+    paths = [folder / cache_name(model, weights, sha256) for folder in cache_folders(weights)]
+    for path in paths:
+        session = _cached_session(path, model, sha256, threading, log)
+        if session is not None:
+            return session
+    graph, _ = _verified_graph(model, weights_sha256=sha256)
+    failed = []
+    for path in paths:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, lambda tmp: Path(tmp).write_bytes(graph))
+        except OSError as e:  # read-only, full, or a folder in the way: the cache is only an optimisation
+            failed.append(f'{path}: {e.strerror or e}')
+            continue
+        log(f'exported to ONNX once, cached at {path}' + (f' (cannot write {"; ".join(failed)})' if failed else ''))
+        return _session(path, threading)
+    log(f'exported to ONNX in memory, not cached (cannot write {"; ".join(failed)})')
+    return _session(graph, threading)
 
 
 def backend_session(backend: str, model: nn.Module, device: torch.device,

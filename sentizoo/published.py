@@ -7,7 +7,10 @@ weights can be downloaded from the Hugging Face hub. It imports nothing of senti
 """
 from typing import Dict, Optional
 
-__all__ = ['SHA256']
+__all__ = ['HUB_ORG', 'SHA256']
+
+HUB_ORG = 'sentizoo'
+"""The Hugging Face organisation of the published weights: ``<HUB_ORG>/senti_<arch>.<tag>``."""
 
 SHA256: Dict[str, Optional[str]] = {
     'senti_vgg16_bn.hp': None,

@@ -1,4 +1,5 @@
-"""Where and how a training step runs: processes, devices, precision, memory format, batches, optimiser.
+"""Where and how a training step runs: processes, devices, precision, memory format, batches, optimiser (and the
+CPU chunk of an inference forward).
 
 Used by :mod:`sentizoo.engine` (training and evaluation) and by the training scripts; nothing here knows
 about models, tasks or data.
@@ -13,8 +14,12 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-__all__ = ['rank_world', 'all_gather', 'resolve_device', 'process_group', 'autocast', 'use_channels_last',
-           'to_device', 'batch_size', 'distribute', 'sgd', 'rebase_lr', 'revert_sync_batchnorm']
+__all__ = ['CPU_CHUNK', 'rank_world', 'all_gather', 'resolve_device', 'process_group', 'autocast',
+           'use_channels_last', 'to_device', 'batch_size', 'distribute', 'sgd', 'rebase_lr', 'revert_sync_batchnorm']
+
+CPU_CHUNK = 4
+"""Images per forward pass of one CPU thread at inference (both backends of ``sentizoo predict``): larger
+chunks spill the activations out of the caches and run slower per image."""
 
 
 def rank_world() -> Tuple[int, int]:

@@ -7,7 +7,10 @@ Resolution order for ``senti_<arch>.<tag>``:
 3. the Hugging Face cache (``$HF_HUB_CACHE``),
 4. the Hugging Face hub (skipped when ``HF_HUB_OFFLINE=1``).
 
-Only safetensors files are read, so loading a weight file can never execute code.
+A folder, a ``local-dir:`` or an ``hf-hub:`` name resolves to a folder (:func:`resolve_folder`) that
+:func:`load_folder` verifies the same way. Only safetensors files are read, so loading a weight file can never
+execute code, and every file is checked against the sha256 that the published table
+(:data:`sentizoo.published.SHA256`) or the config.json beside it records.
 """
 from __future__ import annotations
 
@@ -18,21 +21,25 @@ import json
 import os
 import secrets
 import stat
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch.nn as nn
 
-from .published import SHA256
+from .published import HUB_ORG, SHA256
 
 __all__ = ['WEIGHTS_NAME', 'CONFIG_NAME', 'WeightsNotFoundError', 'ChecksumMismatchError', 'InvalidWeightsError',
            'WEIGHTS_ERRORS', 'zoo_home', 'sha256_file', 'read_config', 'check_safetensors', 'load_weights',
-           'weights_mismatch', 'load_folder', 'find_local', 'resolve_weights', 'atomic_write', 'remove_stale_temps',
-           'hf_offline']
+           'weights_mismatch', 'UnverifiedWeightsWarning', 'resolve_folder', 'load_folder', 'find_local',
+           'resolve_weights', 'atomic_write', 'remove_stale_temps', 'hf_offline']
 
 WEIGHTS_NAME = 'model.safetensors'
 CONFIG_NAME = 'config.json'
-EXPORT_COMMAND = 'python -m training.export'
+# What a user of the pip package can run is the zoo; producing weights needs the source repository's training/.
+_PRODUCE = ('weights are produced by training with the sentizoo source repository (its training/ folder, not part '
+            'of the pip package: `python -m training.export --checkpoint CKPT --tag ...`, or `python -m '
+            'training.demo` for small synthetic ones)')
 _TRUE = {'1', 'on', 'yes', 'true'}
 
 
@@ -47,6 +54,10 @@ class ChecksumMismatchError(ValueError):
 class InvalidWeightsError(ValueError):
     """A weight file or its config.json exists but cannot be used: unreadable, malformed, not safetensors, or
     keys and shapes that do not fit the model. The message names the file and what is wrong."""
+
+
+class UnverifiedWeightsWarning(UserWarning):
+    """Weights load whose sha256 nothing records (a config.json without ``sha256``): they cannot be verified."""
 
 
 WEIGHTS_ERRORS = (WeightsNotFoundError, ChecksumMismatchError, InvalidWeightsError)
@@ -74,8 +85,11 @@ def hf_offline() -> bool:
     return constants.HF_HUB_OFFLINE or os.environ.get('HF_HUB_OFFLINE', '').lower() in _TRUE
 
 
-def _hf_cache_dir() -> str:
+def _hf_cache_dir(cache_dir: Union[str, Path, None] = None) -> str:
+    """``cache_dir`` if given (timm's ``create_model(cache_dir=...)``), else the Hugging Face cache in use."""
     from huggingface_hub import constants
+    if cache_dir:
+        return str(cache_dir)
     if os.environ.get('HF_HUB_CACHE'):
         return os.environ['HF_HUB_CACHE']
     if os.environ.get('HF_HOME'):
@@ -142,12 +156,25 @@ def read_config(folder: Union[str, Path]) -> Dict[str, Any]:
     if digest is not None and not (isinstance(digest, str) and len(digest) == 64
                                    and all(c in '0123456789abcdef' for c in digest)):
         raise InvalidWeightsError(f'{path}: "sha256" must be 64 lower-case hex digits; got {digest!r}.')
+    for cfg in (config, config.get('pretrained_cfg') or {}):  # timm reads either; a wrong list must not pass
+        labels, classes = cfg.get('label_names'), cfg.get('num_classes', config.get('num_classes'))
+        if labels is not None and not (isinstance(labels, list) and all(isinstance(n, str) for n in labels)
+                                       and (classes is None or len(labels) == classes)):
+            raise InvalidWeightsError(f'{path}: "label_names" must be a list of {classes} names, one per class; got '
+                                      f'{len(labels) if isinstance(labels, list) else repr(labels)}.')
     return config
 
 
 def _expected_sha256(path: Path, recorded: Optional[str]) -> Optional[str]:
-    """The registry's sha256 if published, else the one ``save_pretrained`` wrote beside the file."""
-    return recorded or read_config(path.parent).get('sha256')
+    """The registry's sha256 if published, else the one ``save_pretrained`` wrote beside the file (a config.json
+    without one: an :class:`UnverifiedWeightsWarning` naming it)."""
+    if recorded:
+        return recorded
+    config = read_config(path.parent)
+    if config and not config.get('sha256'):
+        warnings.warn(f'{path.parent / CONFIG_NAME} records no "sha256": {path} is loaded unverified (write the '
+                      f'folder with sentizoo.save_pretrained to record it).', UnverifiedWeightsWarning, stacklevel=3)
+    return config.get('sha256')
 
 
 def check_safetensors(path: Union[str, Path]) -> Path:
@@ -167,9 +194,10 @@ def check_safetensors(path: Union[str, Path]) -> Path:
     return path
 
 
-def load_weights(model: nn.Module, path: Union[str, Path]) -> nn.Module:
+def load_weights(model: nn.Module, path: Union[str, Path], sha256: Optional[str] = None) -> nn.Module:
     """Load the safetensors file ``path`` into ``model`` (strict) after the checks every zoo file gets: a
-    complete safetensors file, with the sha256 that a config.json beside it records.
+    complete safetensors file, with the sha256 ``sha256`` (the published one) or else the one a config.json
+    beside it records.
 
     Raises:
         ChecksumMismatchError: the sha256 differs from the recorded one.
@@ -178,7 +206,7 @@ def load_weights(model: nn.Module, path: Union[str, Path]) -> nn.Module:
     """
     from safetensors.torch import load_file
     path = Path(path)
-    state = load_file(_verify(str(path), path, _expected_sha256(path, None)))
+    state = load_file(_verify(str(path), path, _expected_sha256(path, sha256)))
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
@@ -195,12 +223,58 @@ def weights_mismatch(path: Union[str, Path], error: RuntimeError) -> InvalidWeig
                                f'or number of classes?)')
 
 
-def load_folder(folder: Union[str, Path]) -> Tuple[nn.Module, Dict[str, Any]]:
+def resolve_folder(name: Union[str, Path], cache_dir: Union[str, Path, None] = None,
+                   download: bool = True) -> Tuple[Path, Optional[str]]:
+    """``(folder, published sha256 or None)`` of a folder, ``local-dir:FOLDER`` or ``hf-hub:ORG/NAME[@REVISION]``
+    (its snapshot in the Hugging Face cache, ``cache_dir`` or ``$HF_HUB_CACHE``; downloaded when missing unless
+    ``download=False`` or ``HF_HUB_OFFLINE=1``). Nothing is verified here: :func:`load_folder` does it.
+
+    Raises:
+        WeightsNotFoundError: (one line) the folder does not exist, or the repo is neither cached nor downloadable.
+    """
+    name = str(name)
+    if not name.startswith('hf-hub:'):
+        folder = Path(name.removeprefix('local-dir:')).expanduser()
+        if not folder.is_dir():
+            raise WeightsNotFoundError(f'{name}: no such folder; expected a folder written by sentizoo.save_pretrained '
+                                       f'(model.safetensors + config.json).')
+        return folder, None
+    repo = name.removeprefix('hf-hub:')
+    repo_id, _, revision = repo.partition('@')
+    org, _, model = repo_id.partition('/')
+    published = SHA256.get(model) if org == HUB_ORG else None
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+    cache = _hf_cache_dir(cache_dir)
+    folder = None
+    for filename in (CONFIG_NAME, WEIGHTS_NAME):
+        path = try_to_load_from_cache(repo_id, filename, cache_dir=cache, revision=revision or None)
+        if not isinstance(path, str):
+            why = 'HF_HUB_OFFLINE=1' if hf_offline() else None if download else 'download=False'
+            if why is None and (unreachable := _hub_unreachable()):
+                why = f'the hub is unreachable ({unreachable})'
+            if why:
+                if folder is not None:  # the config is cached: load_folder names what the folder holds
+                    break
+                raise WeightsNotFoundError(f'{name}: not in the Hugging Face cache {cache} and not downloaded '
+                                           f'({why}); download it once online, or use local-dir:FOLDER.')
+            try:
+                path = hf_hub_download(repo_id, filename, revision=revision or None, cache_dir=cache, etag_timeout=5)
+            except Exception as e:  # any failure to reach or read the hub becomes one line
+                raise WeightsNotFoundError(f'{name}: cannot download {filename} ({type(e).__name__}: '
+                                           f'{str(e).splitlines()[0]}).') from None
+        folder = Path(path).parent
+    return folder, published
+
+
+def load_folder(folder: Union[str, Path], sha256: Optional[str] = None) -> Tuple[nn.Module, Dict[str, Any]]:
     """``(model, config)`` from a folder written by :func:`save_pretrained`, verified as the zoo is: a valid
-    config.json, only ``model.safetensors`` (never a pickle), its recorded sha256 checked."""
+    config.json, only ``model.safetensors`` (never a pickle), its sha256 checked (``sha256``: the published one,
+    else the one config.json records)."""
     import timm
 
     folder = Path(folder)
+    if not folder.is_dir():
+        raise WeightsNotFoundError(f'{folder}: no such folder.')
     config = read_config(folder)
     if not config:
         raise InvalidWeightsError(f'{folder} has no {CONFIG_NAME}; expected a folder written by '
@@ -211,7 +285,7 @@ def load_folder(folder: Union[str, Path]) -> Tuple[nn.Module, Dict[str, Any]]:
         raise InvalidWeightsError(f'{folder} has no {WEIGHTS_NAME}' + (f' (only {", ".join(others)}: pickle files, '
                                   'which can run code, are not loaded)' if others else '') + '.')
     model = timm.create_model(f'local-dir:{folder.resolve()}', pretrained=False)
-    return load_weights(model, weights), config
+    return load_weights(model, weights, sha256), config
 
 
 def _verify(name: str, path: Path, expected: Optional[str]) -> Path:
@@ -229,14 +303,16 @@ def _verify(name: str, path: Path, expected: Optional[str]) -> Path:
     return check_safetensors(path)
 
 
-def find_local(name: str, hf_hub_id: Optional[str] = None, filename: str = WEIGHTS_NAME) -> Optional[Path]:
-    """The weight file of ``name`` in ``$SENTIZOO_HOME`` or the HF cache, without verifying or downloading."""
+def find_local(name: str, hf_hub_id: Optional[str] = None, filename: str = WEIGHTS_NAME,
+               cache_dir: Union[str, Path, None] = None) -> Optional[Path]:
+    """The weight file of ``name`` in ``$SENTIZOO_HOME`` or the HF cache (``cache_dir``: another one), without
+    verifying or downloading."""
     candidate = zoo_home() / name / filename
     if candidate.is_file():
         return candidate
     if hf_hub_id:
         from huggingface_hub import try_to_load_from_cache
-        cached = try_to_load_from_cache(hf_hub_id, filename, cache_dir=_hf_cache_dir())
+        cached = try_to_load_from_cache(hf_hub_id, filename, cache_dir=_hf_cache_dir(cache_dir))
         if isinstance(cached, str):
             return Path(cached)
     return None
@@ -253,7 +329,8 @@ def _explicit_file(name: str, path: Path, sha256: Optional[str]) -> Path:
     return _verify(name, path, _expected_sha256(path, sha256))
 
 
-def resolve_weights(name: str, cfg: Any = None, sha256: Optional[str] = None, download: bool = True) -> Path:
+def resolve_weights(name: str, cfg: Any = None, sha256: Optional[str] = None, download: bool = True,
+                    cache_dir: Union[str, Path, None] = None) -> Path:
     """Path of the verified safetensors file for ``name`` (``'senti_resnet50.hp'``).
 
     Args:
@@ -262,6 +339,7 @@ def resolve_weights(name: str, cfg: Any = None, sha256: Optional[str] = None, do
         sha256: the published checksum; ``None`` uses the registry's (:data:`sentizoo.published.SHA256`), else the
             one recorded in a local config.json.
         download: try the Hugging Face hub when nothing is local (``False``: report only, never download).
+        cache_dir: the Hugging Face cache to use instead of ``$HF_HUB_CACHE`` (timm's ``cache_dir=``).
 
     Raises:
         WeightsNotFoundError: nothing found; the message lists every place searched and how to fix it.
@@ -279,13 +357,13 @@ def resolve_weights(name: str, cfg: Any = None, sha256: Optional[str] = None, do
 
     hf_hub_id = _cfg_get(cfg, 'hf_hub_id')
     filename = _cfg_get(cfg, 'hf_hub_filename') or WEIGHTS_NAME
-    local = find_local(name, hf_hub_id, filename)
+    local = find_local(name, hf_hub_id, filename, cache_dir)
     if local is not None:
         return _verify(name, local, _expected_sha256(local, sha256))
 
     searched: List[str] = [f'$SENTIZOO_HOME: {zoo_home() / name / filename} (missing)']
     if hf_hub_id:
-        searched.append(f'Hugging Face cache {_hf_cache_dir()}: {hf_hub_id}/{filename} (not cached)')
+        searched.append(f'Hugging Face cache {_hf_cache_dir(cache_dir)}: {hf_hub_id}/{filename} (not cached)')
         if not download:
             searched.append('Hugging Face hub: not asked (download=False)')
         elif hf_offline():
@@ -295,7 +373,8 @@ def resolve_weights(name: str, cfg: Any = None, sha256: Optional[str] = None, do
         else:
             from huggingface_hub import hf_hub_download
             try:
-                path = Path(hf_hub_download(hf_hub_id, filename, cache_dir=_hf_cache_dir(), etag_timeout=5))
+                path = Path(hf_hub_download(hf_hub_id, filename, cache_dir=_hf_cache_dir(cache_dir),
+                                            etag_timeout=5))
             except Exception as e:  # any failure to reach or read the hub becomes one actionable message
                 searched.append(f'Hugging Face hub {hf_hub_id}: {type(e).__name__}: {str(e).splitlines()[0]}')
             else:
@@ -304,9 +383,8 @@ def resolve_weights(name: str, cfg: Any = None, sha256: Optional[str] = None, do
     raise WeightsNotFoundError(
         f'No weights found for {name}. Searched:\n{places}\n'
         f'Fix: put {filename} (and config.json) in {zoo_home() / name}/ or point SENTIZOO_HOME at a folder '
-        f'holding {name}/{filename}; produce them with `{EXPORT_COMMAND} --checkpoint CKPT --tag ...` '
-        f'(or `python -m training.demo` for small synthetic ones); or pass pretrained_cfg_overlay=dict(file=...)'
-        + ('. No checkpoint of it is published yet.' if not sha256  # the registry's sha256 marks a published one
+        f'holding {name}/{filename}; or pass pretrained_cfg_overlay=dict(file=...)'
+        + ('. No checkpoint of it is published yet: ' + _PRODUCE + '.' if not sha256  # published sha256: on the hub
            else '; or, with network access, unset HF_HUB_OFFLINE to download from the hub.' if hf_offline() else '.'))
 
 

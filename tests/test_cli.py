@@ -164,6 +164,7 @@ def test_predict_takes_folders_hub_names_and_checkpoints_of_any_size(capsys, ima
                     verbose=False)
     cache = tmp_path / 'hf'
     write_hf_cache(cache, 'someone/moods', {n: folder / n for n in ('model.safetensors', 'config.json')})
+    monkeypatch.setenv('HF_HUB_CACHE', str(cache))  # sentizoo reads the environment, timm the constant
     monkeypatch.setattr('huggingface_hub.constants.HF_HUB_CACHE', str(cache))
     monkeypatch.setattr('huggingface_hub.constants.HF_HUB_OFFLINE', True)
     outputs = []
@@ -200,7 +201,7 @@ def test_output_into_a_closed_pipe_exits_quietly(zoo):
 def _predict(capsys, *argv):
     code = main([str(a) for a in argv])
     out, err = capsys.readouterr()
-    return code, json.loads(out), [line for line in err.splitlines() if 'exporting to ONNX' not in line]
+    return code, json.loads(out), [line for line in err.splitlines() if 'exported to ONNX' not in line]
 
 
 def test_predict_rows_identical_across_backends(capsys, zoo, images, bomb_limit):
@@ -214,7 +215,8 @@ def test_predict_rows_identical_across_backends(capsys, zoo, images, bomb_limit)
         assert [p['label'] for p in ort_row['predictions']] == [p['label'] for p in torch_row['predictions']]
         assert [p['probability'] for p in ort_row['predictions']] == pytest.approx(
             [p['probability'] for p in torch_row['predictions']], abs=1e-6)
-    cached = zoo / MODEL / f'model.{sha256_file(zoo / MODEL / "model.safetensors")}.onnx'
+    weights = zoo / MODEL / 'model.safetensors'
+    cached = zoo / MODEL / sonnx.cache_name(timm.create_model(MODEL, pretrained=True), weights, sha256_file(weights))
     assert cached.is_file()
     mtime = cached.stat().st_mtime_ns
     code_auto, rows_auto, _ = _predict(capsys, *argv)  # auto: ONNX Runtime, from the cache

@@ -1,6 +1,12 @@
 """sentizoo.onnx: verified export and its metadata, the backend choice, the export cache (offline, tiny models).
 The CLI's `predict --backend` and `export-onnx` are in test_cli.py."""
+import errno
+import json
+import os
+import shutil
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +18,7 @@ import torch
 from timm.data import resolve_model_data_config
 
 import sentizoo.onnx as sonnx
-from helpers import TINY_LABELS, TINY_SIZE, tiny_classifier, write_hf_cache
+from helpers import MODEL, TINY_LABELS, TINY_SIZE, tiny_classifier, write_hf_cache
 from sentizoo.inference import load_classifier, predict
 from sentizoo.saving import save_pretrained
 from sentizoo.weights import sha256_file
@@ -86,21 +92,26 @@ def test_resolve_backend_with_and_without_onnxruntime(monkeypatch):
         sonnx.resolve_backend('onnxruntime', cpu)
 
 
+def _cached(model, folder: Path) -> Path:
+    weights = sonnx.weights_file(model)
+    return folder / sonnx.cache_name(model, weights, sha256_file(weights))
+
+
 def test_export_cache_is_keyed_by_the_weights_sha256(tiny_folder, monkeypatch):
     model = _local(tiny_folder)
     weights = tiny_folder / 'model.safetensors'
     assert sonnx.weights_file(model) == weights
     logged = []
     sonnx.load_session(model, log=logged.append)
-    cached = tiny_folder / f'model.{sha256_file(weights)}.onnx'
-    assert cached.is_file() and logged == [f'exporting to ONNX once, cached at {cached}']
+    cached = _cached(model, tiny_folder)
+    assert cached.is_file() and logged == [f'exported to ONNX once, cached at {cached}']
     assert sonnx.read_metadata(cached)['weights_sha256'] == sha256_file(weights)
 
     def no_export(*args, **kwargs):
         raise AssertionError('exported again')
 
     with monkeypatch.context() as m:  # the second session comes from the cache
-        m.setattr(sonnx, 'export_onnx', no_export)
+        m.setattr(sonnx, '_verified_graph', no_export)
         session = sonnx.load_session(model, log=logged.append)
     assert len(logged) == 1
     images = np.random.default_rng(0).standard_normal((2, 3, TINY_SIZE, TINY_SIZE), dtype=np.float32)
@@ -111,11 +122,44 @@ def test_export_cache_is_keyed_by_the_weights_sha256(tiny_folder, monkeypatch):
 
     cached.write_bytes(b'damaged')  # a broken cache file is exported again
     sonnx.load_session(model, log=logged.append)
-    assert len(logged) == 2 and sonnx.read_metadata(cached)['weights_sha256'] == sha256_file(weights)
+    assert logged[1:] == [f'the cached ONNX graph {cached} cannot be read; exporting the model again',
+                          f'exported to ONNX once, cached at {cached}']
+    assert sonnx.read_metadata(cached)['weights_sha256'] == sha256_file(weights)
 
     save_pretrained(tiny_classifier(seed=1), tiny_folder, verbose=False)  # new weights: a new key, a new export
     sonnx.load_session(_local(tiny_folder), log=logged.append)
-    assert len(logged) == 3 and (tiny_folder / f'model.{sha256_file(weights)}.onnx').is_file()
+    assert len(logged) == 4 and _cached(_local(tiny_folder), tiny_folder).is_file()
+
+
+def test_cache_key_names_the_architecture_weights_and_preprocessing(tmp_path):
+    # Two architectures whose state dicts have the same keys and shapes load one checkpoint; before, the cache
+    # was keyed by the weights alone and the second reused the first's graph (probabilities 0.012 off).
+    mixnet, tf_mixnet = (timm.create_model(name, num_classes=4) for name in ('mixnet_s', 'tf_mixnet_s'))
+    weights, sha = tmp_path / 'model.safetensors', 'ab' * 32
+    assert sonnx.cache_name(mixnet, weights, sha) != sonnx.cache_name(tf_mixnet, weights, sha)
+    small = timm.create_model('mixnet_s', num_classes=4, pretrained_cfg_overlay=dict(input_size=(3, 64, 64)))
+    assert sonnx.cache_name(small, weights, sha) != sonnx.cache_name(mixnet, weights, sha)
+    assert sonnx.cache_name(mixnet, weights, 'cd' * 32) != sonnx.cache_name(mixnet, weights, sha)
+    assert sonnx.cache_name(timm.create_model('mixnet_s', num_classes=4), weights, sha) == sonnx.cache_name(
+        mixnet, weights, sha)
+
+
+def test_a_cached_graph_is_used_only_if_it_computes_the_model(tiny_folder):
+    """A graph of other weights, its weights_sha256 rewritten to this model's and copied to its cache path, is
+    caught by the probe batch and exported again; before, predict answered with the other model's labels."""
+    model = _local(tiny_folder)
+    cached = _cached(model, tiny_folder)
+    sonnx.export_onnx(tiny_classifier(seed=1), cached, weights_sha256=sha256_file(tiny_folder / 'model.safetensors'))
+    logged = []
+    session = sonnx.load_session(model, log=logged.append)
+    assert len(logged) == 2 and logged[0].startswith(
+        f'the cached ONNX graph {cached} does not compute this model (max abs difference ')
+    assert logged[1] == f'exported to ONNX once, cached at {cached}'
+    images = torch.randn(2, 3, TINY_SIZE, TINY_SIZE)
+    with torch.inference_mode():
+        expected = model(images)
+    torch.testing.assert_close(torch.from_numpy(session.run(None, {'images': images.numpy()})[0]), expected,
+                               atol=sonnx.ATOL, rtol=sonnx.RTOL)
 
 
 def test_predict_with_a_checkpoint_exports_once(tiny_folder, images):
@@ -125,8 +169,8 @@ def test_predict_with_a_checkpoint_exports_once(tiny_folder, images):
     logged = []
     for _ in range(2):
         predict('resnet18', images, checkpoint=checkpoint, backend='onnxruntime', workers=0, log=logged.append)
-    assert [m for m in logged if 'ONNX' in m] == [
-        f'exporting to ONNX once, cached at {tiny_folder / f"model.{sha256_file(checkpoint)}.onnx"}']
+    model = load_classifier('resnet18', checkpoint)[0]
+    assert [m for m in logged if 'ONNX' in m] == [f'exported to ONNX once, cached at {_cached(model, tiny_folder)}']
 
 
 def test_weights_file_of_an_hf_hub_model_is_the_cached_file(tiny_folder, isolated_zoo, monkeypatch):
@@ -139,15 +183,41 @@ def test_weights_file_of_an_hf_hub_model_is_the_cached_file(tiny_folder, isolate
     assert sonnx.weights_file(tiny_classifier()) is None  # random weights: nothing to key a cache by
 
 
-def test_export_cache_outside_a_read_only_weights_folder(tiny_folder, isolated_zoo, monkeypatch):
-    monkeypatch.setattr(sonnx.os, 'access', lambda path, mode: False)
-    assert sonnx.cache_path(tiny_folder / 'model.safetensors', 'f' * 64) == isolated_zoo / 'onnx' / f'model.{"f" * 64}.onnx'
+def test_an_unwritable_cache_falls_back_to_the_user_cache_then_memory(tiny_folder, tmp_path, monkeypatch):
+    """The cache is an optimisation: a folder at the cache path, a full disk, ... never stop predict."""
+    monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'xdg'))
+    model = _local(tiny_folder)
+    beside, user = _cached(model, tiny_folder), _cached(model, tmp_path / 'xdg' / 'sentizoo' / 'onnx')
+    beside.mkdir()  # a folder where the file goes
+    logged = []
+    sonnx.load_session(model, log=logged.append)
+    assert logged == [f'exported to ONNX once, cached at {user} (cannot write {beside}: Is a directory)']
+    sonnx.load_session(model, log=logged.append)  # found in the user cache
+    assert len(logged) == 1
+    user.unlink()
+    write = sonnx.atomic_write
+
+    def full_disk(path, writer):
+        def fill(tmp):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        write(path, fill)  # the real atomic write, on a disk that is full
+
+    monkeypatch.setattr(sonnx, 'atomic_write', full_disk)
+    session = sonnx.load_session(model, log=logged.append)
+    full = 'No space left on device'
+    assert logged[1] == f'exported to ONNX in memory, not cached (cannot write {beside}: {full}; {user}: {full})'
+    assert list(user.parent.iterdir()) == []  # no partial file left
+    images = torch.randn(2, 3, TINY_SIZE, TINY_SIZE)
+    with torch.inference_mode():
+        expected = model(images)
+    torch.testing.assert_close(torch.from_numpy(session.run(None, {'images': images.numpy()})[0]), expected,
+                               atol=sonnx.ATOL, rtol=sonnx.RTOL)
 
 
 def test_random_weights_export_without_cache_and_streams():
     logged, model = [], tiny_classifier()
     session = sonnx.load_session(model, sonnx.Threading(streams=2, spinning=True), log=logged.append)
-    assert logged == ['exporting to ONNX (no weight file to cache against)']
+    assert logged == ['exporting to ONNX in memory (no weight file to cache against)']
     images = torch.randn(5, 3, TINY_SIZE, TINY_SIZE)
     with torch.inference_mode():
         expected = model(images)
@@ -164,10 +234,63 @@ def test_auto_falls_back_to_torch_when_the_export_disagrees(monkeypatch):
     def disagree(*args, **kwargs):
         raise sonnx.ExportMismatchError('the ONNX graph disagrees.')
 
-    monkeypatch.setattr(sonnx, 'export_onnx', disagree)
+    monkeypatch.setattr(sonnx, '_verified_graph', disagree)
     logged = []
     assert sonnx.backend_session('auto', tiny_classifier(), torch.device('cpu'), log=logged.append) is None
     assert logged[-1] == 'the ONNX graph disagrees. Falling back to the torch backend.'
     with pytest.raises(ValueError, match='--backend onnxruntime: the ONNX graph disagrees'):
         sonnx.backend_session('onnxruntime', tiny_classifier(), torch.device('cpu'), log=logged.append)
     assert sonnx.backend_session('torch', tiny_classifier(), torch.device('cpu')) is None
+
+
+# Runs `sentizoo predict` as another user (nobody) when this process is root, else as this user. The interpreter may
+# live where only root can read its standard library (a private home): what predict imports from it is imported
+# first, by a prediction of a tiny random model, then the process drops root and runs the command.
+AS_ANOTHER_USER = '''
+import os, sys
+sys.path.insert(0, sys.argv[1])
+import onnx, onnxruntime, torch.onnx
+from helpers import tiny
+import sentizoo
+from sentizoo.cli import main
+sentizoo.predict(tiny(), sys.argv[2], workers=0, backend='torch')
+if os.geteuid() == 0:
+    try:
+        os.setgid(65534)
+        os.setuid(65534)
+    except OSError:
+        sys.exit(77)
+sys.exit(main(sys.argv[3:]))
+'''
+
+
+def test_predict_on_a_read_only_shared_zoo_as_another_user(weights_dir, images):
+    """A shared zoo that the user cannot write: before, the ONNX cache ended predict in a PermissionError."""
+    root = Path(tempfile.mkdtemp(prefix='sentizoo-shared-'))  # not under pytest's private tmp: others may enter
+    try:
+        zoo, cache = root / 'zoo', root / 'cache'
+        torch.manual_seed(0)
+        save_pretrained(timm.create_model(MODEL, pretrained_cfg_overlay=dict(input_size=(3, 64, 64))), zoo / MODEL,
+                        verbose=False)
+        shutil.copy(images / 'a_gradient.jpg', root / 'a.jpg')
+        cache.mkdir(mode=0o777)
+        cache.chmod(0o777)
+        for path in (zoo / MODEL, zoo, root):
+            path.chmod(0o555)
+        env = dict(os.environ, SENTIZOO_HOME=str(zoo), XDG_CACHE_HOME=str(cache), HOME=str(root / 'no-home'),
+                   HF_HUB_CACHE=str(root / 'no-hf'))
+        result = subprocess.run([sys.executable, '-c', AS_ANOTHER_USER, str(Path(__file__).parent), str(root / 'a.jpg'),
+                                 'predict', MODEL, str(root / 'a.jpg'), '--format', 'json', '--workers', '0',
+                                 '--backend', 'onnxruntime'], env=env, capture_output=True, text=True, timeout=300)
+        if result.returncode == 77:
+            pytest.skip('cannot switch to the unprivileged user nobody (65534) here')
+        assert result.returncode == 0 and 'Traceback' not in result.stderr, result.stderr
+        assert len(json.loads(result.stdout)[0]['predictions']) == 3
+        (line,) = [line for line in result.stderr.splitlines() if 'ONNX' in line]
+        assert line.startswith(f'sentizoo predict: exported to ONNX once, cached at {cache / "sentizoo" / "onnx"}/')
+        assert f'(cannot write {zoo / MODEL}/' in line and ': Permission denied)' in line
+        assert not list((zoo / MODEL).glob('*.onnx'))
+    finally:
+        for path in (root, zoo, zoo / MODEL):
+            path.chmod(0o755)
+        shutil.rmtree(root)

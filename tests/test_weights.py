@@ -111,6 +111,7 @@ def test_missing_weights_fail_fast_with_one_actionable_message(isolated_zoo):
     assert str(isolated_zoo / 'senti_resnet50.ho' / 'model.safetensors') in message
     assert os.environ['HF_HUB_CACHE'] in message and 'HF_HUB_OFFLINE=1' in message
     assert 'SENTIZOO_HOME' in message and 'python -m training.export' in message
+    assert 'source repository' in message and 'not part of the pip package' in message  # what a pip user can do
 
 
 def test_missing_weights_without_network_fail_fast(monkeypatch):

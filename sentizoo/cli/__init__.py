@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from typing import Optional, Sequence
 
 from .common import PROG, UsageError
@@ -48,6 +49,12 @@ def _check_device(device: str) -> None:
                          f'use --device cpu.')
     if kind.type == 'cuda' and kind.index is not None and kind.index >= torch.cuda.device_count():
         raise UsageError(f'--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s).')
+    if kind.type == 'meta':
+        raise UsageError(f'--device {device}: meta tensors hold no data, so nothing can be computed; use cpu or cuda.')
+    try:
+        torch.empty(1, device=kind)
+    except RuntimeError as e:  # a device type this build or machine lacks (mps, xpu ...)
+        raise UsageError(f'--device {device} cannot be used here ({str(e).splitlines()[0]}); use cpu.') from None
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -57,15 +64,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if getattr(args, 'workers', 0) is None:
         from ..images import default_workers
         args.workers = default_workers()
-    try:
-        if getattr(args, 'device', None) is not None:
-            _check_device(args.device)
-        code = args.func(args)
-        sys.stdout.flush()  # here, not at exit: a closed pipe then raises where it is handled
-        return code
-    except UsageError as e:
-        print(f'{PROG} {args.command}: error: {e}', file=sys.stderr)
-        return 2
-    except BrokenPipeError:  # the reader went away (`sentizoo list | head`): stop quietly, as other tools do
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at the exit flush
-        return 1
+    with warnings.catch_warnings():
+        # one line each, as the errors (`sentizoo predict: warning: ...`), not Python's two lines with the source
+        warnings.showwarning = lambda message, *_: print(f'{PROG} {args.command}: warning: {message}', file=sys.stderr)
+        try:
+            if getattr(args, 'device', None) is not None:
+                _check_device(args.device)
+            code = args.func(args)
+            sys.stdout.flush()  # here, not at exit: a closed pipe then raises where it is handled
+            return code
+        except UsageError as e:
+            print(f'{PROG} {args.command}: error: {e}', file=sys.stderr)
+            return 2
+        except BrokenPipeError:  # the reader went away (`sentizoo list | head`): stop quietly, as other tools do
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at the exit flush
+            return 1

@@ -3,14 +3,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional, Tuple, Type
+from typing import Callable, Iterator, Optional, TextIO, Tuple, Type
 
 __all__ = ['PROG', 'UsageError', 'usage_errors', 'DATA_HELP', 'add_classifier_parser',
            'create_classifier',
-           'check_output', 'check_writable_dir', 'add_data_arguments', 'open_labelled', 'task_for', 'loader',
-           'data_config']
+           'check_output', 'write_results', 'check_writable_dir', 'add_data_arguments', 'open_labelled', 'task_for',
+           'loader', 'data_config']
 
 PROG = 'sentizoo'
 
@@ -74,6 +75,31 @@ def check_output(path: Path) -> None:
             raise UsageError(f'--output {path}: permission denied.')
     elif not path.parent.is_dir() or not os.access(path.parent, os.W_OK | os.X_OK):
         raise UsageError(f'--output {path}: cannot create files in {path.parent} (missing or not writable).')
+
+
+def write_results(output: Optional[Path], write: Callable[[TextIO], None], command: str) -> bool:
+    """``write`` the results to ``--output``, atomically (a temporary file beside it, then renamed: an old file is
+    replaced only by a complete one; a device or pipe is written in place), or to stdout without ``--output``.
+    If ``--output`` fails (e.g. a full disk), one line says so and the results go to stdout; returns False then."""
+    from ..weights import atomic_write
+
+    def write_file(path: str) -> None:
+        with open(path, 'w', newline='', encoding='utf-8') as out:
+            write(out)
+
+    if output is not None:
+        try:
+            target = output.resolve()  # through a symbolic link, which stays
+            if target.exists() and not target.is_file():
+                write_file(str(target))
+            else:
+                atomic_write(target, write_file)
+            return True
+        except OSError as e:
+            print(f'{PROG} {command}: error: cannot write --output {output} ({e.strerror or e}); the results '
+                  f'follow on stdout instead.', file=sys.stderr)
+    write(sys.stdout)
+    return output is None  # False: --output failed
 
 
 def check_writable_dir(path: Path, flag: str) -> None:

@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 from typing import List, TextIO
 
-from .common import PROG, UsageError, add_classifier_parser, check_output, create_classifier, usage_errors
+from .common import (PROG, UsageError, add_classifier_parser, check_output, create_classifier, usage_errors,
+                     write_results)
 
 __all__ = ['add_predict_parser', 'add_export_onnx_parser']
 
@@ -54,28 +55,8 @@ _WRITERS = {'table': _write_table, 'json': _write_json, 'csv': _write_csv}
 
 
 def _write_output(rows: List[dict], k: int, args: argparse.Namespace) -> bool:
-    """Write the rows to ``--output`` (atomically, so an old file is replaced only by a complete one) or
-    stdout. If ``--output`` fails (e.g. a full disk), the rows go to stdout instead; returns False then."""
-    from ..weights import atomic_write
-    write = _WRITERS[args.format]
-
-    def write_file(path: str) -> None:
-        with open(path, 'w', newline='', encoding='utf-8') as out:
-            write(rows, k, out)
-
-    if args.output is not None:
-        try:
-            target = args.output.resolve()  # through a symbolic link, which stays
-            if target.exists() and not target.is_file():
-                write_file(target)
-            else:
-                atomic_write(target, write_file)
-            return True
-        except OSError as e:
-            print(f'{PROG} predict: error: cannot write --output {args.output} ({e.strerror or e}); the results '
-                  f'follow on stdout instead.', file=sys.stderr)
-    write(rows, k, sys.stdout)
-    return args.output is None  # False: --output failed
+    """Write the rows to ``--output`` or stdout (:func:`~.common.write_results`); False if ``--output`` failed."""
+    return write_results(args.output, lambda out: _WRITERS[args.format](rows, k, out), 'predict')
 
 
 def _check_not_the_model(output: Path, name: str, model) -> None:
@@ -149,15 +130,19 @@ def _run_export_onnx(args: argparse.Namespace) -> int:
 
     if not onnxruntime_available():
         raise UsageError('onnx and onnxruntime are not installed: pip install "sentizoo[onnx]".')
-    if args.output.suffix != '.onnx' or not args.output.parent.is_dir():
+    if args.output.suffix != '.onnx' or not args.output.parent.is_dir() or args.output.is_dir():
         raise UsageError(f'OUTPUT {args.output}: expected a .onnx file in an existing folder.')
     try:
         model, _ = create_classifier(args)
         weights = weights_file(model)  # provenance: the graph names the weight file it was made from
-        metadata = export_onnx(model, args.output, opset=args.opset, name=args.model,
-                               weights_sha256=sha256_file(weights) if weights else None)
+        with usage_errors():  # an --opset that torch cannot write
+            metadata = export_onnx(model, args.output, opset=args.opset, name=args.model,
+                                   weights_sha256=sha256_file(weights) if weights else None)
     except (*WEIGHTS_ERRORS, ExportMismatchError) as e:
         print(f'{PROG} export-onnx: error: {e}', file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f'{PROG} export-onnx: error: cannot write {args.output} ({e.strerror or e}).', file=sys.stderr)
         return 1
     print(f'{PROG} export-onnx: wrote {args.output} (opset {args.opset}, input {metadata["data_config"]["input_size"]},'
           f' max abs difference to PyTorch {metadata["max_abs_diff"]:.2g}, tolerance {ATOL:g} + {RTOL:g} x |logit|)',

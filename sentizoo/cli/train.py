@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 from .common import (DATA_HELP, PROG, UsageError, add_classifier_parser, add_data_arguments, check_output,
-                     check_writable_dir, create_classifier, data_config, loader, open_labelled, task_for, usage_errors)
+                     check_writable_dir, create_classifier, data_config, loader, open_labelled, task_for, usage_errors,
+                     write_results)
 
 __all__ = ['add_amalgamate_parser', 'add_evaluate_parser']
 
@@ -67,6 +68,7 @@ def _create_target(args: argparse.Namespace, num_classes: int):
 
     from ..amalgamation import create_target, target_weights
     from ..models import stock_name
+    from ..weights import WeightsNotFoundError
 
     if not timm.is_model(stock_name(args.model)):
         raise UsageError(f'unknown architecture {args.model!r}; e.g. resnet50 or senti_resnet50.')
@@ -75,7 +77,14 @@ def _create_target(args: argparse.Namespace, num_classes: int):
         name = target_weights(args.model, init)
     except ValueError as e:
         raise UsageError(f'--init {init}: {e}') from e
-    return create_target(args.model, num_classes, init), name
+    try:
+        return create_target(args.model, num_classes, init), name
+    except OSError as e:  # timm's ImageNet weights, neither cached nor downloadable (offline, no network)
+        if isinstance(e, WeightsNotFoundError):
+            raise
+        raise WeightsNotFoundError(f'--init {init}: cannot load {name}: not in the Hugging Face cache and not '
+                                   f'downloaded ({type(e).__name__}); run once with network access (without '
+                                   f'HF_HUB_OFFLINE=1) to cache them, or pass --init random.') from None
 
 
 def _save(args: argparse.Namespace, model, labels: List[str], provenance: Dict[str, Any], checkpoints: Path) -> int:
@@ -210,11 +219,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         return 0
     text = (json.dumps(metrics, indent=2) if args.format == 'json'
             else ''.join(f'{name:<14}{value:.6f}\n' for name, value in metrics.items()))
-    if args.output:
-        args.output.write_text(text.rstrip('\n') + '\n')
-    else:
-        print(text.rstrip('\n'))
-    return 0
+    return 0 if write_results(args.output, lambda out: out.write(text.rstrip('\n') + '\n'), 'evaluate') else 1
 
 
 def add_evaluate_parser(subparsers) -> None:
