@@ -125,7 +125,7 @@ def _checked_arch(checkpoint: Path, config: Mapping[str, Any], arch: Optional[st
 
 def export(checkpoint: PathLike, tag: str, *, arch: Optional[str] = None, out: Optional[PathLike] = None,
            results: Sequence[Mapping[str, Any]] = (), label_names: Optional[Sequence[str]] = None,
-           prefix: Optional[str] = None, command: Optional[str] = None) -> Exported:
+           prefix: Optional[str] = None, command: Optional[str] = None, verbose: bool = True) -> Exported:
     """Write ``senti_<arch>.<tag>`` from ``checkpoint`` into ``out``; returns its name, folder and sha256.
 
     Args:
@@ -138,6 +138,7 @@ def export(checkpoint: PathLike, tag: str, *, arch: Optional[str] = None, out: O
         label_names: classifier tags: the class names (default: the checkpoint's, else the registry's).
         prefix: key prefix of the model's tensors when the checkpoint holds several models.
         command: the export command line, for the card (default: reconstructed).
+        verbose: print the files written and where their sha256 goes once published (for maintainers).
     """
     import timm
     if tag not in TAGS:
@@ -163,7 +164,8 @@ def export(checkpoint: PathLike, tag: str, *, arch: Optional[str] = None, out: O
         model.pretrained_cfg = dict(model.pretrained_cfg, input_size=(3, size, size), pool_size=None)
 
     folder = Path(out) if out else zoo_home() / name
-    sha256 = save_pretrained(model, folder, label_names=label_names if tag not in BACKBONE_TAGS else None)
+    sha256 = save_pretrained(model, folder, label_names=label_names if tag not in BACKBONE_TAGS else None,
+                             verbose=verbose)
     facts, commands, synthetic = _recipe(ckpt)
     commands.append(command or shlex.join(['python', '-m', 'training.export', '--checkpoint', str(checkpoint),
                                            '--tag', tag, '--arch', arch]))
@@ -174,7 +176,8 @@ def export(checkpoint: PathLike, tag: str, *, arch: Optional[str] = None, out: O
                        image_size=cfg['input_size'][-1],
                        base_model=None if synthetic else base_model(stock_name(name), tag, str(ckpt.get('init', ''))))
     (folder / 'README.md').write_text(card, encoding='utf-8')
-    print(f'to publish it, upload {folder} and set its line in {published_line(name)}:  \'{name}\': \'{sha256}\',')
+    if verbose:
+        print(f'to publish it, upload {folder} and set its line in {published_line(name)}:  \'{name}\': \'{sha256}\',')
     return Exported(name, folder, sha256)
 
 
