@@ -40,8 +40,6 @@ and the check that every pretext loss is at most ``pretext_eval.max_ratio`` of i
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import statistics
 import sys
