@@ -1,7 +1,9 @@
-"""training.demo in its reduced mode (--quick), end to end: the printed table, the zoo it writes (files that
-load through timm and SENTIZOO_HOME), the plots and the phase timings."""
+"""training.demo in its reduced mode (--quick), end to end: the synthetic study's runner at the demo's size (the
+printed tables, the zoo it writes, which loads through timm and SENTIZOO_HOME, study.md and study.json), and the
+demo's settings against the study's."""
 import json
 import os
+import types
 
 import timm
 import torch
@@ -9,61 +11,80 @@ from safetensors.torch import load_file
 
 import sentizoo  # noqa: F401  (registers senti_*)
 from sentizoo.models import BACKBONE_TAGS
-from training import demo
+from training import demo, study
 
 
-def test_quick_demo_end_to_end(tmp_path, capsys, monkeypatch, isolated_zoo):
+def test_quick_demo_is_the_study_runner_end_to_end(tmp_path, capsys, monkeypatch, isolated_zoo):
     out = tmp_path / 'demo'
-    summary = demo.run_demo(out, quick=True, progress=False)
+    record = demo.run_demo(out, quick=True, progress=False)
     printed = capsys.readouterr().out
 
-    # the side-by-side table, labelled synthetic, with the three rows
-    assert 'SYNTHETIC results (resnet18, SLL' in printed and summary['table'] in printed
-    rows = summary['table'].splitlines()[2:]
-    assert [row.split(' | ')[0] for row in rows] == ['| baseline', '| hp_finetune', '| amalgamation']
-    assert [(r['mode'], r['init']) for r in summary['results']] == [('finetune', 'random'), ('finetune', 'hp'),
-                                                                    ('amalgamate', 'hp')]
-    assert all(r['synthetic'] and len(r['history']['epochs']) == 2 for r in summary['results'])
-    terms = set(summary['results'][2]['history']['epochs'][0]['train'])
-    assert {'feat/st', 'feat/ho', 'feat/hp', 'logits/hp', 'task/st'} <= terms  # the full method ran
+    # the study's phases without the probes, its tables and its report files
+    assert printed.startswith('Sample images of the synthetic affect world (seed 7)') and 'SYNTHETIC: ' in printed
+    assert list(record['seconds']) == ['pretrain', 'pretext', 'export', 'downstream', 'report']
+    assert '[5/5] Drawing the figures' in printed and record['probes'] is None
+    assert json.loads((out / 'study.json').read_text())['downstream'] == record['downstream']
+    md = (out / 'study.md').read_text()
+    assert md.startswith('# Synthetic affect study (SYNTHETIC)') and 'Linear probes' not in md
+    assert 'Figures: downstream.png, downstream_curves.png.' in md
+    for png in ('synthetic_samples.png', 'downstream.png', 'downstream_curves.png'):
+        assert (out / png).read_bytes()[:4] == b'\x89PNG'
 
-    # each pretext task measured on held-out images, beside its reference
-    assert "ST on held-out images: colorization " in printed and "(training-set mean ab " in printed
-    assert "super_resolution " in printed and "(the input's mean colour " in printed
-    assert 'HO on held-out images: scene ' in printed and '(chance (ln 12) 2.485; accuracy ' in printed
-    assert '(chance (ln 1000) 6.908; accuracy ' in printed and '(chance (ln 36) 3.584; accuracy ' in printed
-    assert 'captioning ' in printed and '(unigram model of the captions ' in printed
+    # each pretext task beside its reference, and the learning check (nothing is learned in 2 steps)
+    assert [(s['task'], s['reference_name']) for tag in BACKBONE_TAGS for s in record['pretext'][tag]] == [
+        ('colorization', 'training-set mean ab'), ('super_resolution', "the input's mean colour"),
+        ('scene', 'chance (ln 12)'), ('jigsaw', 'chance (ln 1000)'), ('anp', 'chance (ln 36)'),
+        ('captioning', 'unigram model of the captions')]
+    assert 'Every pretext task at most 0.85x its reference (learned): ' in printed
+
+    # one seed of the three runs, each its own table row, the full method in the amalgamation
+    runs = record['downstream']['sll_512']
+    assert list(runs) == ['random_init', 'hp_finetune', 'amalgamation']
+    assert '**sll_512** (test accuracy, higher is better, one seed; SYNTHETIC)' in printed
+    for name, cell in runs.items():
+        assert f'| {name} | {cell["values"][0]:.4f} | {cell["best_epochs"][0]} |' in printed
+    result = json.loads((out / 'results' / 'study_sll_512_seed7' / 'amalgamation.json').read_text())
+    assert result['synthetic'] and len(result['history']['epochs']) == 2
+    assert {'feat/st', 'feat/ho', 'feat/hp', 'logits/hp', 'task/st'} <= set(result['history']['epochs'][0]['train'])
 
     # the zoo: exported files that load through SENTIZOO_HOME, weights unchanged
     zoo = out / 'zoo'
     assert os.environ['SENTIZOO_HOME'] == str(isolated_zoo)  # restored after the demo
+    assert f'SENTIZOO_HOME={zoo} python -c' in printed.rstrip().splitlines()[-1]
     monkeypatch.setenv('SENTIZOO_HOME', str(zoo))
     for tag in BACKBONE_TAGS:
         folder = zoo / f'senti_resnet18.{tag}'
+        assert f'senti_resnet18.{tag}: {folder} (sha256 ' in printed
         assert {'model.safetensors', 'config.json', 'README.md'} <= {p.name for p in folder.iterdir()}
-        assert json.loads((folder / 'config.json').read_text())['architecture'] == 'resnet18'
         model = timm.create_model(f'senti_resnet18.{tag}', pretrained=True)
         saved = load_file(folder / 'model.safetensors')
         for name, value in model.state_dict().items():
             torch.testing.assert_close(value, saved[name], rtol=0, atol=0)
-
-    # the plot, the sample sheet, the report and the timings
-    assert (out / 'report' / 'demo.png').read_bytes()[:4] == b'\x89PNG'
-    assert (out / 'synthetic_samples.png').read_bytes()[:4] == b'\x89PNG'
-    assert '### demo (SYNTHETIC)' in (out / 'report' / 'report.md').read_text()
-    timings = json.loads((out / 'timings.json').read_text())
-    assert list(timings['seconds']) == ['data', 'pretrain', 'export', 'load', 'finetune', 'report']
-    assert timings['quick'] is True and timings['total_seconds'] > 0
-    assert printed.rstrip().splitlines()[-1].startswith('Phase times: data ')
+    assert 'to publish it' not in printed  # export's line for maintainers is not the demo's
 
 
-def test_demo_pretrains_with_each_models_study_settings_and_fewer_steps():
-    from training.study import load_study_config
-    study = load_study_config()['pretrain']
-    for tag in BACKBONE_TAGS:
-        settings = demo.pretrain_settings(tag)
-        wanted = dict(study['common'], **study[tag])
-        wanted['steps_per_epoch'] = demo.PRETRAIN_STEPS[tag]
-        assert {k: settings[k] for k in wanted if k != 'max_samples'} == {k: v for k, v in wanted.items()
-                                                                           if k != 'max_samples'}
-        assert settings['max_samples'] == settings['epochs'] * settings['steps_per_epoch'] * settings['batch_size']
+def test_learning_line_names_every_task_above_the_ratio():
+    score = lambda task, value, reference: types.SimpleNamespace(task=task, ratio=value / reference)  # noqa: E731
+    pretext = {'st': [score('colorization', 0.87, 1.0), score('super_resolution', 0.5, 1.0)],
+               'hp': [score('anp', 3.28, 3.584), score('captioning', 0.65, 3.04)]}
+    assert study.learning_line(pretext, 0.85) == ('Every pretext task at most 0.85x its reference (learned): '
+                                                  'NO (ST colorization 0.87x, HP anp 0.92x)')
+    assert study.learning_line(pretext, 0.95).endswith('(learned): yes')
+
+
+def test_demo_settings_are_a_study_at_a_smaller_size():
+    full, small = study.load_study_config(), demo.demo_config()
+    assert set(small) <= set(full) and small['arch'] == full['arch']  # no setting the study lacks
+    assert small['downstream']['seeds'] == [7] and small['pretrain']['seed'] == 7  # a world no study uses
+    assert 7 not in full['downstream']['seeds'] and full['pretrain']['seed'] != 7
+    assert small['downstream']['experiments']['sll_512']['runs'] == {
+        name: run for name, run in full['downstream']['experiments']['sll_512']['runs'].items()
+        if name != 'frozen_teachers'}
+    for tag in BACKBONE_TAGS:  # each model's recipe from the study, with fewer steps, every image seen once
+        ours, study_settings = ({k: v for k, v in dict(c['pretrain']['common'], **c['pretrain'][tag]).items()
+                                 if k not in ('steps_per_epoch', 'max_samples')} for c in (small, full))
+        assert ours == study_settings
+        s = dict(small['pretrain']['common'], **small['pretrain'][tag])
+        assert s['steps_per_epoch'] < full['pretrain'][tag]['steps_per_epoch']
+        assert s['max_samples'] == s['epochs'] * s['steps_per_epoch'] * s['batch_size']
+    assert demo.demo_config(seed=3)['downstream']['seeds'] == [3] and demo.demo_config(seed=3)['pretrain']['seed'] == 3

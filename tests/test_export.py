@@ -18,6 +18,8 @@ def test_backbone_export_loads_with_timm(tmp_path, isolated_zoo, capsys):
     assert name == 'senti_resnet18.st' and folder == isolated_zoo / 'senti_resnet18.st'
     assert sorted(p.name for p in folder.iterdir()) == ['README.md', 'config.json', 'model.safetensors']
     assert f"'senti_resnet18.st': '{sha}'" in capsys.readouterr().out
+    quiet = export(tmp_path / 'final.pt', 'st', out=tmp_path / 'quiet', verbose=False)  # the studies' export
+    assert quiet.sha256 == sha and capsys.readouterr().out == ''
     config = json.loads((folder / 'config.json').read_text())
     assert config['architecture'] == 'resnet18' and config['num_classes'] == 0 and config['sha256'] == sha
     cfg = config['pretrained_cfg']  # the size it was pre-trained at, with the paper's preprocessing and licence

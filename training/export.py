@@ -181,7 +181,7 @@ def _classifier_cfg(cfg: Mapping[str, Any], tag: str, dataset: Optional[str], ar
 def export(checkpoint: PathLike, tag: str, *, arch: Optional[str] = None, out: Optional[PathLike] = None,
            results: Sequence[Mapping[str, Any]] = (), label_names: Optional[Sequence[str]] = None,
            prefix: Optional[str] = None, command: Optional[str] = None, dataset: Optional[str] = None,
-           repo_id: Optional[str] = None) -> Exported:
+           repo_id: Optional[str] = None, verbose: bool = True) -> Exported:
     """Write ``senti_<arch>.<tag>`` from ``checkpoint`` into ``out``; returns its name, folder and sha256.
 
     Args:
@@ -196,6 +196,7 @@ def export(checkpoint: PathLike, tag: str, *, arch: Optional[str] = None, out: O
         command: the export command line, for the card (default: reconstructed).
         dataset: a classifier's training data, for its card (default: what the run recorded, :func:`_recorded`).
         repo_id: the hub repository of the card (default: the zoo's, ``sentizoo/<name>``).
+        verbose: print the files written and where their sha256 goes once published (for maintainers).
     """
     import timm
     _check_tag(tag)
@@ -225,7 +226,8 @@ def export(checkpoint: PathLike, tag: str, *, arch: Optional[str] = None, out: O
         model.pretrained_cfg = dict(model.pretrained_cfg, input_size=(3, size, size), pool_size=None)
 
     folder = Path(out) if out else zoo_home() / name
-    sha256 = save_pretrained(model, folder, label_names=label_names if tag not in BACKBONE_TAGS else None)
+    sha256 = save_pretrained(model, folder, label_names=label_names if tag not in BACKBONE_TAGS else None,
+                             verbose=verbose)
     facts, commands, synthetic = _recipe(ckpt)
     commands.append(command or shlex.join(['python', '-m', 'training.export', '--checkpoint', str(checkpoint),
                                            '--tag', tag, '--arch', arch]))
@@ -239,7 +241,7 @@ def export(checkpoint: PathLike, tag: str, *, arch: Optional[str] = None, out: O
                        image_size=cfg['input_size'][-1], datasets=datasets,
                        base_model=None if synthetic else base_model(stock_name(name), tag, str(ckpt.get('init', ''))))
     (folder / 'README.md').write_text(card, encoding='utf-8')
-    if tag in TAGS:
+    if verbose and tag in TAGS:
         print(f'to publish it, upload {folder} and set its line in {published_line(name)}:  \'{name}\': \'{sha256}\',')
     return Exported(name, folder, sha256)
 

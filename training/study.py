@@ -33,12 +33,13 @@ stopped: finished models from their checkpoints, finished downstream runs from t
 their settings and zoo weights are the same), so ``--full`` after the default study trains only its extra
 experiments. The world's rules are fixed: the study reports what it measures, including where the
 amalgamation does not help.
+
+:mod:`training.demo` is this runner at its smallest useful size (``configs/study/demo.json``: one seed, no probes,
+and the check that every pretext loss is at most ``pretext_eval.max_ratio`` of its reference).
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import statistics
 import sys
@@ -187,10 +188,17 @@ def summarise_downstream(results: Sequence[Mapping[str, Any]]) -> Dict[str, Dict
 
 
 def downstream_markdown(summary: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> str:
+    """A table per experiment: each method's test metric, as mean ± std and per seed when there are several."""
     blocks = []
     for experiment, runs in summary.items():
         first = next(iter(runs.values()))
         metric, better = first['metric'], 'higher' if first['higher_is_better'] else 'lower'
+        if len(first['values']) == 1:
+            lines = [f'**{experiment}** (test {metric}, {better} is better, one seed; SYNTHETIC)', '',
+                     f'| method | {metric} | selected epoch (of {first["epochs"]}) |', '|---|---|---|']
+            lines += [f'| {run} | {cell["values"][0]:.4f} | {cell["best_epochs"][0]} |' for run, cell in runs.items()]
+            blocks.append('\n'.join(lines))
+            continue
         lines = [f'**{experiment}** (test {metric}, {better} is better, mean ± std over seeds; SYNTHETIC)', '',
                  f'| method | {metric} | per seed | selected epochs (of {first["epochs"]}) |',
                  '|---|---|---|---|']
@@ -249,8 +257,11 @@ def plot_downstream(summary: Mapping[str, Mapping[str, Mapping[str, Any]]], resu
 # ------------------------------------------------------------------------------------------------- the study
 
 def run_study(out: Path = Path('runs/study'), config: Optional[Mapping[str, Any]] = None, *, quick: bool = False,
-              full: bool = False, device: Optional[str] = None, progress: bool = True) -> Dict[str, Any]:
-    """Run the six phases; returns what ``<out>/study.json`` holds."""
+              full: bool = False, device: Optional[str] = None, progress: bool = True,
+              zoo: Optional[Path] = None) -> Dict[str, Any]:
+    """Run the phases; returns what ``<out>/study.json`` holds. The study and, at its own size, the demo
+    (:mod:`training.demo`) are this runner: a config without ``probes`` skips that phase, and a
+    ``pretext_eval.max_ratio`` is checked and printed. ``zoo``: where the backbones go (default ``<out>/zoo``)."""
     import sentizoo
 
     from .export import export
@@ -259,10 +270,10 @@ def run_study(out: Path = Path('runs/study'), config: Optional[Mapping[str, Any]
     config = dict(config) if config is not None else load_study_config(quick=quick, full=full)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    zoo, arch, size = out / 'zoo', config['arch'], config['image_size']
+    zoo, arch, size = Path(zoo) if zoo is not None else out / 'zoo', config['arch'], config['image_size']
     settings = '\n'.join(f'  {k}: {json.dumps(v)}' for k, v in config.items() if k not in ('deviations', 'description'))
     print(f'{SYNTHETIC_BANNER}\n\nSettings ({config["source"]}):\n{settings}\n', flush=True)
-    phase = Phases(6)
+    phase = Phases(6 if 'probes' in config else 5)
     checkpoints: Dict[str, Path] = {}
     p = config['pretrain']
     with phase('pretrain', f'Pre-training ST, HO and HP {arch} on the synthetic pretext tasks ({size} px)'):
@@ -277,21 +288,27 @@ def run_study(out: Path = Path('runs/study'), config: Optional[Mapping[str, Any]
         for tag in BACKBONE_TAGS:
             pretext[tag] = measure_pretext(checkpoints[tag], e['samples'], e['batch_size'], device)
         print(scores_table(pretext), flush=True)
+        if 'max_ratio' in e:
+            print(learning_line(pretext, e['max_ratio']), flush=True)
     with phase('export', f'Exporting the backbones into the zoo {zoo}'):
         for tag in BACKBONE_TAGS:
-            with contextlib.redirect_stdout(io.StringIO()):  # export prints the registry line for maintainers
-                export(checkpoints[tag], tag, out=zoo / f'senti_{arch}.{tag}')
+            exported = export(checkpoints[tag], tag, out=zoo / f'senti_{arch}.{tag}', verbose=False)
+            print(f'      {exported.name}: {exported.folder} (sha256 {exported.sha256[:12]}…)', flush=True)
+    probes = None
     with using_zoo(zoo):
-        with phase('probes', 'Linear probes of the hidden cues on frozen features'):
-            probes = run_probes(arch, size, config['probes'], device)
-            print(probes_markdown(probes), flush=True)
+        if 'probes' in config:
+            with phase('probes', 'Linear probes of the hidden cues on frozen features'):
+                probes = run_probes(arch, size, config['probes'], device)
+                print(probes_markdown(probes), flush=True)
         with phase('downstream', 'Emotion classification with few labels, over seeds'):
             results = run_downstream(arch, config['downstream'], out / 'results', device, progress)
             summary = summarise_downstream(results)
             print(downstream_markdown(summary), flush=True)
     with phase('report', 'Drawing the figures'):
-        figures = [out / 'probes.png']
-        plot_probes(probes, figures[0])
+        figures = []
+        if probes is not None:
+            figures.append(out / 'probes.png')
+            plot_probes(probes, figures[0])
         figures += plot_downstream(summary, results, out)
     record = {'synthetic': True, 'note': SYNTHETIC_BANNER, 'config': config,
               'pretext': {tag: [dict(vars(s), ratio=s.ratio) for s in scores] for tag, scores in pretext.items()},
@@ -306,11 +323,22 @@ def run_study(out: Path = Path('runs/study'), config: Optional[Mapping[str, Any]
     return record
 
 
+def learning_line(pretext: Mapping[str, Sequence[Any]], max_ratio: float) -> str:
+    """Whether every pretext task's held-out loss is at most ``max_ratio`` times its reference, and which are
+    not: the sign that each model learned its tasks."""
+    above = [f'{tag.upper()} {s.task} {s.ratio:.2f}x' for tag, scores in pretext.items() for s in scores
+             if s.ratio > max_ratio]
+    verdict = 'yes' if not above else 'NO (' + ', '.join(above) + ')'
+    return f'Every pretext task at most {max_ratio:g}x its reference (learned): {verdict}'
+
+
 def render_markdown(record: Mapping[str, Any], pretext_table: str, figures: Sequence[Path]) -> str:
     """``study.md``: the banner, every table, the phase times, the deviations and the settings."""
     config = record['config']
     deviations = '\n'.join(f'- {d}' for d in config.get('deviations', []))
     times = ', '.join(f'{k} {v:.0f} s' for k, v in record['seconds'].items())
+    probes = ('' if record['probes'] is None else '## Linear probes of the hidden cues (held-out images; R² for '
+              f"colour, accuracy for classes)\n\n{probes_markdown(record['probes'])}\n\n")
     return f"""# Synthetic affect study (SYNTHETIC)
 
 {SYNTHETIC_BANNER}
@@ -325,11 +353,7 @@ statistics the exported model carries, which average both tasks' inputs.
 
 All goals met: {'yes' if record['pretext_goals_met'] else '**no**'}.
 
-## Linear probes of the hidden cues (held-out images; R² for colour, accuracy for classes)
-
-{probes_markdown(record['probes'])}
-
-## Downstream, over seeds
+{probes}## Downstream, over seeds
 
 {downstream_markdown(record['downstream'])}
 
