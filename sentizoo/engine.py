@@ -148,7 +148,7 @@ def _train(build: Callable[[], nn.Module], loader: DataLoader, val_loader: Optio
         outputs = num_outputs(module.target)
 
         def check(images: torch.Tensor, targets: torch.Tensor) -> None:  # every batch: an (N, 1) target broadcasts
-            task.check_shape(targets, outputs)
+            task.check_format(targets, outputs)
 
         return Loop(module, {'loader': loader}, opts, device=device, task=task, val_loader=val_loader,
                     describe=describe, resume_from=resume_from, loggers=loggers, check_batch=check).run()
