@@ -190,7 +190,7 @@ def build_datasets(config: PretrainConfig, heldout: bool = False, split: Optiona
     from .datasets.common import pretrain_transform
     c = config
     resize = resize_size(paper_data_config(c.image_size))
-    transform = pretrain_transform(resize, c.image_size, normalize=False, train=not heldout)
+    transform = pretrain_transform(c.image_size, normalize=False, train=not heldout)
     split = {name: (split or HELDOUT_SPLITS[name]) if heldout else 'train' for name in HELDOUT_SPLITS}
     if c.dataset == 'synthetic':
         from .datasets import synthetic as syn
