@@ -38,7 +38,6 @@ import dataclasses
 import json
 import logging
 import os
-import platform
 import shlex
 import sys
 import time
@@ -52,6 +51,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from sentizoo.models import ARCHS, BACKBONE_TAGS, TAGS
 from sentizoo.tasks import DOWNSTREAM_TASKS
+
+from .provenance import versions
 
 __all__ = ['FORMAT', 'CONFIG_DIR', 'ConfigError', 'merge_config', 'load_config', 'validate_config', 'split_transforms',
            'table1_configs', 'config_names', 'build_splits', 'init_weights', 'run_teachers', 'weight_files',
@@ -361,15 +362,6 @@ def build_target(arch: str, init: str, num_classes: int, seed: int = 0) -> nn.Mo
 
 # ----------------------------------------------------------------------------------------------- running
 
-def _versions() -> Dict[str, str]:
-    import timm
-    import torchvision
-
-    import sentizoo
-    return {'python': platform.python_version(), 'torch': torch.__version__, 'torchvision': torchvision.__version__,
-            'timm': timm.__version__, 'sentizoo': sentizoo.__version__}
-
-
 def _result(c: Mapping[str, Any], name: str, history: Dict[str, Any], test: Dict[str, float], seconds: float,
             samples: Dict[str, int], weights: Mapping[str, str]) -> Dict[str, Any]:
     """The result file of run ``name`` of config ``c`` (what :mod:`training.report` reads)."""
@@ -381,7 +373,7 @@ def _result(c: Mapping[str, Any], name: str, history: Dict[str, Any], test: Dict
             'val': history['epochs'][best - 1]['val'] if best else None, 'test': test,
             'primary_metric': history['primary_metric'], 'higher_is_better': history['higher_is_better'],
             'wall_seconds': round(seconds, 3), 'samples': samples,
-            'history': history, 'config': c, 'versions': _versions(),
+            'history': history, 'config': c, 'versions': versions(),
             'command': shlex.join(['python', '-m', 'training.downstream', '--config', c['source'], '--run', name]),
             'finished': datetime.now(timezone.utc).isoformat(timespec='milliseconds')}
 

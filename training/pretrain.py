@@ -49,6 +49,8 @@ from sentizoo.options import TrainOptions
 from sentizoo.progress import Logger
 from sentizoo.runtime import autocast, process_group, rank_world, resolve_device
 
+from .provenance import versions
+
 __all__ = ['PretrainConfig', 'pretrain', 'parse_args', 'main', 'MODELS', 'DATASETS']
 
 _logger = logging.getLogger('training.pretrain')
@@ -344,12 +346,6 @@ class RunLog(Logger):
 
 # ------------------------------------------------------------------------------------------- training
 
-def _versions() -> Dict[str, str]:
-    import timm
-    import sentizoo
-    return {'sentizoo': str(sentizoo.__version__), 'torch': str(torch.__version__), 'timm': str(timm.__version__)}
-
-
 def pretrain(config: Union[PretrainConfig, argparse.Namespace, Mapping[str, Any], Sequence[str]],
              loggers: Sequence[Any] = ()) -> Path:
     """Pre-train one perception model; returns the path of the final checkpoint (``<out_dir>/final.pt``).
@@ -401,7 +397,7 @@ def _train(config: PretrainConfig, device: torch.device, loggers: Sequence[Any])
     precision = 'fp32' if isinstance(autocast(device, opts.amp), nullcontext) else 'bf16 autocast'
     facts = {'trainer': 'training.pretrain', 'config': dataclasses.asdict(config), 'command': config.command(),
              'init': init, 'precision': precision, 'world_size': world, 'data': data_facts,
-             'tasks': [name for name, _, _ in tasks], 'versions': _versions()}
+             'tasks': [name for name, _, _ in tasks], 'versions': versions()}
     same_run = {k: getattr(config, k) for k in ('model', 'arch', 'dataset', 'image_size', 'max_samples')}
     loggers = [RunLog(out, config.log_every), *loggers, *['tensorboard'] * config.tensorboard]
     loop = Loop(model, loaders, opts, device=device, describe=dict(mode='pretrain', **same_run), resume_from=resume,
