@@ -49,8 +49,7 @@ def _fill_zoo(arch: str = 'resnet18', tags=('st', 'ho', 'hp')) -> None:
     (dict(data={'n_trian': 5}), "data: unknown synthetic key(s) ['n_trian']"),
     (dict(runs={}), 'runs: a non-empty object of run name -> run, got {}'),
     (dict(runs={'a': {'mode': 'distill', 'init': 'hp'}}), "runs.a.mode: one of ('finetune', 'amalgamate'), got 'distill'"),
-    (dict(runs={'a': {'mode': 'finetune', 'init': 'places'}}), "runs.a.init: one of ('imagenet', 'random', 'hp', 'ho', "
-                                                               "'st')"),
+    (dict(runs={'a': {'mode': 'finetune', 'init': 'places'}}), "runs.a.init: one of ('st', 'ho', 'hp', 'imagenet', 'random')"),
     (dict(runs={'a': {'mode': 'finetune', 'init': 'hp', 'feature_stages': [1]}}),
      "runs.a: ['feature_stages'] only apply to \"mode\": \"amalgamate\""),
     (dict(runs={'a': {'mode': 'amalgamate', 'init': 'hp', 'feature_stages': [0, 4]}}),

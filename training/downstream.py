@@ -49,7 +49,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
-from sentizoo.models import ARCHS, BACKBONE_TAGS, TAGS
+from sentizoo.models import ARCHS, BACKBONE_TAGS
 from sentizoo.tasks import DOWNSTREAM_TASKS
 
 from .provenance import versions
@@ -63,7 +63,6 @@ FORMAT = 'sentizoo.downstream/1'
 CONFIG_DIR = Path(__file__).parent / 'configs'
 SYNTHETIC = 'synthetic'
 MODES = ('finetune', 'amalgamate')
-INITS = ('imagenet', 'random', *(tag for tag in TAGS if tag in BACKBONE_TAGS))  # the zoo's order: hp first
 _ABLATION = ('feature_stages', 'logits_teachers', 'teacher_task_loss', 'freeze_teachers', 'loss_weights')
 _SET_BY_RUNNER = ('checkpoint_dir', 'history_path', 'device', 'progress', 'resume', 'checkpoint_every')
 # The schedule a paper table's config trains with unless it says otherwise: TrainOptions' defaults, which are the
@@ -146,7 +145,7 @@ def load_config(path: Union[str, Path]) -> Dict[str, Any]:
 
 
 def _check_run(name: str, run: Any, problems: List[str]) -> None:
-    from sentizoo.amalgamation import TEACHER_TAGS
+    from sentizoo.amalgamation import TARGET_INITS, TEACHER_TAGS
     from sentizoo.options import is_number
     from sentizoo.stages import AMALGAMATION_STAGES
 
@@ -161,8 +160,8 @@ def _check_run(name: str, run: Any, problems: List[str]) -> None:
     mode, init = run.get('mode'), run.get('init')
     if mode not in MODES:
         problems.append(f'{where}.mode: one of {MODES}, got {mode!r}')
-    if not isinstance(init, str) or (init not in INITS and not Path(init).is_file()):
-        problems.append(f'{where}.init: one of {INITS} (a zoo tag: senti_<arch>.<tag>) or an existing weight '
+    if not isinstance(init, str) or (init not in TARGET_INITS and not Path(init).is_file()):
+        problems.append(f'{where}.init: one of {TARGET_INITS} (a zoo tag: senti_<arch>.<tag>) or an existing weight '
                         f'file, got {init!r}')
     if mode == 'finetune' and set(run) & set(_ABLATION):
         problems.append(f'{where}: {sorted(set(run) & set(_ABLATION))} only apply to "mode": "amalgamate"')
