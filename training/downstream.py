@@ -343,14 +343,15 @@ def _finished(path: Path, c: Mapping[str, Any], weights: Mapping[str, str]) -> b
 
 def build_target(arch: str, init: str, num_classes: int, seed: int = 0) -> nn.Module:
     """The model to fine-tune: ``arch`` with a fresh ``num_classes`` head (seeded) and its backbone from
-    ``init``: a zoo tag (``'hp'``: the zoo's ``senti_<arch>.hp`` backbone, the official amalgamation target) or
-    ``'random'`` (:func:`sentizoo.amalgamation.create_target`), ``'imagenet'`` (torchvision's weights, timm's
-    ``<arch>.tv_in1k``, read as pre-training reads them: :func:`training.pretrain.init_backbone`) or a weight file."""
+    ``init``: one of :data:`~sentizoo.amalgamation.TARGET_INITS` (a zoo tag, ``'hp'`` being the official
+    amalgamation target; ``'imagenet'``, torchvision's weights; ``'random'``), built as the library and the CLI build
+    it (:func:`sentizoo.amalgamation.create_target`), or a weight file, read as pre-training reads ``--init FILE``
+    (:func:`training.pretrain.init_backbone`)."""
     import timm
 
-    from sentizoo.amalgamation import create_target
+    from sentizoo.amalgamation import TARGET_INITS, create_target
     torch.manual_seed(seed)
-    if init in BACKBONE_TAGS or init == 'random':
+    if init in TARGET_INITS:
         return create_target(arch, num_classes, init)
     from .pretrain import init_backbone
     model = timm.create_model(f'senti_{arch}', num_classes=0)

@@ -248,38 +248,38 @@ def build_model_and_data(config: PretrainConfig) -> Tuple[nn.Module, List[Tuple[
 def init_backbone(backbone: nn.Module, arch: str, init: str) -> str:
     """Load the ImageNet initialisation into ``backbone`` (a timm model, ``num_classes=0``).
 
-    Returns a short description of where the weights came from, for the log and the model card.
-    Accepts timm and torchvision key layouts (VGG: torchvision ``classifier.*`` keys go through
-    timm's VGG checkpoint filter). Classifier weights are dropped; any other missing or unexpected
-    key is an error, because the file belongs to another architecture.
+    ``init``: ``'imagenet'`` (torchvision's weights, timm's ``<arch>.tv_in1k``, loaded as the library's
+    :func:`~sentizoo.amalgamation.create_target` loads them), ``'random'`` (warned) or a file, in timm or
+    torchvision key layout (VGG: torchvision ``classifier.*`` keys go through timm's VGG checkpoint filter).
+    Returns a short description of where the weights came from, for the log and the model card. Classifier
+    weights are dropped; any other missing or unexpected key is an error: the weights are another architecture's.
     """
     if init == 'random':
         warnings.warn(f'pre-training {arch} from a random initialisation: the paper starts every backbone from '
                       f'ImageNet weights (--init imagenet, or --init FILE)', stacklevel=2)
         return 'random'
     if init == 'imagenet':
-        from huggingface_hub import hf_hub_download
-        from sentizoo.models import imagenet_name
-        from sentizoo.weights import hf_offline  # the library's reading of HF_HUB_OFFLINE
-        repo = f'timm/{imagenet_name(arch)}'
+        import timm
+        from sentizoo.amalgamation import init_target_from, target_weights
+        name = target_weights(arch, 'imagenet')
+        repo = f'timm/{name}'
         try:
-            state = read_state_dict(hf_hub_download(repo, 'model.safetensors', local_files_only=hf_offline()))
+            weights = timm.create_model(name, pretrained=True)
         except Exception as e:  # offline and not cached, no network, hub error: say what to do instead
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise RuntimeError(f'could not load the ImageNet weights {repo} from the Hugging Face hub or cache '
                                f'({reason}); fetch them once with network access (HF_HUB_OFFLINE unset), or pass '
                                f'--init FILE (torchvision/timm state dict or .safetensors) or --init random') from e
-        source = f'ImageNet (torchvision weights, {repo})'
-    else:
-        path = Path(init)
-        state = read_state_dict(path)
-        source = f'ImageNet file {path.name}'
+        init_target_from(backbone, weights)  # drops the classifier (and a stock VGG's fc6/fc7)
+        return f'ImageNet (torchvision weights, {repo})'
+    path = Path(init)
+    state = read_state_dict(path)
     if arch.startswith('vgg') and any(k.startswith('classifier.') for k in state):
         import timm.models.vgg as timm_vgg  # torchvision VGG layout -> timm's (classifier.N -> pre_logits / head)
         state = (getattr(timm_vgg, 'checkpoint_filter_fn', None) or timm_vgg._filter_fn)(state)
     from .perception import load_backbone
     load_backbone(backbone, state)  # drops the classifier; any other mismatch is an error
-    return source
+    return f'ImageNet file {path.name}'
 
 
 # --------------------------------------------------------------------------------------------- logging
