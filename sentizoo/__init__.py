@@ -17,7 +17,7 @@ from .weights import ChecksumMismatchError, InvalidWeightsError, WeightsNotFound
 _LAZY = {
     'amalgamate': 'sentizoo.engine',
     'finetune': 'sentizoo.engine',
-    'evaluate': 'sentizoo.engine',
+    'evaluate': 'sentizoo.evaluation',
     'TrainOptions': 'sentizoo.options',
     'NonFiniteLossError': 'sentizoo.engine',
     'predict': 'sentizoo.inference',
