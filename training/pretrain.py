@@ -383,8 +383,6 @@ def _train(config: PretrainConfig, device: torch.device, loggers: Sequence[Any])
     init = ckpt['init'] if ckpt is not None else init_backbone(model.backbone, config.arch, config.init)
     if ckpt is None:  # per-rank stream for in-step randomness (a resumed run restores the checkpoint's)
         torch.manual_seed(config.seed + rank)
-    # the ST tasks tap VGG's conv stages only: its pre-logits (fc6/fc7) get no gradient there (DDP must know)
-    model.has_unused_parameters = config.model == 'st' and config.arch.startswith('vgg')
     opts = TrainOptions(epochs=config.epochs, lr=config.lr, momentum=config.momentum,
                         weight_decay=config.weight_decay, step_size=config.lr_step, gamma=config.lr_gamma,
                         seed=config.seed, checkpoint_dir=str(out), checkpoint_every=config.save_every or None,
