@@ -87,8 +87,8 @@ class Amalgamator(nn.Module):
             A frozen teacher in ``logits_teachers`` must come with a trained head of the target's size.
         loss_weights: per-term weights, e.g. ``{'feat/st': 0.5}`` (default 1 for every term).
         side_by_side: run the four models' forward and backward in parallel worker threads, one
-            intra-op thread each (:mod:`sentizoo.branches`): the same loss and gradients, 4-8% faster on 2
-            CPU cores (resnet18, resnet50). ``None``: on CPU with 2+ torch threads, outside
+            intra-op thread each (:mod:`sentizoo.branches`): the same loss and gradients, faster on a CPU
+            with few cores (BENCHMARKS.md, "Amalgamation step"). ``None``: on CPU with 2+ torch threads, outside
             ``torch.distributed``, with trainable teachers (frozen ones leave one backward, the target's,
             which runs faster with every thread). ``True`` is not for DistributedDataParallel, whose
             gradient hooks expect the backward on one thread.
