@@ -8,7 +8,7 @@ cheap. Everything else is importable from its module (``sentizoo.amalgamation``,
 from importlib import import_module
 from typing import Any, List
 
-from . import amalgamation as _amalgamation  # noqa: F401  (registers amalgamator_senti_* in timm)
+from . import amalgamators as _amalgamators  # noqa: F401  (registers amalgamator_senti_* in timm)
 from .models import ARCHS, BACKBONE_TAGS, FI_LABELS, TAGS, senti_name
 from .saving import save_pretrained
 from .version import __version__
@@ -17,7 +17,7 @@ from .weights import ChecksumMismatchError, InvalidWeightsError, WeightsNotFound
 _LAZY = {
     'amalgamate': 'sentizoo.engine',
     'finetune': 'sentizoo.engine',
-    'evaluate': 'sentizoo.engine',
+    'evaluate': 'sentizoo.evaluation',
     'TrainOptions': 'sentizoo.options',
     'NonFiniteLossError': 'sentizoo.engine',
     'predict': 'sentizoo.inference',

@@ -21,11 +21,9 @@ import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.models import generate_default_cfgs, register_model
-from timm.models._builder import resolve_pretrained_cfg
 
 from .branches import run_branches, side_by_side_default
-from .models import ARCHS, BACKBONE_TAGS, amalgamator_cfg, imagenet_name, paper_arch, senti_name, stock_name
+from .models import ARCHS, BACKBONE_TAGS, imagenet_name, paper_arch, senti_name, stock_name
 from .stages import AMALGAMATION_STAGES, stage_channels, stage_features
 from .tasks import Task, get_task
 
@@ -90,8 +88,8 @@ class Amalgamator(nn.Module):
             A frozen teacher in ``logits_teachers`` must come with a trained head of the target's size.
         loss_weights: per-term weights, e.g. ``{'feat/st': 0.5}`` (default 1 for every term).
         side_by_side: run the four models' forward and backward in parallel worker threads, one
-            intra-op thread each (:mod:`sentizoo.branches`): the same loss and gradients, 4-8% faster on 2
-            CPU cores (resnet18, resnet50). ``None``: on CPU with 2+ torch threads, outside
+            intra-op thread each (:mod:`sentizoo.branches`): the same loss and gradients, faster on a CPU
+            with few cores (BENCHMARKS.md, "Amalgamation step"). ``None``: on CPU with 2+ torch threads, outside
             ``torch.distributed``, with trainable teachers (frozen ones leave one backward, the target's,
             which runs faster with every thread). ``True`` is not for DistributedDataParallel, whose
             gradient hooks expect the backward on one thread.
@@ -338,46 +336,3 @@ def create_target(arch: str, num_classes: int, init: str = 'hp', *, source: Opti
     if init == 'random':
         return target
     return init_target_from(target, source if source is not None else timm.create_model(name, pretrained=True))
-
-
-# The Amalgamator as timm models, ``amalgamator_senti_<arch>`` (registered here, not in sentizoo.models, which
-# this module imports); named so that timm.list_models('senti_*') lists the backbones only.
-default_cfgs = generate_default_cfgs({f'amalgamator_senti_{arch}.zoo': amalgamator_cfg(arch) for arch in ARCHS})
-
-
-def _create_amalgamator(variant: str, pretrained: bool = False, pretrained_cfg=None, pretrained_cfg_overlay=None,
-                        cache_dir=None, **kwargs) -> nn.Module:
-    cfg = resolve_pretrained_cfg(variant, pretrained_cfg=pretrained_cfg, pretrained_cfg_overlay=pretrained_cfg_overlay)
-    module = create_amalgamator(stock_name(variant.removeprefix('amalgamator_')), pretrained=pretrained, **kwargs)
-    module.pretrained_cfg = cfg.to_dict()
-    return module
-
-
-@register_model
-def amalgamator_senti_vgg16_bn(pretrained: bool = False, **kwargs) -> nn.Module:
-    """The paper's amalgamation module for VGG16-BN (:func:`sentizoo.amalgamation.create_amalgamator`)."""
-    return _create_amalgamator('amalgamator_senti_vgg16_bn', pretrained, **kwargs)
-
-
-@register_model
-def amalgamator_senti_vgg19_bn(pretrained: bool = False, **kwargs) -> nn.Module:
-    """The paper's amalgamation module for VGG19-BN (:func:`sentizoo.amalgamation.create_amalgamator`)."""
-    return _create_amalgamator('amalgamator_senti_vgg19_bn', pretrained, **kwargs)
-
-
-@register_model
-def amalgamator_senti_resnet18(pretrained: bool = False, **kwargs) -> nn.Module:
-    """The paper's amalgamation module for ResNet-18 (:func:`sentizoo.amalgamation.create_amalgamator`)."""
-    return _create_amalgamator('amalgamator_senti_resnet18', pretrained, **kwargs)
-
-
-@register_model
-def amalgamator_senti_resnet50(pretrained: bool = False, **kwargs) -> nn.Module:
-    """The paper's amalgamation module for ResNet-50 (:func:`sentizoo.amalgamation.create_amalgamator`)."""
-    return _create_amalgamator('amalgamator_senti_resnet50', pretrained, **kwargs)
-
-
-@register_model
-def amalgamator_senti_resnet101(pretrained: bool = False, **kwargs) -> nn.Module:
-    """The paper's amalgamation module for ResNet-101 (:func:`sentizoo.amalgamation.create_amalgamator`)."""
-    return _create_amalgamator('amalgamator_senti_resnet101', pretrained, **kwargs)

@@ -2,8 +2,8 @@
 
 On a CPU, one forward/backward with several intra-op threads synchronises them at every op, and the many
 small ops of a CNN (BatchNorm, ReLU, additions, their backward) scale poorly. Independent models instead
-run one per worker thread, each single-threaded: on 2 cores the four resnet50s of an amalgamation step
-take 3.7x a plain step this way, against 4.0x one model after the other (BENCHMARKS.md).
+run one per worker thread, each single-threaded, and never wait for each other (the figures of an
+amalgamation step: BENCHMARKS.md, "Amalgamation step").
 
 :func:`run_branches` runs each branch's forward in a worker (one intra-op thread, the caller's grad mode)
 and passes all outputs through one autograd node, :class:`_Join`, whose backward runs each branch's

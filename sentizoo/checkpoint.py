@@ -9,8 +9,7 @@ Format :data:`FORMAT` (written by :class:`sentizoo.engine.Loop`): ``format``, ``
 resumed run must share), ``epoch``, ``step`` (in the epoch), ``global_step``, ``model``, ``history`` (JSON),
 the running epoch sums (``term_names``, ``sums``, ``seen``), ``streams`` (each loader's position) and the
 caller's facts (e.g. ``training.pretrain``'s ``config``); a resumable one also holds ``optimizer``,
-``scheduler`` and ``rng`` (every rank's Python, NumPy, torch and CUDA generator states). Files of the
-earlier formats (``sentizoo.engine/1``, ``sentizoo.pretrain/1``) are refused with what to do.
+``scheduler`` and ``rng`` (every rank's Python, NumPy, torch and CUDA generator states).
 """
 from __future__ import annotations
 
@@ -28,7 +27,6 @@ __all__ = ['FORMAT', 'CHECKPOINT_NAME', 'CheckpointWriteError', 'save', 'save_we
 
 FORMAT = 'sentizoo.checkpoint/2'
 CHECKPOINT_NAME = 'last.pt'
-_EARLIER = {'sentizoo.engine/1': 'sentizoo.amalgamate / finetune', 'sentizoo.pretrain/1': 'python -m training.pretrain'}
 
 PathLike = Union[str, Path]
 
@@ -66,14 +64,7 @@ def save_weights(tensors: Mapping[str, torch.Tensor], path: PathLike) -> Path:
 
 def read(path: PathLike) -> Any:
     """Whatever a torch checkpoint file holds, read safely (``weights_only=True``), e.g. another trainer's
-    state dict; a file of sentizoo's earlier formats is refused (:func:`load`)."""
-    state = _read(path)
-    if isinstance(state, Mapping) and state.get('format') in _EARLIER:
-        _check_format(state, path)
-    return state
-
-
-def _read(path: PathLike) -> Any:
+    state dict."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f'checkpoint {path} does not exist')
@@ -86,12 +77,6 @@ def _read(path: PathLike) -> Any:
 
 def _check_format(state: Any, path: PathLike) -> None:
     found = state.get('format') if isinstance(state, Mapping) else None
-    if found in _EARLIER:
-        raise ValueError(
-            f'{path} is a {found} checkpoint of an earlier sentizoo ({_EARLIER[found]}); this version reads '
-            f'{FORMAT} only and cannot continue it exactly. Finish that run with the sentizoo version that wrote it, '
-            f'or delete the file to start afresh (its weights are under its "model" key: torch.load it with '
-            f'weights_only=True and save them as .safetensors to keep them).')
     if found != FORMAT:
         raise ValueError(f'{path} is not a sentizoo training checkpoint (format {found!r}, expected {FORMAT!r})')
 
@@ -99,10 +84,10 @@ def _check_format(state: Any, path: PathLike) -> None:
 def load(path: PathLike, *, resumable: bool = False) -> Dict[str, Any]:
     """Read a checkpoint written by :func:`save` (``weights_only=True``: no code runs).
 
-    Raises FileNotFoundError, or ValueError for an unreadable file, an earlier format, another file, and,
+    Raises FileNotFoundError, or ValueError for an unreadable file, another file, and,
     with ``resumable``, a checkpoint without the optimizer state (a final weights file).
     """
-    state = _read(path)
+    state = read(path)
     _check_format(state, path)
     if resumable and 'optimizer' not in state:
         raise ValueError(f'{path} holds the weights of a finished run, not a resumable checkpoint: resume from '
@@ -114,8 +99,7 @@ def read_state_dict(source: Union[PathLike, Mapping[str, Any]], key: Optional[st
     """The tensors of a ``.safetensors`` file, a torch state dict / checkpoint file, or a loaded checkpoint.
 
     A checkpoint may wrap the state dict: ``key`` names the entry, else the first of ``state_dict``,
-    ``model``, ``module`` that is a mapping. A DDP ``module.`` prefix is dropped. A file of sentizoo's
-    earlier checkpoint formats is refused (:func:`load`).
+    ``model``, ``module`` that is a mapping. A DDP ``module.`` prefix is dropped.
     """
     if isinstance(source, Mapping):
         state: Any = source

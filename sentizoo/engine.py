@@ -1,4 +1,4 @@
-"""The training loop (:class:`Loop`) and its front doors :func:`amalgamate`, :func:`finetune` and :func:`evaluate`.
+"""The training loop (:class:`Loop`) and its front doors :func:`amalgamate` and :func:`finetune`.
 
 ``amalgamate`` trains the target inside an :class:`~sentizoo.amalgamation.Amalgamator` (the paper's four
 models and loss); ``finetune`` trains the target alone with the task loss (the paper's baseline);
@@ -31,7 +31,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
 import torch.distributed as dist
@@ -41,11 +41,12 @@ from torch.utils.data import DataLoader
 
 from .amalgamation import AmalgamationOutput, Amalgamator, FineTuner, init_target_from, num_outputs
 from .checkpoint import CHECKPOINT_NAME, load, rng_state, save, save_weights, set_rng_state
+from .evaluation import evaluate
 from .options import TrainOptions, train_options
-from .progress import EpochProgress, HistoryFiles, as_loggers, progress_mode, show_summary, summary
+from .progress import EpochProgress, HistoryFiles, as_loggers, show_summary, summary
 from .runtime import (all_gather, autocast, batch_size, distribute, process_group, rank_world, rebase_lr,
                       resolve_device, revert_sync_batchnorm, sgd, to_device, use_channels_last)
-from .sampling import Shard, Stream, check_data, check_labels, describe_loaders, rebuild
+from .sampling import Stream, check_data, describe_loaders
 from .saving import trained_cfg
 from .tasks import Task, get_task
 from .weights import remove_stale_temps
@@ -151,7 +152,7 @@ def _train(build: Callable[[], nn.Module], loader: DataLoader, val_loader: Optio
         outputs = num_outputs(module.target)
 
         def check(images: torch.Tensor, targets: torch.Tensor) -> None:  # every batch: an (N, 1) target broadcasts
-            task.check_shape(targets, outputs)
+            task.check_format(targets, outputs)
 
         target = Loop(module, {'loader': loader}, opts, device=device, task=task, val_loader=val_loader,
                       describe=describe, resume_from=resume_from, loggers=loggers, check_batch=check).run()
@@ -159,46 +160,6 @@ def _train(build: Callable[[], nn.Module], loader: DataLoader, val_loader: Optio
         transform = getattr(loader.dataset, 'transform', None)  # sentizoo.datasets.train_transform's records its config
         target.pretrained_cfg = trained_cfg(target.pretrained_cfg, getattr(transform, 'data_config', None))
     return target
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, task: Union[str, Task] = 'sll', *, device: Optional[str] = None,
-             channels_last: Optional[bool] = None, progress: bool = False,
-             outputs: Optional[List[Tuple[torch.Tensor, torch.Tensor]]] = None) -> Dict[str, float]:
-    """The task's metrics of ``model`` over ``loader`` (every sample once, also under torchrun).
-
-    ``outputs``: a list that receives each batch's ``(fp32 logits, targets)`` on the CPU, in the loader's order
-    (this process's share under torchrun), for per-sample analyses without a second pass.
-
-    The model is moved to ``device`` and put in eval mode. It runs in fp32, with autocast switched off even
-    inside a caller's autocast: bf16 logits tie, which moves the ranking loss by ~1e-3, the size of the
-    paper's gaps. The targets of every batch are checked against the logits (``task.check_target``).
-    """
-    task = get_task(task)
-    if getattr(model, 'num_classes', 0):  # labels and files checked before any image is read
-        check_labels('loader', loader.dataset, task, model.num_classes)
-    device = resolve_device(device)
-    model.to(device).eval()
-    channels_last = use_channels_last(channels_last, device)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    rank, world = rank_world()
-    if world > 1:
-        if len(loader.dataset) < world:
-            raise ValueError(f'evaluate: {len(loader.dataset)} samples cannot be shared by {world} processes.')
-        loader = rebuild(loader, Shard(len(loader.dataset), rank, world))
-    from tqdm.auto import tqdm
-    metrics = task.metrics()
-    for images, targets in tqdm(loader, desc='evaluate', leave=False, disable=progress_mode(progress) != 'bar'):
-        targets = targets.to(device, non_blocking=True)
-        with torch.autocast(device.type, enabled=False):
-            logits = model(to_device(images, device, channels_last)).float()
-        task.check_target(targets, logits.shape[1])
-        metrics.update(logits, targets)
-        if outputs is not None:
-            outputs.append((logits.cpu(), targets.cpu()))
-    metrics.sync()
-    return metrics.compute()
 
 
 # --- the loop ------------------------------------------------------------------------------------------

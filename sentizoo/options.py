@@ -29,7 +29,7 @@ class TrainOptions:
         amp: bf16 autocast on CUDA for the training steps (no effect on the CPU); ``'bf16'``: on any device,
             the CPU too; False: fp32. Validation always runs in fp32.
         channels_last: convert the models and the images to channels_last; ``None`` (default): on CUDA only,
-            where it speeds convolutions up (on the CPU it measured ~20% slower, BENCHMARKS.md).
+            where convolutions are made for that layout (the CPU's figures: BENCHMARKS.md).
         sync_batchnorm: under DDP, normalise with the statistics of the global batch (SyncBatchNorm, CUDA
             only); the returned model has plain BatchNorm layers again.
         progress: on rank 0, a progress bar with the running loss terms on a terminal; in a pipe or a log

@@ -18,15 +18,17 @@ import torch
 import torch.nn as nn
 from timm.models import VGG, ResNet
 
-__all__ = ['AMALGAMATION_STAGES', 'stage_features', 'stage_channels']
+__all__ = ['AMALGAMATION_STAGES', 'check_stage_model', 'stage_features', 'stage_channels', 'tap_channels']
 
 AMALGAMATION_STAGES = (1, 2, 3)
 _TIMM_INDEX = {1: 2, 2: 3, 3: 4}  # amalgamation stage -> forward_intermediates index
 
 
-def _check(model: nn.Module) -> None:
+def check_stage_model(model: nn.Module) -> None:
+    """Raise ValueError unless ``model`` is a timm ResNet or VGG: the models whose stages are defined (here and
+    in the pretext tasks of ``training.pretext``)."""
     if not isinstance(model, (ResNet, VGG)):
-        raise ValueError(f'Amalgamation stages are defined for timm ResNet and VGG models; got '
+        raise ValueError(f'Stages are defined for timm ResNet and VGG models; got '
                          f'{type(model).__name__}. Create the model with timm.create_model("resnet50") or similar '
                          '(unwrap DistributedDataParallel / torch.compile first).')
 
@@ -45,7 +47,7 @@ def stage_features(model: nn.Module, x: torch.Tensor, stages: Sequence[int] = AM
     Returns:
         ``(feats, logits)``: ``feats[i]`` is the output of stage ``stages[i]``; ``logits`` equals ``model(x)``.
     """
-    _check(model)
+    check_stage_model(model)
     if any(s not in _TIMM_INDEX for s in stages) or not (stages or with_logits):
         raise ValueError(f'stages must be a subset of {AMALGAMATION_STAGES} (non-empty unless with_logits); '
                          f'got {tuple(stages)}.')
@@ -65,5 +67,10 @@ def stage_features(model: nn.Module, x: torch.Tensor, stages: Sequence[int] = AM
 
 def stage_channels(model: nn.Module) -> Tuple[int, int, int]:
     """Channels of the stage 1, 2 and 3 taps, e.g. ``(512, 1024, 2048)`` for resnet50."""
-    _check(model)
-    return tuple(model.feature_info[i]['num_chs'] for i in _TIMM_INDEX.values())
+    return tuple(tap_channels(model, _TIMM_INDEX.values()))
+
+
+def tap_channels(model: nn.Module, indices: Sequence[int]) -> List[int]:
+    """Channels of the ``forward_intermediates`` taps ``indices`` (timm's numbering) of a timm ResNet / VGG."""
+    check_stage_model(model)
+    return [model.feature_info[i]['num_chs'] for i in indices]

@@ -35,12 +35,18 @@ class Metrics(ABC):
     The state is one float64 vector of sums, created on the device of the first batch.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, task: 'Task') -> None:
+        self.task = task
         self._state: Optional[torch.Tensor] = None
 
     @torch.no_grad()
     def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
-        """Add one batch: ``logits`` (N, C) as the model outputs them, ``target`` as the task expects."""
+        """Add one batch: ``logits`` (N, C) as the model outputs them, ``target`` as the task expects.
+
+        Raises ValueError when ``target``'s shape or dtype does not fit (:meth:`Task.check_format`): a wrong
+        shape would broadcast and be scored silently.
+        """
+        self.task.check_format(target, logits.shape[-1], len(logits))
         sums = self._batch_sums(logits.detach().double(), target.detach())
         self._state = sums if self._state is None else self._state + sums
 
@@ -79,6 +85,8 @@ class Task(ABC):
     """Direction of :attr:`primary_metric` (for model selection on a validation set)."""
     target_ndim: int = 2
     expected_shape: str = 'of shape (N, {C})'
+    expected_dtype: str = ''
+    """The dtype rule of :meth:`check_format`, in words (empty: any real dtype)."""
 
     @abstractmethod
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -96,12 +104,20 @@ class Task(ABC):
     def check_target(self, target: torch.Tensor, num_outputs: int) -> None:
         """Raise ValueError, naming expected and actual shape/dtype/values, if ``target`` does not fit."""
 
-    def check_shape(self, target: torch.Tensor, num_outputs: int) -> None:
-        """The shape part of :meth:`check_target`, without looking at the values (no device sync): cheap
-        enough for every training step, where a wrong shape would broadcast silently in the loss."""
+    def check_format(self, target: torch.Tensor, num_outputs: int, batch_size: Optional[int] = None) -> None:
+        """The shape and dtype part of :meth:`check_target`, without looking at the values (no device sync):
+        cheap enough for every training step and every metric update, where a wrong shape would broadcast
+        silently. ``batch_size``: the number of outputs the targets must match, when known."""
+        expected = self.expected_shape.format(C=num_outputs)
         if target.ndim != self.target_ndim or (self.target_ndim == 2 and target.shape[1] != num_outputs):
-            self._fail(target, self.expected_shape.format(C=num_outputs),
-                       f'shape {tuple(target.shape)} for a model with {num_outputs} outputs')
+            self._fail(target, expected, f'shape {tuple(target.shape)} for a model with {num_outputs} outputs')
+        if batch_size is not None and len(target) != batch_size:
+            self._fail(target, expected, f'{len(target)} targets for {batch_size} outputs')
+        if target.is_complex() or not self._dtype_fits(target.dtype):
+            self._fail(target, f'{expected} {self.expected_dtype}', f'dtype {target.dtype}')
+
+    def _dtype_fits(self, dtype: torch.dtype) -> bool:
+        return True
 
     def __repr__(self) -> str:
         return f'{type(self).__name__}()'
@@ -130,6 +146,7 @@ class SLL(Task):
     higher_is_better = True
     target_ndim = 1
     expected_shape = 'class indices of shape (N,)'
+    expected_dtype = 'with an integer dtype'
 
     def loss(self, logits, target):
         return F.cross_entropy(logits, target)
@@ -138,12 +155,14 @@ class SLL(Task):
         return logits.argmax(1)
 
     def metrics(self):
-        return _SLLMetrics()
+        return _SLLMetrics(self)
+
+    def _dtype_fits(self, dtype):
+        return not dtype.is_floating_point and dtype != torch.bool
 
     def check_target(self, target, num_outputs):
         expected = f'class indices of shape (N,) with an integer dtype, in [0, {num_outputs})'
-        if target.ndim != 1 or target.dtype.is_floating_point or target.dtype == torch.bool:
-            self._fail(target, expected, 'another shape or dtype')
+        self.check_format(target, num_outputs)
         if target.numel() and (target.min() < 0 or target.max() >= num_outputs):
             self._fail(target, expected, f'values in [{int(target.min())}, {int(target.max())}]')
 
@@ -207,11 +226,11 @@ class MLL(Task):
         return (torch.sigmoid(logits) > 0.5).long()
 
     def metrics(self):
-        return _MLLMetrics()
+        return _MLLMetrics(self)
 
     def check_target(self, target, num_outputs):
         expected = f'multi-hot labels of shape (N, {num_outputs}) with values 0/1'
-        self.check_shape(target, num_outputs)
+        self.check_format(target, num_outputs)
         if not ((target == 0) | (target == 1)).all():
             self._fail(target, expected, 'values other than 0 and 1')
 
@@ -259,6 +278,7 @@ class LDL(Task):
     primary_metric = 'kl'
     higher_is_better = False
     expected_shape = 'distributions of shape (N, {C})'
+    expected_dtype = 'with a float dtype'
 
     def loss(self, logits, target):
         return F.kl_div(F.log_softmax(logits, 1), target.to(logits.dtype), reduction='batchmean')
@@ -267,13 +287,14 @@ class LDL(Task):
         return torch.softmax(logits, 1)
 
     def metrics(self):
-        return _LDLMetrics()
+        return _LDLMetrics(self)
+
+    def _dtype_fits(self, dtype):
+        return dtype.is_floating_point
 
     def check_target(self, target, num_outputs):
         expected = f'distributions of shape (N, {num_outputs}), float, non-negative, rows summing to 1'
-        self.check_shape(target, num_outputs)
-        if not target.dtype.is_floating_point:
-            self._fail(target, expected, 'a non-float dtype')
+        self.check_format(target, num_outputs)
         if (target < 0).any():
             self._fail(target, expected, 'negative values')
         sums = target.double().sum(1)

@@ -363,3 +363,17 @@ def test_cli_baseline_starts_from_torchvision_imagenet_weights(tmp_path, monkeyp
     assert config['pretrained_cfg']['license'] == 'bsd-3-clause'
     trained = timm.create_model(f'local-dir:{tmp_path / "out"}', pretrained=True)
     torch.testing.assert_close(trained.conv1.weight, imagenet.conv1.weight, atol=1e-6, rtol=0)
+
+
+
+def test_cli_choices_are_the_librarys_names():
+    """--init and --task offer what the library defines (TARGET_INITS, DOWNSTREAM_TASKS), not a copy of them."""
+    from sentizoo.amalgamation import TARGET_INITS
+    from sentizoo.cli import build_parser
+    from sentizoo.tasks import DOWNSTREAM_TASKS
+
+    commands = next(a for a in build_parser()._actions if a.choices and 'amalgamate' in a.choices).choices
+    options = {command: {o: a.choices for a in commands[command]._actions for o in a.option_strings}
+               for command in ('amalgamate', 'evaluate')}
+    assert tuple(options['amalgamate']['--init']) == TARGET_INITS
+    assert tuple(options['amalgamate']['--task']) == tuple(options['evaluate']['--task']) == tuple(DOWNSTREAM_TASKS)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from training import confirm, pretext_eval
+from training import confirm, confirm_protocol, pretext_eval
 from training.downstream import predictions_path
 from training.paired_stats import Discordant, discordant, hierarchical_bootstrap, mcnemar_exact, sign_counts
 
@@ -14,9 +14,9 @@ from training.paired_stats import Discordant, discordant, hierarchical_bootstrap
 
 
 def test_the_protocol_fixes_fresh_seeds_the_sizes_and_the_decision_rule():
-    protocol = confirm.load_protocol()
-    seeds = confirm.protocol_seeds(protocol)
-    earlier = confirm.earlier_seeds()
+    protocol = confirm_protocol.load_protocol()
+    seeds = confirm_protocol.protocol_seeds(protocol)
+    earlier = confirm_protocol.earlier_seeds()
     assert {0, 1, 2, 100, 200} <= set(earlier)  # the exploratory study's and the demo's seeds are found
     assert not set(seeds) & set(earlier) and len(set(seeds)) == len(seeds)
     assert len(protocol['teacher_sets']) >= 3 and len(protocol['downstream']['test_seeds']) >= 5
@@ -30,7 +30,7 @@ def test_the_protocol_fixes_fresh_seeds_the_sizes_and_the_decision_rule():
         protocol['hypotheses']['secondary']
     assert 'interval' in protocol['analysis']['decision_rule'] and protocol['analysis']['bootstrap']['interval'] == 0.95
     assert protocol['downstream']['arms']['random_teachers']['teachers'] == 'random'
-    quick = confirm.load_protocol(quick=True)
+    quick = confirm_protocol.load_protocol(quick=True)
     assert len(quick['teacher_sets']) == 2 and quick['downstream']['max_data']['n_test'] == 24
     assert quick['hypotheses'] == protocol['hypotheses']  # --quick shrinks the sizes, never the questions
 
@@ -46,12 +46,12 @@ def test_the_protocol_fixes_fresh_seeds_the_sizes_and_the_decision_rule():
 ], ids=['dev-seed-is-a-test-seed', 'reused-seed', 'two-sets', 'small-test-set', 'seed-twice', 'no-rule',
         'unknown-arm'])
 def test_a_weakened_protocol_is_refused_naming_the_problem(tmp_path, edit, problem):
-    protocol = json.loads(confirm.PROTOCOL.read_text())
+    protocol = json.loads(confirm_protocol.PROTOCOL.read_text())
     edit(protocol)
     path = tmp_path / 'weak.json'
     path.write_text(json.dumps(protocol))
-    with pytest.raises(confirm.ProtocolError, match=problem) as e:
-        confirm.load_protocol(path)
+    with pytest.raises(confirm_protocol.ProtocolError, match=problem) as e:
+        confirm_protocol.load_protocol(path)
     assert str(path) in str(e.value)
 
 
@@ -121,8 +121,8 @@ def quick_run(tmp_path_factory):
 @pytest.mark.slow
 def test_quick_runs_every_arm_and_control_with_per_image_predictions(quick_run):
     out, record = quick_run
-    protocol = confirm.load_protocol(quick=True)
-    cells = list(confirm.planned_cells(protocol))
+    protocol = confirm_protocol.load_protocol(quick=True)
+    cells = list(confirm_protocol.planned_cells(protocol))
     assert {arm for *_, arm in cells} == {'hp_finetune', 'amalgamation', 'random_teachers', 'hp_teachers'}
     assert sum(arm == 'hp_teachers' for *_, arm in cells) == 2 * 2  # its two seeds in each of the two sets
     for experiment, teacher_set, seed, arm in cells:

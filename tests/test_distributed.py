@@ -87,3 +87,49 @@ def test_two_single_process_nodes_with_c10d_rendezvous_equal_one_process(tmp_pat
         for p in nodes:
             p.kill()
     _assert_equal_to_one_process(state(tmp_path / 'shared'), state(tmp_path / 'single'))
+
+
+DDP_PRETRAIN = '''
+import json, sys
+import torch.nn as nn
+out, forced = sys.argv[1], json.loads(sys.argv[2])
+wrap = nn.parallel.DistributedDataParallel.__init__
+def record(self, module, *args, **kwargs):  # what training.pretrain asks DDP for (or what this run forces)
+    kwargs['find_unused_parameters'] = kwargs['find_unused_parameters'] if forced is None else forced
+    open(out + '/find_unused.json', 'w').write(json.dumps(kwargs['find_unused_parameters']))
+    wrap(self, module, *args, **kwargs)
+nn.parallel.DistributedDataParallel.__init__ = record
+from training.pretrain import main
+sys.exit(main(sys.argv[3:]))
+'''
+
+
+def run_pretrain_ddp(out, forced=None, steps=3):
+    """ST on vgg16_bn pre-trained by 2 gloo processes (tiny: 64 px, 3 steps); ``forced`` overrides DDP's
+    find_unused_parameters. Returns each rank's output folder."""
+    port = _free_port()
+    ranks = []
+    for rank in range(2):
+        folder = out / f'rank{rank}'
+        folder.mkdir(parents=True)
+        env = dict(os.environ, MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                   WORLD_SIZE='2', OMP_NUM_THREADS='1')
+        argv = ['--model', 'st', '--arch', 'vgg16_bn', '--dataset', 'synthetic', '--image-size', '64', '--epochs', '1',
+                '--steps-per-epoch', str(steps), '--batch-size', '2', '--max-samples', '16', '--workers', '0',
+                '--init', 'random', '--out-dir', str(out / 'run'), '--no-progress']
+        ranks.append(subprocess.Popen([sys.executable, '-c', DDP_PRETRAIN, str(folder), json.dumps(forced), *argv],
+                                      env=env, stderr=subprocess.PIPE, text=True))
+    try:
+        for p in ranks:
+            assert p.wait(timeout=300) == 0, p.stderr.read()
+    finally:
+        for p in ranks:
+            p.kill()
+    return [out / f'rank{rank}' for rank in range(2)]
+
+
+def test_pretraining_vgg_st_needs_no_unused_parameter_search(tmp_path):
+    """With the paper's VGG head (no fc6/fc7) the ST tasks use every parameter: DDP trains without
+    find_unused_parameters, which would search the graph every step for nothing."""
+    for folder in run_pretrain_ddp(tmp_path):
+        assert json.loads((folder / 'find_unused.json').read_text()) is False

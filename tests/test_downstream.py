@@ -49,8 +49,7 @@ def _fill_zoo(arch: str = 'resnet18', tags=('st', 'ho', 'hp')) -> None:
     (dict(data={'n_trian': 5}), "data: unknown synthetic key(s) ['n_trian']"),
     (dict(runs={}), 'runs: a non-empty object of run name -> run, got {}'),
     (dict(runs={'a': {'mode': 'distill', 'init': 'hp'}}), "runs.a.mode: one of ('finetune', 'amalgamate'), got 'distill'"),
-    (dict(runs={'a': {'mode': 'finetune', 'init': 'places'}}), "runs.a.init: one of ('imagenet', 'random', 'hp', 'ho', "
-                                                               "'st')"),
+    (dict(runs={'a': {'mode': 'finetune', 'init': 'places'}}), "runs.a.init: one of ('st', 'ho', 'hp', 'imagenet', 'random')"),
     (dict(runs={'a': {'mode': 'finetune', 'init': 'hp', 'feature_stages': [1]}}),
      "runs.a: ['feature_stages'] only apply to \"mode\": \"amalgamate\""),
     (dict(runs={'a': {'mode': 'amalgamate', 'init': 'hp', 'feature_stages': [0, 4]}}),
@@ -245,3 +244,27 @@ def test_table1_configs_are_generated_from_the_papers_cells(capsys):
     assert c['train']['lr'] == 1e-3 and c['train']['epochs'] == 30  # the paper's schedule: TrainOptions' defaults
     assert ds.main(['--config', 'table1_resnet50_fi_sll', '--check']) == 0
     assert 'valid (baseline, amalgamation)' in capsys.readouterr().out
+
+
+def test_imagenet_start_is_the_librarys(tmp_path, monkeypatch):
+    """--init imagenet has one code path: a downstream run's target is create_target's (the CLI baseline's), head
+    included, and pre-training's backbone gets the same weights."""
+    from safetensors.torch import save_file
+
+    from helpers import write_hf_cache
+    from sentizoo.amalgamation import create_target
+    from training.pretrain import init_backbone
+
+    monkeypatch.setattr('huggingface_hub.constants.HF_HUB_CACHE', str(tmp_path / 'hf'))
+    monkeypatch.setattr('huggingface_hub.constants.HF_HUB_OFFLINE', True)
+    torch.manual_seed(0)
+    imagenet = timm.create_model('resnet18').state_dict()
+    save_file(imagenet, tmp_path / 'model.safetensors')
+    write_hf_cache(tmp_path / 'hf', 'timm/resnet18.tv_in1k', {'model.safetensors': tmp_path / 'model.safetensors'})
+    target = ds.build_target('resnet18', 'imagenet', 5, seed=3)
+    torch.manual_seed(3)
+    library = create_target('resnet18', 5, 'imagenet').state_dict()
+    assert all(torch.equal(v, library[k]) for k, v in target.state_dict().items())
+    backbone = timm.create_model('senti_resnet18', num_classes=0)
+    assert init_backbone(backbone, 'resnet18', 'imagenet') == 'ImageNet (torchvision weights, timm/resnet18.tv_in1k)'
+    assert all(torch.equal(v, imagenet[k]) and torch.equal(v, library[k]) for k, v in backbone.state_dict().items())

@@ -28,7 +28,7 @@ def test_unigram_cross_entropy_by_hand():
 def test_classification_scores_equal_the_models_own_cross_entropy_and_accuracy():
     torch.manual_seed(0)
     model = build_perception_model('ho', 'resnet18', scene={'classes': 12}, jigsaw={'permutations': 10, 'tile': 8})
-    transform = pretrain_transform(37, 32, normalize=False, train=False)
+    transform = pretrain_transform(32, normalize=False, train=False)
     scenes = SyntheticScenes(n=10, split='test', transform=transform, size=37)
     images = SyntheticImages(n=10, split='test', transform=transform, size=37)
     train = {'scene': scenes, 'jigsaw': images}

@@ -133,7 +133,7 @@ def test_a_stopped_study_reuses_a_finished_model_only_with_the_same_settings(tmp
                              progress=False, resume='auto')
 
 
-def test_a_checkpoint_of_an_earlier_format_stops_the_study_with_one_line(tmp_path, capsys):
+def test_a_checkpoint_of_another_format_stops_the_study_with_one_line(tmp_path, capsys):
     from sentizoo import checkpoint
     last = tmp_path / 'pretrain' / 'st' / 'last.pt'
     last.parent.mkdir(parents=True)
@@ -141,5 +141,5 @@ def test_a_checkpoint_of_an_earlier_format_stops_the_study_with_one_line(tmp_pat
     assert study.main(['--quick', '--out', str(tmp_path), '--no-progress']) == 2
     err = capsys.readouterr().err
     assert err.startswith('python -m training.study: error: ') and err.count('\n') == 1
-    assert f'{last} is a sentizoo.pretrain/1 checkpoint' in err and 'Or pass another --out.' in err
+    assert f'{last} is not a sentizoo training checkpoint' in err and 'Or pass another --out.' in err
     assert checkpoint.FORMAT in err

@@ -175,7 +175,7 @@ def test_ldl_metrics_exact_for_tiny_probabilities():
 def test_ldl_check_target():
     task = get_task('ldl')
     task.check_target(torch.tensor([[0.2, 0.8]]), 2)
-    with pytest.raises(ValueError, match='non-float dtype'):
+    with pytest.raises(ValueError, match='float dtype.*torch.int64'):
         task.check_target(torch.tensor([[0, 1]]), 2)
     with pytest.raises(ValueError, match='negative'):
         task.check_target(torch.tensor([[-0.2, 1.2]]), 2)
@@ -202,3 +202,21 @@ def test_sync_sums_the_state_over_processes(monkeypatch, task):
         monkeypatch.setattr(dist, 'all_reduce', lambda t: t.add_(states[1 - rank]))
         acc.sync()
         _assert_same(acc.compute(), whole)
+
+
+@pytest.mark.parametrize('name, good, bad, match', [
+    ('sll', torch.tensor([0, 1, 2, 0]), torch.zeros(4, 1, dtype=torch.long), r'sll task: .*shape \(4, 1\)'),
+    ('sll', torch.tensor([0, 1, 2, 0]), torch.tensor([0, 1, 2]), r'3 targets for 4 outputs'),
+    ('sll', torch.tensor([0, 1, 2, 0]), torch.tensor([0.0, 1.0, 2.0, 0.0]), 'integer dtype.*torch.float32'),
+    ('mll', torch.tensor([[0, 1, 1]] * 4), torch.ones(4, 1), r'mll task: .*\(N, 3\).*shape \(4, 1\)'),
+    ('ldl', torch.full((4, 3), 1 / 3), torch.ones(4, 1), r'ldl task: .*\(N, 3\).*shape \(4, 1\)'),
+    ('ldl', torch.full((4, 3), 1 / 3), torch.ones(4, 3, dtype=torch.long), 'float dtype.*torch.int64'),
+])
+def test_metrics_update_checks_target(name, good, bad, match):
+    """The metrics are public API used on their own: a target that would broadcast is refused, not scored, with
+    the message the training loop gives."""
+    logits = torch.randn(4, 3)
+    scores = get_task(name).metrics()
+    scores.update(logits, good)
+    with pytest.raises(ValueError, match=match):
+        scores.update(logits, bad)

@@ -93,9 +93,9 @@ def test_bad_image_is_replaced_by_the_next_and_logged_once(tmp_path, caplog):
 
 def test_pretrain_transform_shapes_and_range():
     image = Image.new('RGB', (40, 30), (255, 0, 0))
-    x = pretrain_transform(resize=16, crop=12, normalize=False)(image)
+    x = pretrain_transform(12, normalize=False)(image)
     assert x.shape == (3, 12, 12) and x.min() >= 0 and x.max() <= 1 and x[0].mean() == pytest.approx(1)
-    y = pretrain_transform(resize=16, crop=12)(image)
+    y = pretrain_transform(12)(image)
     assert y[0, 0, 0] == pytest.approx((1 - 0.485) / 0.229, abs=1e-4)
 
 
@@ -580,7 +580,7 @@ def test_artemis_raw_csv_split_by_artwork(tmp_path):
             assert expected[style + painting[:-4]] == name
             row = next(r for r in rows if r[3] == text)  # the quoted commas survived
             assert (row[0], row[1] + '.jpg') == (style, painting) and ds.emotions[i] == ARTEMIS_EMOTIONS.index(row[2])
-    image, text = ArtEmis(tmp_path, 'train', transform=pretrain_transform(16, 12))[0]
+    image, text = ArtEmis(tmp_path, 'train', transform=pretrain_transform(12))[0]
     assert image.shape == (3, 12, 12) and text == splits['train'].utterances[0] and ',' in text
 
 
@@ -675,7 +675,7 @@ def test_synthetic_labels_follow_the_cues():
 
 
 def test_synthetic_datasets_batch_through_a_loader():
-    transform = pretrain_transform(resize=36, crop=32)
+    transform = pretrain_transform(32)
     for ds, shape in ((synthetic.SyntheticImages(8, transform=transform), (4,)),
                       (synthetic.SyntheticScenes(8, transform=transform), (4,)),
                       (synthetic.SyntheticANP(8, transform=transform), (4,)),

@@ -49,6 +49,8 @@ from sentizoo.options import TrainOptions
 from sentizoo.progress import Logger
 from sentizoo.runtime import autocast, process_group, rank_world, resolve_device
 
+from .provenance import versions
+
 __all__ = ['PretrainConfig', 'pretrain', 'parse_args', 'main', 'MODELS', 'DATASETS']
 
 _logger = logging.getLogger('training.pretrain')
@@ -190,7 +192,7 @@ def build_datasets(config: PretrainConfig, heldout: bool = False, split: Optiona
     from .datasets.common import pretrain_transform
     c = config
     resize = resize_size(paper_data_config(c.image_size))
-    transform = pretrain_transform(resize, c.image_size, normalize=False, train=not heldout)
+    transform = pretrain_transform(c.image_size, normalize=False, train=not heldout)
     split = {name: (split or HELDOUT_SPLITS[name]) if heldout else 'train' for name in HELDOUT_SPLITS}
     if c.dataset == 'synthetic':
         from .datasets import synthetic as syn
@@ -246,38 +248,38 @@ def build_model_and_data(config: PretrainConfig) -> Tuple[nn.Module, List[Tuple[
 def init_backbone(backbone: nn.Module, arch: str, init: str) -> str:
     """Load the ImageNet initialisation into ``backbone`` (a timm model, ``num_classes=0``).
 
-    Returns a short description of where the weights came from, for the log and the model card.
-    Accepts timm and torchvision key layouts (VGG: torchvision ``classifier.*`` keys go through
-    timm's VGG checkpoint filter). Classifier weights are dropped; any other missing or unexpected
-    key is an error, because the file belongs to another architecture.
+    ``init``: ``'imagenet'`` (torchvision's weights, timm's ``<arch>.tv_in1k``, loaded as the library's
+    :func:`~sentizoo.amalgamation.create_target` loads them), ``'random'`` (warned) or a file, in timm or
+    torchvision key layout (VGG: torchvision ``classifier.*`` keys go through timm's VGG checkpoint filter).
+    Returns a short description of where the weights came from, for the log and the model card. Classifier
+    weights are dropped; any other missing or unexpected key is an error: the weights are another architecture's.
     """
     if init == 'random':
         warnings.warn(f'pre-training {arch} from a random initialisation: the paper starts every backbone from '
                       f'ImageNet weights (--init imagenet, or --init FILE)', stacklevel=2)
         return 'random'
     if init == 'imagenet':
-        from huggingface_hub import hf_hub_download
-        from sentizoo.models import imagenet_name
-        from sentizoo.weights import hf_offline  # the library's reading of HF_HUB_OFFLINE
-        repo = f'timm/{imagenet_name(arch)}'
+        import timm
+        from sentizoo.amalgamation import init_target_from, target_weights
+        name = target_weights(arch, 'imagenet')
+        repo = f'timm/{name}'
         try:
-            state = read_state_dict(hf_hub_download(repo, 'model.safetensors', local_files_only=hf_offline()))
+            weights = timm.create_model(name, pretrained=True)
         except Exception as e:  # offline and not cached, no network, hub error: say what to do instead
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise RuntimeError(f'could not load the ImageNet weights {repo} from the Hugging Face hub or cache '
                                f'({reason}); fetch them once with network access (HF_HUB_OFFLINE unset), or pass '
                                f'--init FILE (torchvision/timm state dict or .safetensors) or --init random') from e
-        source = f'ImageNet (torchvision weights, {repo})'
-    else:
-        path = Path(init)
-        state = read_state_dict(path)
-        source = f'ImageNet file {path.name}'
+        init_target_from(backbone, weights)  # drops the classifier (and a stock VGG's fc6/fc7)
+        return f'ImageNet (torchvision weights, {repo})'
+    path = Path(init)
+    state = read_state_dict(path)
     if arch.startswith('vgg') and any(k.startswith('classifier.') for k in state):
         import timm.models.vgg as timm_vgg  # torchvision VGG layout -> timm's (classifier.N -> pre_logits / head)
         state = (getattr(timm_vgg, 'checkpoint_filter_fn', None) or timm_vgg._filter_fn)(state)
     from .perception import load_backbone
     load_backbone(backbone, state)  # drops the classifier; any other mismatch is an error
-    return source
+    return f'ImageNet file {path.name}'
 
 
 # --------------------------------------------------------------------------------------------- logging
@@ -344,12 +346,6 @@ class RunLog(Logger):
 
 # ------------------------------------------------------------------------------------------- training
 
-def _versions() -> Dict[str, str]:
-    import timm
-    import sentizoo
-    return {'sentizoo': str(sentizoo.__version__), 'torch': str(torch.__version__), 'timm': str(timm.__version__)}
-
-
 def pretrain(config: Union[PretrainConfig, argparse.Namespace, Mapping[str, Any], Sequence[str]],
              loggers: Sequence[Any] = ()) -> Path:
     """Pre-train one perception model; returns the path of the final checkpoint (``<out_dir>/final.pt``).
@@ -387,8 +383,6 @@ def _train(config: PretrainConfig, device: torch.device, loggers: Sequence[Any])
     init = ckpt['init'] if ckpt is not None else init_backbone(model.backbone, config.arch, config.init)
     if ckpt is None:  # per-rank stream for in-step randomness (a resumed run restores the checkpoint's)
         torch.manual_seed(config.seed + rank)
-    # the ST tasks tap VGG's conv stages only: its pre-logits (fc6/fc7) get no gradient there (DDP must know)
-    model.has_unused_parameters = config.model == 'st' and config.arch.startswith('vgg')
     opts = TrainOptions(epochs=config.epochs, lr=config.lr, momentum=config.momentum,
                         weight_decay=config.weight_decay, step_size=config.lr_step, gamma=config.lr_gamma,
                         seed=config.seed, checkpoint_dir=str(out), checkpoint_every=config.save_every or None,
@@ -401,7 +395,7 @@ def _train(config: PretrainConfig, device: torch.device, loggers: Sequence[Any])
     precision = 'fp32' if isinstance(autocast(device, opts.amp), nullcontext) else 'bf16 autocast'
     facts = {'trainer': 'training.pretrain', 'config': dataclasses.asdict(config), 'command': config.command(),
              'init': init, 'precision': precision, 'world_size': world, 'data': data_facts,
-             'tasks': [name for name, _, _ in tasks], 'versions': _versions()}
+             'tasks': [name for name, _, _ in tasks], 'versions': versions()}
     same_run = {k: getattr(config, k) for k in ('model', 'arch', 'dataset', 'image_size', 'max_samples')}
     loggers = [RunLog(out, config.log_every), *loggers, *['tensorboard'] * config.tensorboard]
     loop = Loop(model, loaders, opts, device=device, describe=dict(mode='pretrain', **same_run), resume_from=resume,

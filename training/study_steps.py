@@ -85,7 +85,10 @@ def _check_same_run(checkpoint: Path, config: Any) -> None:
 
 
 def measure_pretext(checkpoint: Path, samples: int, batch_size: int, device: Optional[str] = None) -> list:
-    """The held-out :class:`~training.pretext_eval.PretextScore` of each task of a pre-trained model."""
+    """The held-out :class:`~training.pretext_eval.PretextScore` of each task of a pre-trained model, measured on
+    ``device`` (default: this process's GPU if any, else the CPU, as pre-training and the downstream runs)."""
+    from sentizoo.runtime import resolve_device
+
     from .pretext_eval import evaluate_pretext, load_perception_model
     model, heldout, train = load_perception_model(checkpoint, samples)
-    return evaluate_pretext(model, heldout, train, batch_size=batch_size, device=device or 'cpu')
+    return evaluate_pretext(model, heldout, train, batch_size=batch_size, device=str(resolve_device(device)))

@@ -116,9 +116,10 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
     """The data and device options of amalgamate and evaluate (device, memory format and progress: the
     :class:`~sentizoo.options.TrainOptions` fields, which both front doors take)."""
     from ..options import TrainOptions
+    from ..tasks import DOWNSTREAM_TASKS
     from .arguments import add_dataclass_arguments
 
-    p.add_argument('--task', choices=('sll', 'mll', 'ldl'),
+    p.add_argument('--task', choices=tuple(DOWNSTREAM_TASKS),
                    help='sll for a folder of class folders (default); mll or ldl for a CSV (required)')
     p.add_argument('--batch-size', type=int, default=32, help='images per step and process (default: 32)')
     p.add_argument('--workers', type=int, help='DataLoader worker processes (default: the CPU cores, up to 8)')

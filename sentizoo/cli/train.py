@@ -158,7 +158,7 @@ def _run_amalgamate(args: argparse.Namespace) -> int:
 
 
 def add_amalgamate_parser(subparsers) -> None:
-    from ..amalgamation import TEACHER_TAGS
+    from ..amalgamation import TARGET_INITS, TEACHER_TAGS
     from ..options import TrainOptions
     from ..stages import AMALGAMATION_STAGES
     from .arguments import add_dataclass_arguments
@@ -179,10 +179,10 @@ def add_amalgamate_parser(subparsers) -> None:
     p.add_argument('--output', type=Path, required=True, metavar='DIR', help='where to write the trained target')
     p.add_argument('--baseline', action='store_true',
                    help='plain fine-tuning without teachers (the paper\'s baseline)')
-    p.add_argument('--init', metavar='{hp,imagenet,random}', choices=('hp', 'imagenet', 'random'),
-                   help='target initialisation: hp = the senti HP backbone (default, official), imagenet = '
-                        'torchvision\'s ImageNet weights, timm\'s <arch>.tv_in1k (default with --baseline, as in '
-                        'the paper), random')
+    p.add_argument('--init', choices=TARGET_INITS,
+                   help='target initialisation: hp = the senti HP backbone (default, official), st / ho = the other '
+                        'senti backbones, imagenet = torchvision\'s ImageNet weights, timm\'s <arch>.tv_in1k (default '
+                        'with --baseline, as in the paper), random')
     add_data_arguments(p)
     add_dataclass_arguments(p, TrainOptions, _TRAIN_OPTIONS)
     ablation = p.add_argument_group('ablations (paper Tables 3 and 4)')

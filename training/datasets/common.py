@@ -28,13 +28,11 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 import numpy as np
 import torch
 from torch.utils.data import Dataset
-from torchvision import transforms as T
 
+from sentizoo.datasets import eval_transform, paper_data_config, train_transform
 from sentizoo.images import IMAGE_EXTENSIONS, ImageLoadError, load_image
 
 PathLike = Union[str, Path]
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 _logger = logging.getLogger(__name__)
 
@@ -168,22 +166,20 @@ class ImageDataset(Dataset):
                            f'(first: {self.path(index % n)}); check the data root')
 
 
-def pretrain_transform(resize: int = 256, crop: int = 224, hflip: float = 0.5, normalize: bool = True,
-                       train: bool = True) -> Callable[[Any], torch.Tensor]:
-    """The paper's pre-training augmentation: resize to ``resize``x``resize``, random crop ``crop``, flip.
+def pretrain_transform(image_size: int = 224, normalize: bool = True, train: bool = True
+                       ) -> Callable[[Any], torch.Tensor]:
+    """The paper's pre-training augmentation: :func:`sentizoo.datasets.train_transform` of the paper's data
+    config (resize to a square of ``floor(image_size / 0.875)``, random crop ``image_size``, flip).
 
-    Returns a float tensor (3, crop, crop), ImageNet-normalised when ``normalize`` (scene / ANP /
-    captioning / jigsaw); ``normalize=False`` keeps [0, 1] for the ST tasks, whose Lab and
-    super-resolution targets are computed from the RGB image on the device. ``train=False`` gives the
-    held-out view of the same images: the centre crop, no flip.
+    Returns a float tensor (3, image_size, image_size), ImageNet-normalised when ``normalize`` (scene / ANP /
+    captioning / jigsaw); ``normalize=False`` keeps [0, 1] for the ST tasks, whose Lab and super-resolution
+    targets are computed from the RGB image on the device. ``train=False`` gives the held-out view of the same
+    images (:func:`sentizoo.datasets.eval_transform`): the centre crop, no flip.
     """
-    steps: List[Callable] = [T.Resize((resize, resize)), T.RandomCrop(crop) if train else T.CenterCrop(crop)]
-    if train and hflip > 0:
-        steps.append(T.RandomHorizontalFlip(hflip))
-    steps.append(T.ToTensor())
-    if normalize:
-        steps.append(T.Normalize(IMAGENET_MEAN, IMAGENET_STD))
-    return T.Compose(steps)
+    config = paper_data_config(image_size)
+    if not normalize:  # mean 0, std 1: the identity, exactly, in floating point
+        config.update(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    return train_transform(config) if train else eval_transform(config)
 
 
 def train_test_indices(n: int, test_size: Union[float, int], seed: int) -> Tuple[np.ndarray, np.ndarray]:

@@ -25,26 +25,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import VGG, ResNet
+
+from sentizoo.stages import check_stage_model
 
 __all__ = ['PretextTask', 'ClassificationTask', 'STAGE_INDICES', 'LAST_STAGE_INDEX', 'images_of',
-           'imagenet_normalize', 'stage_channels', 'stage_maps', 'pooled_dim']
+           'imagenet_normalize', 'stage_maps', 'pooled_dim']
 
 STAGE_INDICES = (1, 2, 3, 4)  # timm forward_intermediates indices of the four stages (docs/method.md)
 LAST_STAGE_INDEX = STAGE_INDICES[-1]
-
-
-def _check_backbone(backbone: nn.Module) -> None:
-    if not isinstance(backbone, (ResNet, VGG)):
-        raise ValueError(f'pretext tasks read the stages of timm ResNet and VGG backbones; got '
-                         f'{type(backbone).__name__}. Create it with timm.create_model("resnet50", num_classes=0) '
-                         f'or similar (unwrap DistributedDataParallel / torch.compile first).')
-
-
-def stage_channels(backbone: nn.Module, indices: Sequence[int] = STAGE_INDICES) -> List[int]:
-    """Channels of the ``forward_intermediates`` taps ``indices`` of a timm ResNet / VGG."""
-    _check_backbone(backbone)
-    return [backbone.feature_info[i]['num_chs'] for i in indices]
 
 
 def stage_maps(backbone: nn.Module, x: torch.Tensor, indices: Sequence[int] = STAGE_INDICES) -> List[torch.Tensor]:
@@ -55,11 +43,11 @@ def stage_maps(backbone: nn.Module, x: torch.Tensor, indices: Sequence[int] = ST
 def pooled_dim(backbone: nn.Module) -> int:
     """Width of ``backbone(x)`` for a timm model with ``num_classes=0``: the pooled pre-logits features.
 
-    ResNet: global average pooling of ``layer4`` (``num_features``). VGG: timm's pre-logits (fc6/fc7 as
-    convolutions, then pooling; ``head_hidden_size`` = 4096), so every exported parameter is trained
-    and the downstream classifier of timm sits on the features the pretext tasks shaped.
+    ResNet: global average pooling of ``layer4``. VGG (the paper's head, :class:`sentizoo.models.PaperVGG`):
+    global average pooling of the last conv block, 512 wide (``head_hidden_size`` = ``num_features``), the
+    features the downstream classifier sits on. A stock timm VGG would give its 4096-wide fc6/fc7 pre-logits.
     """
-    _check_backbone(backbone)
+    check_stage_model(backbone)
     return getattr(backbone, 'head_hidden_size', None) or backbone.num_features
 
 

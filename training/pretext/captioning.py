@@ -22,7 +22,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import LAST_STAGE_INDEX, PretextTask, imagenet_normalize, images_of, stage_channels, stage_maps
+from sentizoo.stages import tap_channels
+
+from .base import LAST_STAGE_INDEX, PretextTask, imagenet_normalize, images_of, stage_maps
 
 __all__ = ['Captioning', 'ShowAttendTellDecoder', 'SoftAttention', 'Vocabulary', 'tokenize',
            'PAD', 'SOS', 'EOS', 'UNK', 'SPECIAL_TOKENS']
@@ -197,7 +199,7 @@ class Captioning(PretextTask):
                             f'got {type(vocab).__name__}')
         self.vocab, self.alpha_c = vocab, alpha_c
         self.collate_fn = vocab.collate
-        self.head = ShowAttendTellDecoder(stage_channels(backbone, [LAST_STAGE_INDEX])[0], len(vocab), embed_dim,
+        self.head = ShowAttendTellDecoder(tap_channels(backbone, [LAST_STAGE_INDEX])[0], len(vocab), embed_dim,
                                           hidden_dim, attention_dim, dropout)
 
     def prepare(self, batch: Sequence[torch.Tensor]) -> Tuple[Tuple[torch.Tensor, torch.Tensor], torch.Tensor]:

@@ -13,7 +13,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import PretextTask, images_of, stage_channels, stage_maps
+from sentizoo.stages import tap_channels
+
+from .base import STAGE_INDICES, PretextTask, images_of, stage_maps
 
 __all__ = ['Colorization', 'UpCatHead', 'rgb_to_lab', 'lab_to_rgb']
 
@@ -107,7 +109,7 @@ class Colorization(PretextTask):
 
     def __init__(self, backbone: nn.Module, width: int = 256):
         super().__init__()
-        self.head = UpCatHead(stage_channels(backbone), width, out_channels=2)
+        self.head = UpCatHead(tap_channels(backbone, STAGE_INDICES), width, out_channels=2)
 
     def prepare(self, batch: Any) -> Tuple[torch.Tensor, torch.Tensor]:
         """RGB in [0, 1] -> (L input (N, 3, H, W) in [-1, 1], ab target (N, 2, H, W) in [0, 1])."""

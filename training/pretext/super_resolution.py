@@ -12,7 +12,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import LAST_STAGE_INDEX, PretextTask, imagenet_normalize, images_of, stage_channels, stage_maps
+from sentizoo.stages import tap_channels
+
+from .base import LAST_STAGE_INDEX, PretextTask, imagenet_normalize, images_of, stage_maps
 
 __all__ = ['SuperResolution', 'SRHead', 'GemmConvTranspose2d']
 
@@ -67,7 +69,7 @@ class SuperResolution(PretextTask):
         if scale < 1:
             raise ValueError(f'SuperResolution: scale must be >= 1, got {scale}')
         self.scale = scale
-        self.head = SRHead(stage_channels(backbone, [LAST_STAGE_INDEX])[0])
+        self.head = SRHead(tap_channels(backbone, [LAST_STAGE_INDEX])[0])
 
     def prepare(self, batch: Any) -> Tuple[torch.Tensor, torch.Tensor]:
         """RGB in [0, 1] -> (normalised input (N, 3, H/s, W/s), target (N, 3, H, W) in [0, 1]).
