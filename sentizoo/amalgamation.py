@@ -369,7 +369,7 @@ def _create_amalgamator(variant: str, pretrained: bool = False, pretrained_cfg=N
     arch, teachers = stock_name(variant.removeprefix('amalgamator_')), kwargs.get('teachers')
     module = create_amalgamator(arch, pretrained=pretrained, **kwargs)
     module.pretrained_cfg = cfg.to_dict()
-    if teachers and stock_name(teachers) != arch:  # the cfg describes the arch's own teachers
+    if teachers and not same_architecture(arch, teachers):  # the cfg describes the arch's own teachers
         module.pretrained_cfg['description'] = (f'Amalgamation module: a {arch} target trained beside the '
                                                 f'{senti_name(teachers)}.st/.ho/.hp teachers; keep .target.')
     return module

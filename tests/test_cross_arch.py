@@ -77,6 +77,9 @@ def test_cli_amalgamates_any_timm_target_with_teachers_of_another_architecture(t
     # without --teachers a target outside the zoo has no teachers of its own
     assert main(['amalgamate', 'test_convnext', str(tmp_path / 'data'), '--output', str(tmp_path / 'o2'), *common]) == 2
     assert "No sentiment-pretrained weights exist for 'test_convnext'" in capsys.readouterr().err
+    assert main(['amalgamate', 'resnet18', str(tmp_path / 'data'), '--baseline', '--teachers', 'resnet50',
+                 '--output', str(tmp_path / 'o3'), *common]) == 2
+    assert '--teachers with --baseline' in capsys.readouterr().err
 
 
 def test_hub_and_registry_take_teachers_of_another_architecture(tiny_resnets):

@@ -109,6 +109,8 @@ def _run_amalgamate(args: argparse.Namespace) -> int:
     for folder, flag in ((args.output, '--output'), (args.checkpoint_dir, '--checkpoint-dir')):
         if folder is not None:
             check_writable_dir(folder, flag)
+    if args.baseline and args.teachers:
+        raise UsageError('--teachers with --baseline: plain fine-tuning has no teachers; drop one of the two.')
     train_set, task = open_labelled(args.train), task_for(args.train, args.task)
     val_set = open_labelled(args.val) if args.val else None
     labels = train_set.label_names
