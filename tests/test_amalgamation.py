@@ -97,6 +97,7 @@ def test_loss_is_the_papers_bit_for_bit_and_gradients_reach_every_model(batch):
         assert ours[f'teachers.{tag}.fc.weight'].abs().sum() > 0
 
 
+@pytest.mark.usefixtures('one_thread')
 def test_adapters_bridge_channels_and_map_sizes(batch):
     """A ViT target (64 channels, 2x2 maps at 32 px) taught by resnet18s (128/256/512 channels on 4x4/2x2/1x1):
     each target tap goes through 1x1 conv + BatchNorm to the teacher's channels, then a bilinear resize to its
