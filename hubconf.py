@@ -31,6 +31,9 @@ def amalgamator(arch: str = 'resnet50', pretrained: bool = True, **kwargs):
     """The paper's amalgamation module: an ``arch`` target started from the HP backbone, plus the ST, HO and HP
     teachers (``pretrained``: their sentiment-pretrained weights, else random for testing); the same as
     ``timm.create_model(f'amalgamator_senti_{arch}', pretrained=True, ...)``. The other keyword arguments and
-    their defaults are :func:`sentizoo.amalgamation.create_amalgamator`'s (``num_classes``, ``task`` and every
-    :class:`sentizoo.Amalgamator` option)."""
+    their defaults are :func:`sentizoo.amalgamation.create_amalgamator`'s (``num_classes``, ``task``,
+    ``teachers`` and every :class:`sentizoo.Amalgamator` option): ``arch='convnext_tiny', teachers='resnet50'``
+    gives any timm target the zoo's teachers of another architecture."""
+    if arch.removeprefix('senti_') not in sentizoo.ARCHS:  # no registry entry: built directly
+        return sentizoo.create_amalgamator(arch, pretrained=pretrained, **kwargs)
     return timm.create_model(f'amalgamator_{sentizoo.senti_name(arch)}', pretrained=pretrained, **kwargs)

@@ -7,9 +7,12 @@ The paper's loss, for target ``b`` and teachers ``st``, ``ho``, ``hp`` (each wit
 
 unweighted, each MSE the mean over all elements, nothing detached and no teacher frozen: the teachers
 are pulled towards the target as much as the target towards them. Stage ``k`` is always paired with the
-same teacher (1: ``st``, 2: ``ho``, 3: ``hp``); see :mod:`sentizoo.stages` for the taps. Every term of
-Tables 3 and 4 can be switched off or re-weighted. Only the target is needed at inference: in eval mode
-the module runs the target alone, and :attr:`Amalgamator.target` is the model to keep.
+same teacher (1: ``st``, 2: ``ho``, 3: ``hp``); see :mod:`sentizoo.stages` for the taps. The target may be any
+timm model with ``forward_intermediates`` and the teachers of another architecture: where a target tap and its
+teacher's differ in channels or size, a learned adapter (:mod:`sentizoo.adapters`) maps the target's tap onto
+the teacher's before the MSE. Every term of Tables 3 and 4 can be switched off or re-weighted. Only the target
+is needed at inference: in eval mode the module runs the target alone, and :attr:`Amalgamator.target` is the model
+to keep (the adapters train with it but are not part of it).
 """
 from __future__ import annotations
 
@@ -22,13 +25,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .adapters import build_adapters, resize_to
 from .branches import run_branches, side_by_side_default
+from .cross_arch import same_architecture, timm_weights_cached
 from .models import ARCHS, BACKBONE_TAGS, imagenet_name, paper_arch, senti_name, stock_name
-from .stages import AMALGAMATION_STAGES, stage_channels, stage_features
+from .stages import AMALGAMATION_STAGES, stage_features
 from .tasks import Task, get_task
 
 __all__ = ['TEACHER_TAGS', 'STAGE_TEACHER', 'TARGET_INITS', 'AmalgamationOutput', 'Amalgamator', 'FineTuner',
-           'needed_teachers', 'load_teachers', 'init_target_from', 'target_weights', 'create_target',
+           'needed_teachers', 'load_teachers', 'init_target_from', 'target_weights', 'default_target_init',
+           'create_target',
            'create_amalgamator']
 
 TEACHER_TAGS = BACKBONE_TAGS
@@ -70,13 +76,14 @@ class Amalgamator(nn.Module):
     """The target and its teachers, trained together with the paper's loss.
 
     Args:
-        target: the timm ResNet/VGG to fine-tune, with its task head (``num_classes`` = task outputs).
-            Initialising it from the HP backbone (the official recipe) is :func:`init_target_from`'s job;
-            the target is used as given.
-        teachers: ``{'st': ..., 'ho': ..., 'hp': ...}`` timm models (typically from :func:`load_teachers`);
-            ``None`` loads the sentiment-pretrained teachers that the enabled terms need for the target's
-            architecture. Every teacher must be used by some term. A teacher whose head does not have the
-            target's size gets a fresh one (``reset_classifier``); one that has it is kept as given.
+        target: the timm model to fine-tune (any with ``forward_intermediates``, :mod:`sentizoo.stages`), with
+            its task head (``num_classes`` = task outputs). Initialising it from the HP backbone (the official
+            recipe) is :func:`init_target_from`'s job; the target is used as given.
+        teachers: ``{'st': ..., 'ho': ..., 'hp': ...}`` timm models (typically from :func:`load_teachers`), of
+            the target's architecture or another; an architecture name (``'resnet50'``) loads that
+            architecture's sentiment-pretrained teachers that the enabled terms need; ``None`` those of the
+            target's architecture. Every teacher must be used by some term. A teacher whose head does not have
+            the target's size gets a fresh one (``reset_classifier``); one that has it is kept as given.
         task: ``'sll'``, ``'mll'``, ``'ldl'`` or a :class:`~sentizoo.tasks.Task`.
         feature_stages: target stages regularised with MSE towards their teacher (1: ST, 2: HO, 3: HP).
         logits_teachers: teachers whose logits regularise the target's logits with MSE. For LDL the raw
@@ -93,13 +100,19 @@ class Amalgamator(nn.Module):
             ``torch.distributed``, with trainable teachers (frozen ones leave one backward, the target's,
             which runs faster with every thread). ``True`` is not for DistributedDataParallel, whose
             gradient hooks expect the backward on one thread.
+        adapter_norm: the norm layer of the adapters (timm name), created only for the teachers whose taps differ
+            from the target's (:mod:`sentizoo.adapters`); ``'groupnorm1'`` keeps DistributedDataParallel without
+            SyncBatchNorm equal to one process.
+
+    Attributes:
+        adapters: ``{teacher tag: Adapter}``, trained with the target, empty when every compared tap matches.
     """
 
-    def __init__(self, target: nn.Module, teachers: Optional[Mapping[str, nn.Module]] = None,
+    def __init__(self, target: nn.Module, teachers: Union[None, str, Mapping[str, nn.Module]] = None,
                  task: Union[str, Task] = 'sll', *, feature_stages: Sequence[int] = AMALGAMATION_STAGES,
                  logits_teachers: Sequence[str] = ('hp',), teacher_task_loss: bool = True,
                  freeze_teachers: bool = False, loss_weights: Optional[Mapping[str, float]] = None,
-                 side_by_side: Optional[bool] = None):
+                 side_by_side: Optional[bool] = None, adapter_norm: str = 'batchnorm'):
         super().__init__()
         self.task = get_task(task)
         num_classes = num_outputs(target)
@@ -110,10 +123,9 @@ class Amalgamator(nn.Module):
         if set(logits_teachers) - set(TEACHER_TAGS):
             raise ValueError(f'logits_teachers must be a subset of {TEACHER_TAGS}; got {tuple(logits_teachers)}.')
         needed = needed_teachers(self.feature_stages, self.logits_teachers)
-        if teachers is None:
-            teachers = load_teachers(target, num_classes, tags=needed)
+        if teachers is None or isinstance(teachers, str):
+            teachers = load_teachers(_zoo_arch(target) if teachers is None else teachers, num_classes, tags=needed)
         self._check_teachers(teachers, set(needed))
-        self._check_channels(target, teachers)
 
         self.target = target
         self.teachers = nn.ModuleDict({tag: teachers[tag] for tag in TEACHER_TAGS if tag in teachers})
@@ -133,6 +145,8 @@ class Amalgamator(nn.Module):
                                  f'whose heads are trained for this task ({num_classes} outputs).')
             self.teachers.requires_grad_(False)
             self.teachers.eval()
+        self.adapters = build_adapters(target, {STAGE_TEACHER[s]: (self.teachers[STAGE_TEACHER[s]], s)
+                                                for s in self.feature_stages}, adapter_norm)
 
         self.term_names = (['task/target'] + [f'task/{t}' for t in self.teachers if self.teacher_task_loss]
                            + [f'feat/{STAGE_TEACHER[s]}' for s in self.feature_stages]
@@ -154,17 +168,6 @@ class Amalgamator(nn.Module):
                 + '; '.join(msg for msg in (unknown and f'unknown tags {sorted(unknown)} (use {TEACHER_TAGS})',
                                             missing and f'missing {sorted(missing)}',
                                             unused and f'{sorted(unused)} used by no term') if msg) + '.')
-
-    def _check_channels(self, target: nn.Module, teachers: Mapping[str, nn.Module]) -> None:
-        ours = stage_channels(target)
-        for tag, teacher in teachers.items():
-            theirs = stage_channels(teacher)
-            for s in self.feature_stages:
-                if STAGE_TEACHER[s] == tag and theirs[s - 1] != ours[s - 1]:
-                    raise ValueError(f'teacher {tag!r} ({type(teacher).__name__}) has {theirs[s - 1]} channels at '
-                                     f'stage {s}, the target ({type(target).__name__}) {ours[s - 1]}: use teachers '
-                                     'of the target\'s architecture (stage channels '
-                                     f'{theirs} vs {ours}).')
 
     def _teacher_needs_logits(self, tag: str) -> bool:
         return self.teacher_task_loss or tag in self.logits_teachers
@@ -193,7 +196,7 @@ class Amalgamator(nn.Module):
         stages = {tag: [s for s in self.feature_stages if STAGE_TEACHER[s] == tag] for tag in self.teachers}
         side_by_side = (side_by_side_default(images.device) and not self.freeze_teachers
                         if self.side_by_side is None else self.side_by_side)
-        outputs = run_branches([partial(self._branch, self.target, images, self.feature_stages, True, False)]
+        outputs = run_branches([self._target_branch(images)]
                                + [partial(self._branch, teacher, images, stages[tag], self._teacher_needs_logits(tag),
                                           self.freeze_teachers) for tag, teacher in self.teachers.items()],
                                side_by_side)
@@ -204,12 +207,20 @@ class Amalgamator(nn.Module):
             if self.teacher_task_loss:
                 terms[f'task/{tag}'] = self.task.loss(t_logits, targets)
             for s, t_feat in zip(stages[tag], t_feats):
-                terms[f'feat/{tag}'] = F.mse_loss(feats[s], t_feat)
+                terms[f'feat/{tag}'] = F.mse_loss(resize_to(feats[s], t_feat), t_feat)
             if tag in self.logits_teachers:
                 terms[f'logits/{tag}'] = F.mse_loss(logits, t_logits)
         terms = {name: terms[name] for name in self.term_names}  # a fixed order, for logging
         loss = sum(self.loss_weights[name] * value for name, value in terms.items())
         return AmalgamationOutput(logits, loss, terms)
+
+    def _target_branch(self, images: torch.Tensor):
+        """The target's part of the step: its taps, through their adapters, then its logits."""
+        def branch() -> List[torch.Tensor]:
+            *feats, logits = self._branch(self.target, images, self.feature_stages, True, False)
+            tags = [STAGE_TEACHER[s] for s in self.feature_stages]
+            return [self.adapters[t](f) if t in self.adapters else f for t, f in zip(tags, feats)] + [logits]
+        return branch
 
     @staticmethod
     def _branch(model: nn.Module, images: torch.Tensor, stages: Sequence[int], with_logits: bool, frozen: bool
@@ -236,6 +247,14 @@ class FineTuner(nn.Module):
             return logits
         loss = self.task.loss(logits, targets)
         return AmalgamationOutput(logits, loss, {'task/target': loss})
+
+
+def _zoo_arch(target: nn.Module) -> str:
+    """The senti name of the target's architecture, whose teachers ``teachers=None`` loads."""
+    try:
+        return senti_name(target)
+    except ValueError as e:
+        raise ValueError(f"{e} Pass teachers of one of those architectures, e.g. teachers='resnet50'.") from None
 
 
 def load_teachers(arch: Union[str, nn.Module], num_classes: int, tags: Sequence[str] = TEACHER_TAGS, *,
@@ -274,28 +293,36 @@ def init_target_from(target: nn.Module, source: nn.Module) -> nn.Module:
 
 
 def create_amalgamator(arch: str = 'resnet50', num_classes: int = 8, task: Union[str, Task] = 'sll',
-                       pretrained: bool = True, **options) -> Amalgamator:
+                       pretrained: bool = True, teachers: Optional[str] = None, **options) -> Amalgamator:
     """The paper's amalgamation module: an ``arch`` target plus the ST, HO and HP teachers, built as the
     official recipe does; what ``timm.create_model('amalgamator_senti_<arch>')`` and torch.hub's
     ``amalgamator`` return.
 
-    Every model gets a fresh ``num_classes`` head; the target starts from the HP backbone. Train it like any
-    module: in train mode ``forward(images, targets)`` returns the target's logits, the loss and every loss
-    term; ``.target`` is the model to keep.
+    Every model gets a fresh ``num_classes`` head; the target starts from the HP backbone (teachers of another
+    architecture: :func:`default_target_init`). Train it like any module: in train mode
+    ``forward(images, targets)`` returns the target's logits, the loss and every loss term; ``.target`` is the
+    model to keep.
 
     Args:
-        arch: resnet18/50/101, vgg16_bn or vgg19_bn (or its senti name).
+        arch: resnet18/50/101, vgg16_bn or vgg19_bn (or its senti name); with ``teachers``, any timm architecture.
         num_classes: outputs of the downstream task.
         task: ``sll``, ``mll`` or ``ldl``.
-        pretrained: load the teachers' sentiment-pretrained weights (``senti_<arch>.<tag>``); else random.
+        pretrained: load the teachers' sentiment-pretrained weights (``senti_<arch>.<tag>``); else random (the
+            target too, when the teachers are of another architecture).
+        teachers: the teachers' architecture (default ``arch``), e.g. ``'resnet50'`` for a ``convnext_tiny`` target.
         **options: every :class:`Amalgamator` option (``feature_stages``, ``logits_teachers``,
-            ``teacher_task_loss``, ``freeze_teachers``, ``loss_weights``, ``side_by_side``).
+            ``teacher_task_loss``, ``freeze_teachers``, ``loss_weights``, ``side_by_side``, ``adapter_norm``).
     """
+    teachers = teachers or arch
+    own = same_architecture(arch, teachers)
     # Only the teachers the terms use (Amalgamator refuses unused ones), plus HP to initialise the target.
     tags = needed_teachers(**{k: options[k] for k in ('feature_stages', 'logits_teachers') if k in options})
-    models = load_teachers(arch, num_classes, tuple(t for t in TEACHER_TAGS if t in tags or t == 'hp'),
+    models = load_teachers(teachers, num_classes, tuple(t for t in TEACHER_TAGS if t in tags or (own and t == 'hp')),
                            pretrained=pretrained)
-    target = create_target(arch, num_classes, 'hp', source=models['hp'])
+    if own:
+        target = create_target(arch, num_classes, 'hp', source=models['hp'])
+    else:
+        target = create_target(arch, num_classes, default_target_init(arch, teachers) if pretrained else 'random')
     return Amalgamator(target, {t: models[t] for t in tags}, task, **options)
 
 
@@ -314,6 +341,16 @@ def target_weights(arch: str, init: str = 'hp') -> str:
     if init == 'random':
         return init
     raise ValueError(f'init must be one of {TARGET_INITS}; got {init!r}.')
+
+
+def default_target_init(arch: str, teachers: Optional[str] = None) -> str:
+    """The :func:`create_target` init of an ``arch`` target taught by ``teachers`` (an architecture; ``None``: the
+    target's own): ``'hp'`` for its own (the official recipe); for another, ``'imagenet'`` when those weights are
+    already on this machine (:func:`~sentizoo.cross_arch.timm_weights_cached`: nothing is downloaded), else
+    ``'random'``."""
+    if same_architecture(arch, teachers):
+        return 'hp'
+    return 'imagenet' if timm_weights_cached(target_weights(arch, 'imagenet')) else 'random'
 
 
 def create_target(arch: str, num_classes: int, init: str = 'hp', *, source: Optional[nn.Module] = None

@@ -10,7 +10,7 @@ import torch.nn as nn
 from timm.models import generate_default_cfgs, register_model
 from timm.models._builder import resolve_pretrained_cfg
 
-from .models import ARCHS, amalgamator_cfg, stock_name
+from .models import ARCHS, amalgamator_cfg, senti_name, stock_name
 
 default_cfgs = generate_default_cfgs({f'amalgamator_senti_{arch}.zoo': amalgamator_cfg(arch) for arch in ARCHS})
 
@@ -18,9 +18,14 @@ default_cfgs = generate_default_cfgs({f'amalgamator_senti_{arch}.zoo': amalgamat
 def _create_amalgamator(variant: str, pretrained: bool = False, pretrained_cfg=None, pretrained_cfg_overlay=None,
                         cache_dir=None, **kwargs) -> nn.Module:
     from .amalgamation import create_amalgamator
+    from .cross_arch import same_architecture
     cfg = resolve_pretrained_cfg(variant, pretrained_cfg=pretrained_cfg, pretrained_cfg_overlay=pretrained_cfg_overlay)
-    module = create_amalgamator(stock_name(variant.removeprefix('amalgamator_')), pretrained=pretrained, **kwargs)
+    arch, teachers = stock_name(variant.removeprefix('amalgamator_')), kwargs.get('teachers')
+    module = create_amalgamator(arch, pretrained=pretrained, **kwargs)
     module.pretrained_cfg = cfg.to_dict()
+    if teachers and not same_architecture(arch, teachers):  # the cfg describes the arch's own teachers
+        module.pretrained_cfg['description'] = (f'Amalgamation module: a {arch} target trained beside the '
+                                                f'{senti_name(teachers)}.st/.ho/.hp teachers; keep .target.')
     return module
 
 

@@ -41,7 +41,9 @@ from torch.utils.data import DataLoader
 
 from .amalgamation import AmalgamationOutput, Amalgamator, FineTuner, init_target_from, num_outputs
 from .checkpoint import CHECKPOINT_NAME, load, rng_state, save, save_weights, set_rng_state
+from .cross_arch import same_architecture
 from .evaluation import evaluate
+from .models import senti_name
 from .options import TrainOptions, train_options
 from .progress import EpochProgress, HistoryFiles, as_loggers, show_summary, summary
 from .runtime import (all_gather, autocast, batch_size, distribute, process_group, rank_world, rebase_lr,
@@ -71,22 +73,23 @@ _AMALGAMATOR_OPTIONS = tuple(p.name for p in inspect.signature(Amalgamator).para
 
 
 def amalgamate(model: nn.Module, loader: DataLoader, *, task: Union[str, Task] = 'sll',
-               teachers: Optional[Mapping[str, nn.Module]] = None, val_loader: Optional[DataLoader] = None,
-               target_init: str = 'hp', loggers: Sequence[Any] = (), **options: Any) -> nn.Module:
+               teachers: Union[None, str, Mapping[str, nn.Module]] = None, val_loader: Optional[DataLoader] = None,
+               target_init: Optional[str] = None, loggers: Sequence[Any] = (), **options: Any) -> nn.Module:
     """Fine-tune ``model`` with the paper's multi-model amalgamation; returns it trained (in eval mode).
 
     Args:
-        model: the target, a timm ResNet/VGG with its task head (``num_classes`` = task outputs). It is
-            trained in place.
+        model: the target, a timm model (:mod:`sentizoo.stages`) with its task head (``num_classes`` = task
+            outputs). It is trained in place.
         loader: a map-style ``DataLoader`` yielding ``(images, targets)``; its dataset, ``batch_size`` (per
             process), ``shuffle`` or sampler (e.g. a ``WeightedRandomSampler``; seeded through its
             ``generator`` or ``set_epoch``), ``drop_last``, workers and ``collate_fn`` are used.
         task: ``'sll'``, ``'mll'``, ``'ldl'`` or a :class:`~sentizoo.tasks.Task`.
-        teachers: ``{'st', 'ho', 'hp'}`` timm models; None loads ``senti_<arch>.st/.ho/.hp`` from the zoo.
+        teachers: ``{'st', 'ho', 'hp'}`` timm models, or an architecture whose ``senti_<arch>.st/.ho/.hp`` load
+            from the zoo (``'resnet50'``; None: the target's). Another architecture's get adapters.
         val_loader: validation data for model selection (never the test split).
-        target_init: ``'hp'`` (default, the official recipe): the target's backbone starts as a copy of the HP
-            teacher's (:func:`sentizoo.amalgamation.init_target_from`), its head stays; ``'given'``: train
-            the target from the weights it has (ImageNet, random, your own).
+        target_init: ``'hp'`` (default with teachers of the target's architecture, the official recipe): the
+            target's backbone starts as a copy of the HP teacher's (:func:`sentizoo.amalgamation.init_target_from`),
+            its head stays; ``'given'`` (default with others): train the target from the weights it has.
         loggers: :class:`~sentizoo.progress.Logger` objects, ``'tensorboard'`` (writes to
             ``<checkpoint_dir>/tensorboard``) or a TensorBoard ``SummaryWriter``: they get every step's and
             epoch's values on rank 0.
@@ -104,12 +107,13 @@ def amalgamate(model: nn.Module, loader: DataLoader, *, task: Union[str, Task] =
     """
     ablation = {k: options.pop(k) for k in list(options) if k in _AMALGAMATOR_OPTIONS}
     opts = train_options(options, _AMALGAMATOR_OPTIONS)
+    target_init = target_init or ('hp' if same_architecture(model, teachers) else 'given')
     if target_init not in ('hp', 'given'):
         raise ValueError(f"target_init must be 'hp' (start from the HP backbone) or 'given'; got {target_init!r}.")
     task = get_task(task)
     check_data(model, loader, val_loader, task)
-    describe = {'mode': 'amalgamate', 'teachers': 'given' if teachers is not None else 'zoo',
-                'target_init': target_init, **ablation}
+    origin = 'zoo' if teachers is None else senti_name(teachers) if isinstance(teachers, str) else 'given'
+    describe = {'mode': 'amalgamate', 'teachers': origin, 'target_init': target_init, **ablation}
 
     def build() -> Amalgamator:
         amalgamator = Amalgamator(model, teachers, task, **ablation)

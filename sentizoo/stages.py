@@ -1,14 +1,23 @@
-"""The three feature taps that amalgamation compares, for timm ResNets and VGGs.
+"""The three feature taps that amalgamation compares, for any timm model with ``forward_intermediates``.
 
-Stage 1..3 are the official split's last three stages (docs/method.md, "Stages"), post-activation:
+Stage 1..3 of the paper are the official split's last three stages (docs/method.md, "Stages"), post-activation.
+The taps come from timm's own ``forward_intermediates``, so they stay correct under gradient checkpointing,
+channels_last and autocast. Which intermediates they are:
 
-* ResNet: the outputs of ``layer2``, ``layer3``, ``layer4``;
-* VGG: the outputs of the official ``features`` slices 2-4 (vgg16_bn ``[13:23]``, ``[23:33]``, ``[33:43]``;
-  vgg19_bn ``[13:26]``, ``[26:39]``, ``[39:52]``), i.e. the last ReLU of each conv block, before its max pool.
+* **ResNet and VGG** (the paper's models), fixed as in the official code: ResNet's ``layer2``, ``layer3``,
+  ``layer4``; VGG's official ``features`` slices 2-4 (vgg16_bn ``[13:23]``, ``[23:33]``, ``[33:43]``; vgg19_bn
+  ``[13:26]``, ``[26:39]``, ``[39:52]``), i.e. the last ReLU of each conv block, before its max pool. Both are
+  ``forward_intermediates`` indices 2, 3 and 4.
+* **Other hierarchical models** (ConvNeXt, EfficientNet, RegNet, MobileNet, Swin, LeViT ...): by reduction, as
+  ResNet's stages are: the last ``feature_info`` entry at each of the three largest distinct reductions
+  (strides 8/16/32 on a standard CNN). timm numbers ``forward_intermediates`` like ``feature_info`` (one entry
+  per intermediate); every call checks the tap's channels against ``feature_info``.
+* **Plain ViTs** (DeiT, ViT: one reduction throughout): three evenly spaced blocks, the ends of the first,
+  second and last third of the network (blocks 4, 8 and 12 of 12), as NCHW maps of the patch tokens (prefix
+  tokens dropped, no final norm): low-, mid- and high-level features as in a CNN, the last one feeding the head.
 
-In timm's ``forward_intermediates`` numbering (0 = stem / first block) these are indices 2, 3 and 4 for both
-families, so the taps come from timm's own forward and stay correct under gradient checkpointing,
-channels_last and autocast.
+A model without ``forward_intermediates`` or ``feature_info`` (not a timm model, or an old timm), or with too
+few reductions or blocks, is refused with one line that names it and what is missing.
 """
 from __future__ import annotations
 
@@ -18,19 +27,64 @@ import torch
 import torch.nn as nn
 from timm.models import VGG, ResNet
 
-__all__ = ['AMALGAMATION_STAGES', 'check_stage_model', 'stage_features', 'stage_channels', 'tap_channels']
+__all__ = ['AMALGAMATION_STAGES', 'check_stage_model', 'stage_features', 'stage_channels', 'stage_reductions',
+           'stage_indices', 'tap_channels']
 
 AMALGAMATION_STAGES = (1, 2, 3)
-_TIMM_INDEX = {1: 2, 2: 3, 3: 4}  # amalgamation stage -> forward_intermediates index
+_PAPER_INDICES = (2, 3, 4)  # ResNet and VGG: forward_intermediates indices of stages 1, 2, 3
 
 
 def check_stage_model(model: nn.Module) -> None:
-    """Raise ValueError unless ``model`` is a timm ResNet or VGG: the models whose stages are defined (here and
-    in the pretext tasks of ``training.pretext``)."""
+    """Raise ValueError unless ``model`` is a timm ResNet or VGG: the models the pretext tasks of
+    ``training.pretext`` (and :func:`tap_channels`) are defined for."""
     if not isinstance(model, (ResNet, VGG)):
-        raise ValueError(f'Stages are defined for timm ResNet and VGG models; got '
+        raise ValueError(f'The pretext tasks are defined for timm ResNet and VGG models; got '
                          f'{type(model).__name__}. Create the model with timm.create_model("resnet50") or similar '
                          '(unwrap DistributedDataParallel / torch.compile first).')
+
+
+def _name(model: nn.Module) -> str:
+    cfg = getattr(model, 'pretrained_cfg', None) or {}
+    return cfg.get('architecture') or type(model).__name__
+
+
+def stage_indices(model: nn.Module) -> Tuple[int, int, int]:
+    """The ``forward_intermediates`` indices of stages 1, 2 and 3 (see the module docstring).
+
+    Raises:
+        ValueError: one line naming the model and what it lacks (``forward_intermediates``, ``feature_info``,
+            three reductions or three blocks).
+    """
+    if isinstance(model, (ResNet, VGG)):
+        return _PAPER_INDICES
+    missing = [attr for attr in ('forward_intermediates', 'feature_info') if not hasattr(model, attr)]
+    if missing:
+        raise ValueError(f'{_name(model)} has no {" and no ".join(missing)}, which amalgamation needs to tap stages '
+                         '1-3: use a timm model (timm >= 1.0, created with timm.create_model; unwrap '
+                         'DistributedDataParallel / torch.compile first).')
+    reductions = [info['reduction'] for info in model.feature_info]
+    distinct = sorted(set(reductions))
+    if len(distinct) == 1 and len(reductions) >= 3:  # a plain ViT: the ends of its three thirds
+        return tuple(round(k * len(reductions) / 3) - 1 for k in (1, 2, 3))
+    if len(distinct) < 3:
+        raise ValueError(f'{_name(model)} has feature_info reductions {distinct} in {len(reductions)} entries; '
+                         'amalgamation taps three stages at three reductions (or three blocks of a plain ViT).')
+    last = {r: i for i, r in enumerate(reductions)}  # the last entry at each reduction
+    return tuple(last[r] for r in distinct[-3:])
+
+
+def _stage_info(model: nn.Module, key: str) -> Tuple[int, int, int]:
+    return tuple(model.feature_info[i][key] for i in stage_indices(model))
+
+
+def stage_channels(model: nn.Module) -> Tuple[int, int, int]:
+    """Channels of the stage 1, 2 and 3 taps, e.g. ``(512, 1024, 2048)`` for resnet50."""
+    return _stage_info(model, 'num_chs')
+
+
+def stage_reductions(model: nn.Module) -> Tuple[int, int, int]:
+    """Reductions (input size / map size) of the stage 1, 2 and 3 taps, e.g. ``(8, 16, 32)`` for resnet50."""
+    return _stage_info(model, 'reduction')
 
 
 def stage_features(model: nn.Module, x: torch.Tensor, stages: Sequence[int] = AMALGAMATION_STAGES,
@@ -38,36 +92,38 @@ def stage_features(model: nn.Module, x: torch.Tensor, stages: Sequence[int] = AM
     """One forward pass of ``model`` returning the stage taps and the logits.
 
     Args:
-        model: a timm ResNet or VGG (any depth, with or without BN).
+        model: a timm model with ``forward_intermediates`` and ``feature_info`` (:func:`stage_indices`).
         x: input images (N, 3, H, W).
         stages: which of the stages 1, 2, 3 to return, in this order (may be empty: logits only).
         with_logits: run the head too; when False the forward stops at the last requested stage and
             ``None`` is returned for the logits (what a teacher that only gives features needs).
 
     Returns:
-        ``(feats, logits)``: ``feats[i]`` is the output of stage ``stages[i]``; ``logits`` equals ``model(x)``.
+        ``(feats, logits)``: ``feats[i]`` is the (N, C, H, W) output of stage ``stages[i]``; ``logits`` equals
+        ``model(x)``.
     """
-    check_stage_model(model)
-    if any(s not in _TIMM_INDEX for s in stages) or not (stages or with_logits):
+    indices = stage_indices(model)
+    if any(s not in AMALGAMATION_STAGES for s in stages) or not (stages or with_logits):
         raise ValueError(f'stages must be a subset of {AMALGAMATION_STAGES} (non-empty unless with_logits); '
                          f'got {tuple(stages)}.')
     if not stages:
         return [], model(x)
     ordered = sorted(set(stages))  # forward_intermediates returns taps in network order
-    indices = [_TIMM_INDEX[s] for s in ordered]
+    wanted = [indices[s - 1] for s in ordered]
     if with_logits:
-        final, taps = model.forward_intermediates(x, indices=indices)
+        final, taps = model.forward_intermediates(x, indices=wanted)
         logits = model.forward_head(final)
     else:
-        taps = model.forward_intermediates(x, indices=indices, stop_early=True, intermediates_only=True)
+        taps = model.forward_intermediates(x, indices=wanted, stop_early=True, intermediates_only=True)
         logits = None
+    for index, tap in zip(wanted, taps):
+        channels = model.feature_info[index]['num_chs']
+        if tap.ndim != 4 or tap.shape[1] != channels:
+            raise ValueError(f'{_name(model)}: forward_intermediates index {index} gave a tap of shape '
+                             f'{tuple(tap.shape)}, feature_info says {channels} channels (NCHW); this timm model '
+                             'does not number its intermediates like its feature_info.')
     by_stage = dict(zip(ordered, taps))
     return [by_stage[s] for s in stages], logits
-
-
-def stage_channels(model: nn.Module) -> Tuple[int, int, int]:
-    """Channels of the stage 1, 2 and 3 taps, e.g. ``(512, 1024, 2048)`` for resnet50."""
-    return tuple(tap_channels(model, _TIMM_INDEX.values()))
 
 
 def tap_channels(model: nn.Module, indices: Sequence[int]) -> List[int]:

@@ -94,9 +94,9 @@ def write_pretrain_checkpoint(path: Path, kind: str = 'st') -> dict:
 
 # ------------------------------------------------ the tiny training runs (engine, CLI, sampling, ...)
 
-# Runs one tiny training in a fresh interpreter: python -c WORKER '<json kwargs of train_tiny>'.
-WORKER = ('import json, sys; sys.path.insert(0, {tests!r}); import torch; torch.set_num_threads(1); '
-          'from helpers import train_tiny; train_tiny(**json.loads(sys.argv[1]))').format(tests=str(Path(__file__).resolve().parent))
+# Runs tiny trainings in a fresh interpreter: python -c WORKER '<json kwargs of train_tiny, or a list of them>'.
+WORKER = ('import sys; sys.path.insert(0, {tests!r}); import torch; torch.set_num_threads(1); '
+          'from helpers import run_worker; run_worker(sys.argv[1])').format(tests=str(Path(__file__).resolve().parent))
 
 
 TINY = dict(layers=(1, 1, 1, 1), channels=(8, 16, 32, 64))
@@ -106,6 +106,16 @@ TINY = dict(layers=(1, 1, 1, 1), channels=(8, 16, 32, 64))
 def tiny(num_classes: int = 3, group_norm: bool = False) -> torch.nn.Module:
     kwargs = dict(norm_layer=lambda c, **kw: torch.nn.GroupNorm(4, c, **kw)) if group_norm else {}
     return timm.create_model('resnet18', num_classes=num_classes, **TINY, **kwargs)
+
+
+CROSS_ARCH = 'test_vit'
+"""A target of another architecture than :func:`tiny`'s teachers: timm's 6-block ViT (64 channels, LayerNorm) at
+32 px, whose 2x2 taps need an adapter at every stage (channels 16/32 vs 64; maps 4x4/1x1 vs 2x2)."""
+
+
+def tiny_target(arch: str = 'resnet18', group_norm: bool = False) -> torch.nn.Module:
+    """:func:`tiny` or, for :data:`CROSS_ARCH`, that ViT with 3 classes."""
+    return timm.create_model(arch, num_classes=3, img_size=32) if arch == CROSS_ARCH else tiny(group_norm=group_norm)
 
 
 class Noisy(Dataset):
@@ -127,17 +137,26 @@ class Noisy(Dataset):
 
 
 def train_tiny(checkpoint_dir=None, epochs=2, batch_size=4, group_norm=False, delay=0.0, validate=False,
-               **options):
-    """amalgamate a tiny target with tiny teachers on Noisy(12); the same weights for the same arguments.
-    ``validate``: select on the noise-free images."""
+               target='resnet18', **options):
+    """amalgamate a tiny target (``target``: :func:`tiny_target`) with tiny teachers on Noisy(12); the same weights
+    for the same arguments. ``validate``: select on the noise-free images."""
     torch.manual_seed(0)
-    target = tiny(group_norm=group_norm)
+    target = tiny_target(target, group_norm)
     teachers = {tag: tiny(0, group_norm) for tag in TEACHER_TAGS}
     data = Noisy(delay=delay)
     val = DataLoader(torch.utils.data.TensorDataset(data.images, data.targets), batch_size=batch_size)
     return engine.amalgamate(target, DataLoader(data, batch_size=batch_size, shuffle=True), teachers=teachers,
                              val_loader=val if validate else None, epochs=epochs, checkpoint_dir=checkpoint_dir,
                              progress=False, **options)
+
+
+def run_worker(runs: str) -> None:
+    """:data:`WORKER`'s body: ``train_tiny`` for each of the JSON kwargs, in one process group under torchrun."""
+    from sentizoo.runtime import process_group
+    runs = json.loads(runs)
+    with process_group(torch.device('cpu')):
+        for kwargs in runs if isinstance(runs, list) else [runs]:
+            train_tiny(**kwargs)
 
 
 def state(path: Path) -> dict:

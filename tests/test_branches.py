@@ -25,18 +25,21 @@ def two_threads():
         yield
 
 
-def _amalgamator(side_by_side, tags=('st', 'ho', 'hp'), **kwargs):
+def _amalgamator(side_by_side, tags=('st', 'ho', 'hp'), vit_target=False, **kwargs):
     torch.manual_seed(0)
     num_classes = 3 if kwargs.get('freeze_teachers') else 0  # frozen teachers come with trained heads
     teachers = {tag: timm.create_model('resnet18', num_classes=num_classes) for tag in tags}
-    return Amalgamator(timm.create_model('resnet18', num_classes=3), teachers, side_by_side=side_by_side,
-                       **kwargs).train()
+    target = (timm.create_model('test_vit', num_classes=3, img_size=32) if vit_target
+              else timm.create_model('resnet18', num_classes=3))
+    return Amalgamator(target, teachers, side_by_side=side_by_side, **kwargs).train()
 
 
 @pytest.mark.parametrize('kwargs', [{}, dict(freeze_teachers=True),
-                                    dict(teacher_task_loss=False, feature_stages=(1, 3), tags=('st', 'hp'))])
+                                    dict(teacher_task_loss=False, feature_stages=(1, 3), tags=('st', 'hp')),
+                                    dict(vit_target=True)])
 def test_side_by_side_gives_the_same_loss_and_gradients(kwargs):
-    """Side by side (each model on one thread) equals one model after the other on one thread, bit for bit."""
+    """Side by side (each model on one thread) equals one model after the other on one thread, bit for bit; with
+    a ViT target the adapters run in the target's branch."""
     x, y = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1)), torch.tensor([0, 2])
     results = []
     for side_by_side, threads in ((False, 1), (True, 2)):
@@ -50,6 +53,8 @@ def test_side_by_side_gives_the_same_loss_and_gradients(kwargs):
     torch.testing.assert_close(par.terms, seq.terms, rtol=0, atol=0)
     assert [n for n, g in par_grads.items() if g is None] == [n for n, g in seq_grads.items() if g is None]
     assert sum(g is not None for g in par_grads.values()) > 60  # the target and the trainable teachers
+    assert sum(n.startswith('adapters.') and g is not None for n, g in par_grads.items()) == (
+        9 if kwargs.get('vit_target') else 0)  # conv weight, BatchNorm weight and bias per stage
     for name, grad in seq_grads.items():
         if grad is not None:
             torch.testing.assert_close(par_grads[name], grad, rtol=0, atol=0, msg=name)

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from helpers import WORKER, state, tiny, train_tiny
+from helpers import CROSS_ARCH, WORKER, state, tiny_target, train_tiny
 
 pytestmark = pytest.mark.usefixtures('one_thread')
 
@@ -20,13 +20,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _assert_equal_to_one_process(ddp: dict, one: dict) -> None:
+def _assert_equal_to_one_process(ddp: dict, one: dict, target: str = 'resnet18') -> None:
     """The same weights up to float summation order, far closer than what training moved them."""
     assert ddp['global_step'] == one['global_step'] == 3
+    assert ddp['model'].keys() == one['model'].keys()
     for key, value in one['model'].items():
         torch.testing.assert_close(ddp['model'][key], value, rtol=1e-5, atol=1e-6, msg=key)
     torch.manual_seed(0)
-    initial = tiny(group_norm=True).state_dict()  # train_tiny's target before training
+    initial = tiny_target(target, group_norm=True).state_dict()  # train_tiny's target before training
     moved = max(float((one['model'][f'target.{k}'] - v).abs().max()) for k, v in initial.items())
     differ = max(float((ddp['model'][k] - v).abs().max()) for k, v in one['model'].items())
     assert differ < 1e-3 * moved, (differ, moved)
@@ -35,34 +36,42 @@ def _assert_equal_to_one_process(ddp: dict, one: dict) -> None:
 
 
 def test_two_gloo_processes_equal_one_process(tmp_path):
-    """One DDP over the whole Amalgamator: after 3 steps all four models match the single-process run.
+    """One DDP over the whole Amalgamator: after 3 steps all four models match the single-process run, in the
+    paper's setting and with a target of another architecture, whose adapters are synchronised too.
 
     BatchNorm would make this false by design: each process normalises with the statistics of its half
     batch (and DDP broadcasts rank 0's running statistics), so a BN network under DDP is a different
     function of the global batch than the single process (``sync_batchnorm=True`` fixes that, on GPUs
     only). GroupNorm normalises each sample on its own, so here equality must hold up to float summation
-    order. The dataset draws random noise per sample: the engine's per-sample seeding makes the two
-    processes see exactly the samples, and the augmentations, of the single process's batches.
+    order; so do the adapters with ``adapter_norm='groupnorm1'`` beside the ViT target's LayerNorm. The dataset
+    draws random noise per sample: the engine's per-sample seeding makes the two processes see exactly the
+    samples, and the augmentations, of the single process's batches. Both runs share each process.
     """
     port = _free_port()
     common = dict(epochs=1, group_norm=True, validate=True, lr=0.05)
+    runs = {'paper': common, 'cross': dict(common, target=CROSS_ARCH, adapter_norm='groupnorm1')}
     ranks = []
     for rank in range(2):
         env = dict(os.environ, MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                    WORLD_SIZE='2', OMP_NUM_THREADS='1')
-        args = dict(common, checkpoint_dir=str(tmp_path / f'rank{rank}'), batch_size=2)  # global batch 4
+        args = [dict(run, checkpoint_dir=str(tmp_path / f'rank{rank}' / name), batch_size=2)  # global batch 4
+                for name, run in runs.items()]
         ranks.append(subprocess.Popen([sys.executable, '-c', WORKER, json.dumps(args)], env=env,
                                       stderr=subprocess.PIPE, text=True))
     try:
-        train_tiny(tmp_path / 'single', batch_size=4, **common)
+        for name, run in runs.items():
+            train_tiny(tmp_path / 'single' / name, batch_size=4, **run)
         for p in ranks:
             assert p.wait(timeout=120) == 0, p.stderr.read()
     finally:
         for p in ranks:
             p.kill()
 
-    assert sorted(os.listdir(tmp_path / 'rank1')) == []  # only rank 0 writes
-    _assert_equal_to_one_process(state(tmp_path / 'rank0'), state(tmp_path / 'single'))
+    for name, run in runs.items():
+        assert os.listdir(tmp_path / 'rank1' / name) == []  # only rank 0 writes
+        ddp, one = state(tmp_path / 'rank0' / name), state(tmp_path / 'single' / name)
+        _assert_equal_to_one_process(ddp, one, run.get('target', 'resnet18'))
+    assert any(key.startswith('adapters.') for key in one['model'])
 
 
 def test_two_single_process_nodes_with_c10d_rendezvous_equal_one_process(tmp_path):

@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 import sentizoo.engine as engine
-from helpers import Noisy, state, tiny, train_tiny, worker
+from helpers import CROSS_ARCH, Noisy, state, tiny, train_tiny, worker
 from sentizoo.amalgamation import TEACHER_TAGS
 from sentizoo.runtime import revert_sync_batchnorm
 from sentizoo.tasks import get_task
@@ -21,10 +21,13 @@ from sentizoo.weights import WeightsNotFoundError
 pytestmark = pytest.mark.usefixtures('one_thread')
 
 
-def test_resume_after_kill_9_is_bit_identical(tmp_path, monkeypatch):
+@pytest.mark.parametrize('target', ['resnet18', CROSS_ARCH])
+def test_resume_after_kill_9_is_bit_identical(tmp_path, monkeypatch, target):
+    """The paper's setting, and a target of another architecture whose adapters (weights, BatchNorm statistics,
+    momentum) must resume too."""
     full, killed = tmp_path / 'full', tmp_path / 'killed'
     # A step checkpoint after every step, and slow samples, so the kill lands mid-training.
-    args = dict(checkpoint_dir=str(killed), checkpoint_every=1, delay=0.03)
+    args = dict(checkpoint_dir=str(killed), checkpoint_every=1, delay=0.03, target=target)
     victim = worker(args)
     deadline = time.time() + 60
     while not (killed / engine.CHECKPOINT_NAME).exists():
@@ -39,12 +42,14 @@ def test_resume_after_kill_9_is_bit_identical(tmp_path, monkeypatch):
     monkeypatch.setattr(engine.Loop, '_train_step', lambda self: steps.append(1) or step(self))
     train_tiny(**args)  # resumes from the victim's checkpoint ...
     assert len(steps) == 6 - interrupted['global_step']  # ... and trains only the steps that were left
-    train_tiny(full)  # the uninterrupted reference
+    train_tiny(full, target=target)  # the uninterrupted reference
 
     a, b = state(full), state(killed)
     assert (b['epoch'], b['step'], b['global_step']) == (2, 0, 6)
     assert a['model'].keys() == b['model'].keys()
-    for key in a['model']:  # all four models, BatchNorm statistics included
+    adapters = [key for key in a['model'] if key.startswith('adapters.')]
+    assert len(adapters) == (0 if target == 'resnet18' else 3 * 6)  # conv weight + 5 BatchNorm tensors per stage
+    for key in a['model']:  # all four models (and the adapters), BatchNorm statistics included
         assert torch.equal(a['model'][key], b['model'][key]), key
     strip = lambda h: [{k: v for k, v in e.items() if k != 'seconds'} for e in json.loads(h)['epochs']]
     assert strip(a['history']) == strip(b['history'])

@@ -3,7 +3,7 @@ import timm
 import torch
 import torch.nn as nn
 
-from sentizoo.stages import stage_channels, stage_features
+from sentizoo.stages import stage_channels, stage_features, stage_indices, stage_reductions
 
 # The official slices (docs/method.md, "Stages"): the taps are the ends of the last three.
 VGG_SLICES = {'vgg16_bn': (0, 13, 23, 33, 43), 'vgg19_bn': (0, 13, 26, 39, 52)}
@@ -106,8 +106,71 @@ def test_training_mode_and_gradients():
     assert model.conv1.weight.grad.abs().sum() > 0 and model.fc.weight.grad.abs().sum() > 0
 
 
+def _module_output(model, name, x):
+    """What the submodule ``name`` returns during ``model(x)``."""
+    out = []
+    hook = model.get_submodule(name).register_forward_hook(lambda m, i, o: out.append(o))
+    model(x)
+    hook.remove()
+    return out[0]
+
+
+@pytest.mark.parametrize('arch,indices,reductions', [
+    ('test_convnext', (1, 2, 3), (8, 16, 32)),     # feature_info: 4 stages at 4..32
+    ('test_efficientnet', (2, 3, 4), (8, 16, 32)),  # 5 entries from the stem's 2
+    ('levit_128s', (0, 1, 2), (16, 32, 64)),        # three reductions only, none below 16
+])
+def test_hierarchical_taps_are_the_last_feature_info_entry_of_the_three_largest_reductions(arch, indices,
+                                                                                            reductions):
+    torch.manual_seed(0)
+    model = timm.create_model(arch, num_classes=5, **({'img_size': 64} if arch.startswith('levit') else {})).eval()
+    x = torch.randn(2, 3, 64, 64)
+    assert stage_indices(model) == indices and stage_reductions(model) == reductions
+    assert stage_channels(model) == tuple(model.feature_info[i]['num_chs'] for i in indices)
+    feats, logits = stage_features(model, x)
+    assert torch.equal(logits, model(x))
+    for feat, i, r in zip(feats, indices, reductions):
+        assert feat.shape == (2, model.feature_info[i]['num_chs'], -(-64 // r), -(-64 // r))
+        if not arch.startswith('levit'):  # its stages return tokens; timm reshapes them
+            assert torch.equal(feat, _module_output(model, model.feature_info[i]['module'], x))
+
+
+def test_plain_vit_taps_are_three_evenly_spaced_blocks_as_maps():
+    torch.manual_seed(0)
+    model = timm.create_model('test_vit', num_classes=5, img_size=32).eval()  # 6 blocks, 64 wide, patch 16
+    x = torch.randn(2, 3, 32, 32)
+    assert stage_indices(model) == (1, 3, 5) and stage_reductions(model) == (16, 16, 16)
+    feats, logits = stage_features(model, x)
+    assert torch.equal(logits, model(x))
+    for feat, block in zip(feats, (1, 3, 5)):
+        tokens = _module_output(model, f'blocks.{block}', x)[:, model.num_prefix_tokens:]  # class token dropped
+        assert torch.equal(feat, tokens.transpose(1, 2).reshape(2, 64, 2, 2))
+    depth = lambda n: stage_indices(timm.create_model('test_vit', depth=n))  # noqa: E731
+    assert (depth(12), depth(4), depth(3)) == ((3, 7, 11), (0, 2, 3), (0, 1, 2))
+
+
+class _Stub(nn.Module):
+    """Stands in for a timm model with the given ``feature_info`` reductions."""
+
+    def __init__(self, reductions, intermediates=True):
+        super().__init__()
+        self.feature_info = [dict(num_chs=8, reduction=r, module=f'b{i}') for i, r in enumerate(reductions)]
+        if intermediates:
+            self.forward_intermediates = lambda x, **kw: (x, [x[:, :4]] * 3)  # 4 channels, not feature_info's 8
+        self.forward_head = lambda x: x
+        self.pretrained_cfg = dict(architecture='stubnet')
+
+
 def test_unsupported_models_are_refused():
-    with pytest.raises(ValueError, match='timm ResNet and VGG.*got Sequential'):
+    with pytest.raises(ValueError, match='^Sequential has no forward_intermediates and no feature_info, .*timm model'
+                                         '.*unwrap DistributedDataParallel'):
         stage_features(nn.Sequential(nn.Conv2d(3, 3, 1)), torch.randn(1, 3, 8, 8))
-    with pytest.raises(ValueError, match='got MobileNetV3'):
-        stage_channels(timm.create_model('mobilenetv3_small_050'))
+    with pytest.raises(ValueError, match='^stubnet has no forward_intermediates, which amalgamation needs'):
+        stage_channels(_Stub((4, 8, 16), intermediates=False))
+    with pytest.raises(ValueError, match=r'^stubnet has feature_info reductions \[8, 16\] in 4 entries; .*three'):
+        stage_indices(_Stub((8, 8, 16, 16)))
+    with pytest.raises(ValueError, match=r'reductions \[16\] in 2 entries'):
+        stage_indices(_Stub((16, 16)))
+    with pytest.raises(ValueError, match=r'stubnet: forward_intermediates index 0 gave a tap of shape \(1, 4, 8, 8\), '
+                                         'feature_info says 8 channels'):
+        stage_features(_Stub((4, 8, 16)), torch.randn(1, 8, 8, 8))

@@ -40,7 +40,7 @@ def _train_options(args: argparse.Namespace, task: str) -> Dict[str, Any]:
     if not args.baseline:
         options.update(feature_stages=args.feature_stages, logits_teachers=args.logits_teachers,
                        teacher_task_loss=not args.no_teacher_task_loss, freeze_teachers=args.freeze_teachers,
-                       target_init='given')  # --init already chose the target's weights
+                       teachers=args.teachers, target_init='given')  # --init already chose the target's weights
     return options
 
 
@@ -54,7 +54,7 @@ def _trained_cfg(model, config: dict, init: str, teachers: List[str], descriptio
 
     cfg = dict(trained_cfg(model.pretrained_cfg, config), description=description)
     if teachers or init.startswith('senti_'):
-        senti = get_pretrained_cfg(f'{senti_name(model)}.hp')
+        senti = get_pretrained_cfg(f'{senti_name((teachers or [init])[0])}.hp')
         cfg.update(license=senti.license, paper_name=senti.paper_name, origin_url=senti.origin_url)
     elif init != 'random':
         cfg.update(license=get_pretrained_cfg(init).license)
@@ -63,16 +63,16 @@ def _trained_cfg(model, config: dict, init: str, teachers: List[str], descriptio
 
 def _create_target(args: argparse.Namespace, num_classes: int):
     """The target of MODEL with ``--init``'s backbone (:func:`sentizoo.amalgamation.create_target`) and the name
-    of the weights it starts from."""
+    of the weights it starts from (default: :func:`sentizoo.amalgamation.default_target_init`)."""
     import timm
 
-    from ..amalgamation import create_target, target_weights
+    from ..amalgamation import create_target, default_target_init, target_weights
     from ..models import stock_name
     from ..weights import WeightsNotFoundError
 
     if not timm.is_model(stock_name(args.model)):
         raise UsageError(f'unknown architecture {args.model!r}; e.g. resnet50 or senti_resnet50.')
-    init = args.init or ('imagenet' if args.baseline else 'hp')
+    init = args.init or ('imagenet' if args.baseline else default_target_init(args.model, args.teachers))
     try:
         name = target_weights(args.model, init)
     except ValueError as e:
@@ -117,6 +117,8 @@ def _run_amalgamate(args: argparse.Namespace) -> int:
     for folder, flag in ((args.output, '--output'), (args.checkpoint_dir, '--checkpoint-dir')):
         if folder is not None:
             check_writable_dir(folder, flag)
+    if args.baseline and args.teachers:
+        raise UsageError('--teachers with --baseline: plain fine-tuning has no teachers; drop one of the two.')
     train_set, task = open_labelled(args.train), task_for(args.train, args.task)
     val_set = open_labelled(args.val) if args.val else None
     labels = train_set.label_names
@@ -133,7 +135,7 @@ def _run_amalgamate(args: argparse.Namespace) -> int:
             if val_set is not None:
                 val_set.transform = eval_transform(config)
                 val_loader = loader(val_set, args, shuffle=False)
-            teachers = [] if args.baseline else [f'{senti_name(model)}.{t}' for t in needed_teachers(
+            teachers = [] if args.baseline else [f'{senti_name(args.teachers or model)}.{t}' for t in needed_teachers(
                 args.feature_stages, args.logits_teachers)]
             model = (finetune if args.baseline else amalgamate)(model, loader(train_set, args, shuffle=True),
                                                                 val_loader=val_loader, **options)
@@ -166,23 +168,29 @@ def add_amalgamate_parser(subparsers) -> None:
     p = subparsers.add_parser(
         'amalgamate', help='fine-tune a target with the ST/HO/HP teachers (the paper\'s amalgamation)',
         description='Fine-tune a target of architecture MODEL on TRAIN while the sentiment-pretrained ST, HO and '
-                    'HP teachers (senti_<arch>.st/.ho/.hp from the zoo) train beside it with the paper\'s loss; '
+                    'HP teachers (senti_<arch>.st/.ho/.hp from the zoo, of MODEL\'s architecture or --teachers\') '
+                    'train beside it with the paper\'s loss; '
                     'keep the epoch that scores best on --val and write it to --output in the zoo format '
                     '(model.safetensors + config.json, loadable by `sentizoo evaluate OUTPUT`), with '
                     'history.json. Checkpoints go to OUTPUT/checkpoints after every epoch; rerunning the same '
                     'command resumes. Defaults are the paper\'s (sentizoo.TrainOptions: SGD with momentum and '
                     'weight decay, the lr decayed stepwise). Under torchrun every process runs this command. '
                     + DATA_HELP)
-    p.add_argument('model', metavar='MODEL', help='architecture: resnet18/50/101, vgg16_bn, vgg19_bn (or senti_*)')
+    p.add_argument('model', metavar='MODEL', help='architecture: resnet18/50/101, vgg16_bn, vgg19_bn (or senti_*); '
+                                                  'with --teachers any timm model, e.g. convnext_tiny')
     p.add_argument('train', metavar='TRAIN', type=Path, help='training data (see DATA above)')
     p.add_argument('--val', type=Path, metavar='DATA', help='validation data for model selection (not the test set)')
     p.add_argument('--output', type=Path, required=True, metavar='DIR', help='where to write the trained target')
     p.add_argument('--baseline', action='store_true',
                    help='plain fine-tuning without teachers (the paper\'s baseline)')
+    p.add_argument('--teachers', metavar='ARCH',
+                   help='the teachers\' architecture, e.g. senti_resnet50 (default: MODEL\'s); where their stage '
+                        'features differ from MODEL\'s, small adapters bridge them during training only')
     p.add_argument('--init', choices=TARGET_INITS,
                    help='target initialisation: hp = the senti HP backbone (default, official), st / ho = the other '
                         'senti backbones, imagenet = torchvision\'s ImageNet weights, timm\'s <arch>.tv_in1k (default '
-                        'with --baseline, as in the paper), random')
+                        'with --baseline, as in the paper), random. With --teachers of another architecture the '
+                        'default is imagenet when those weights are cached on this machine, else random')
     add_data_arguments(p)
     add_dataclass_arguments(p, TrainOptions, _TRAIN_OPTIONS)
     ablation = p.add_argument_group('ablations (paper Tables 3 and 4)')

@@ -1,0 +1,105 @@
+"""Teachers of another architecture on every interface: amalgamate(teachers='<arch>'), the CLI's --teachers, the
+hub and the registry; the target's init and its provenance; adapters trained but never saved."""
+import json
+import os
+
+import pytest
+import timm
+import torch
+from safetensors.torch import load_file
+from torch.utils.data import DataLoader
+
+import hubconf
+import sentizoo.engine as engine
+from helpers import CROSS_ARCH, TINY, Noisy, state, tiny, tiny_target, write_hf_cache, write_images
+from sentizoo.amalgamation import TEACHER_TAGS, default_target_init
+from sentizoo.cli import main
+from sentizoo.cross_arch import same_architecture
+from sentizoo.models import stock_name
+from sentizoo.saving import save_pretrained
+
+pytestmark = pytest.mark.usefixtures('one_thread')
+
+
+@pytest.fixture
+def tiny_resnets(monkeypatch, isolated_zoo):
+    """Every resnet18/50 timm creates is cut to :data:`helpers.TINY`; the zoo holds tiny senti_resnet18 teachers."""
+    create = timm.create_model
+    monkeypatch.setattr(timm, 'create_model', lambda name, *args, **kwargs: create(
+        name, *args, **{**(TINY if stock_name(name) in ('resnet18', 'resnet50') else {}), **kwargs}))
+    torch.manual_seed(0)
+    for tag in TEACHER_TAGS:
+        save_pretrained(tiny(0), isolated_zoo / f'senti_resnet18.{tag}', verbose=False)
+
+
+def test_amalgamate_with_an_architecture_name_trains_adapters_but_keeps_the_plain_target(tmp_path, tiny_resnets):
+    torch.manual_seed(0)
+    target = tiny_target(CROSS_ARCH)
+    start = {k: v.clone() for k, v in target.state_dict().items()}
+    data = Noisy(n=8)
+    val = DataLoader(torch.utils.data.TensorDataset(data.images, data.targets), batch_size=4)
+    trained = engine.amalgamate(target, DataLoader(data, batch_size=4), teachers='resnet18', val_loader=val,
+                                epochs=1, lr=1e-12, checkpoint_dir=tmp_path / 'run', progress=False)
+    # the target kept its own weights (teachers of another architecture: target_init='given'), as recorded
+    assert all(torch.allclose(trained.state_dict()[k], v, atol=1e-8) for k, v in start.items() if 'running' not in k)
+    ckpt = state(tmp_path / 'run')
+    assert {k: json.loads(ckpt['fingerprint'])[k] for k in ('teachers', 'target_init')} == {
+        'teachers': 'senti_resnet18', 'target_init': 'given'}
+    # the adapters trained with the run and are in its checkpoint, never in the kept model
+    adapters = sorted({k.split('.')[1] for k in ckpt['model'] if k.startswith('adapters.')})
+    assert adapters == ['ho', 'hp', 'st']
+    plain = timm.create_model(CROSS_ARCH, num_classes=3, img_size=32).state_dict().keys()
+    assert trained.state_dict().keys() == plain == load_file(tmp_path / 'run' / engine.BEST_NAME).keys()
+    save_pretrained(trained, tmp_path / 'saved', verbose=False)
+    reloaded = timm.create_model(CROSS_ARCH, num_classes=3, img_size=32, pretrained=True, pretrained_cfg_overlay=dict(
+        file=str(tmp_path / 'saved' / 'model.safetensors'), num_classes=3))  # stock timm loading, strict
+    assert all(torch.equal(a, b) for a, b in zip(reloaded.state_dict().values(), trained.state_dict().values()))
+
+
+def test_cli_amalgamates_any_timm_target_with_teachers_of_another_architecture(tmp_path, capsys, tiny_resnets):
+    write_images(tmp_path / 'data')
+    out = tmp_path / 'out'
+    common = ['--batch-size', '4', '--workers', '0', '--img-size', '32', '--no-progress']
+    assert main(['amalgamate', 'test_convnext', str(tmp_path / 'data'), '--output', str(out), '--epochs', '1',
+                 '--teachers', 'senti_resnet18', *common]) == 0
+    config, history = json.loads((out / 'config.json').read_text()), json.loads((out / 'history.json').read_text())
+    # provenance: random init (timm's test_convnext weights are not in this test's cache), the zoo's teachers
+    assert config['init'] == history['init'] == 'random'
+    assert config['teachers'] == history['teachers'] == [f'senti_resnet18.{t}' for t in TEACHER_TAGS]
+    cfg = config['pretrained_cfg']
+    assert (config['architecture'], cfg['license']) == ('test_convnext', 'cc-by-nc-4.0')
+    assert 'test_convnext amalgamated with senti_resnet18.st' in cfg['description']
+    assert not any('adapters' in k for k in load_file(out / 'model.safetensors'))
+    reloaded = timm.create_model(f'local-dir:{out}', pretrained=True)  # stock timm, from config.json
+    assert type(reloaded).__name__ == 'ConvNeXt' and reloaded.num_classes == 3
+    capsys.readouterr()
+    assert main(['evaluate', str(out), str(tmp_path / 'data'), *common]) == 0
+    # without --teachers a target outside the zoo has no teachers of its own
+    assert main(['amalgamate', 'test_convnext', str(tmp_path / 'data'), '--output', str(tmp_path / 'o2'), *common]) == 2
+    assert "No sentiment-pretrained weights exist for 'test_convnext'" in capsys.readouterr().err
+    assert main(['amalgamate', 'resnet18', str(tmp_path / 'data'), '--baseline', '--teachers', 'resnet50',
+                 '--output', str(tmp_path / 'o3'), *common]) == 2
+    assert '--teachers with --baseline' in capsys.readouterr().err
+
+
+def test_hub_and_registry_take_teachers_of_another_architecture(tiny_resnets):
+    module = hubconf.amalgamator('test_convnext', teachers='resnet18', pretrained=False, num_classes=3)
+    assert type(module.target).__name__ == 'ConvNeXt' and module.target.num_classes == 3
+    assert sorted(module.adapters) == ['ho', 'st']  # test_convnext's 64-channel stage 3 matches tiny resnet18's
+    module = timm.create_model('amalgamator_senti_resnet18', teachers='resnet50', pretrained=False, num_classes=3)
+    assert module.teachers['hp'].layer4[0].conv3.weight.shape[0] == 256 and sorted(module.adapters) == [
+        'ho', 'hp', 'st']  # resnet50's bottleneck stages (64/128/256 wide, tiny) vs the resnet18 target's 16/32/64
+    assert 'senti_resnet50.st/.ho/.hp' in module.pretrained_cfg['description']
+
+
+def test_default_target_init_is_the_targets_own_cached_weights_else_random(isolated_zoo):
+    assert default_target_init('resnet50') == default_target_init('resnet50', 'senti_resnet50') == 'hp'
+    assert default_target_init('test_convnext', 'resnet18') == 'random'  # an empty cache: nothing is downloaded
+    torch.manual_seed(0)
+    weights = isolated_zoo.parent / 'test_convnext.safetensors'
+    save_pretrained(timm.create_model('test_convnext'), weights.parent / 'tc', verbose=False)
+    write_hf_cache(os.environ['HF_HUB_CACHE'], 'timm/test_convnext.r160_in1k',
+                   {'model.safetensors': weights.parent / 'tc' / 'model.safetensors'})
+    assert default_target_init('test_convnext', 'resnet18') == 'imagenet'
+    teachers = {'hp': tiny(0)}
+    assert same_architecture(tiny(), teachers) and not same_architecture(tiny_target(CROSS_ARCH), teachers)
