@@ -54,6 +54,7 @@ def test_quick_study_end_to_end(tmp_path, capsys, monkeypatch, isolated_zoo):
     saved = json.loads((out / 'study.json').read_text())
     assert saved['synthetic'] is True and list(saved['seconds']) == ['pretrain', 'pretext', 'export', 'probes',
                                                                     'downstream', 'report']
+    assert saved['device'] == 'cpu' and set(saved['versions']) == {'python', 'torch', 'torchvision', 'timm', 'sentizoo'}
 
     # pretext: one row per task with its reference, parsed back from study.md
     md = (out / 'study.md').read_text()
@@ -109,6 +110,26 @@ def test_quick_study_end_to_end(tmp_path, capsys, monkeypatch, isolated_zoo):
     monkeypatch.setattr('sentizoo.engine.amalgamate', no_training)
     again = study.run_study(out, quick=True, full=True, progress=False)
     assert again['downstream'] == record['downstream'] and again['pretext'] == record['pretext']
+
+
+def test_probes_run_on_the_device_the_other_phases_use(monkeypatch):
+    """No ``--device``: the probes' features are extracted on this process's GPU, as pre-training and the
+    downstream runs use it, not always on the CPU."""
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def extract_features(model, dataset, *, device):
+        seen.append(torch.device(device))
+        raise Stop
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'set_device', lambda index: None)
+    monkeypatch.setattr(timm, 'create_model', lambda *args, **kwargs: torch.nn.Identity())
+    monkeypatch.setattr('training.probes.extract_features', extract_features)
+    with pytest.raises(Stop):
+        study.run_probes('resnet18', 32, {'n_train': 4, 'n_test': 4, 'seed': 0})
+    assert seen == [torch.device('cuda', 0)]
 
 
 def test_cli_help_and_bad_settings_file(tmp_path, capsys):

@@ -49,6 +49,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import torch
 
 from sentizoo.models import BACKBONE_TAGS
+from sentizoo.runtime import resolve_device
 
 from .study_steps import (SYNTHETIC_BANNER, CannotResumeError, Phases, measure_pretext, pretrain_model,
                           using_zoo)
@@ -77,7 +78,8 @@ def load_study_config(path: Path = STUDY_CONFIG, quick: bool = False, full: bool
 def run_probes(arch: str, image_size: int, settings: Mapping[str, Any], device: Optional[str] = None
                ) -> Dict[str, Dict[str, float]]:
     """Probe every cue on the features of a random backbone, ST, HO and HP (from the zoo in
-    ``SENTIZOO_HOME``), emotion on ST+HO+HP together; plus the true cues and chance as references."""
+    ``SENTIZOO_HOME``), emotion on ST+HO+HP together; plus the true cues and chance as references. Features are
+    extracted on ``device`` (default: this process's GPU if any, else the CPU, as the other phases)."""
     import timm
 
     from .datasets.synthetic import SyntheticImages
@@ -92,7 +94,8 @@ def run_probes(arch: str, image_size: int, settings: Mapping[str, Any], device: 
     torch.manual_seed(settings['seed'])
     backbones = {'random': timm.create_model(arch, num_classes=0)}
     backbones.update({tag: timm.create_model(f'senti_{arch}.{tag}', pretrained=True) for tag in BACKBONE_TAGS})
-    features = {name: tuple(extract_features(model, data[split], device=device or 'cpu') for split in ('train', 'test'))
+    features = {name: tuple(extract_features(model, data[split], device=resolve_device(device))
+                                for split in ('train', 'test'))
                 for name, model in backbones.items()}
     features['true cues'] = tuple(cue_features(cues[split]) for split in ('train', 'test'))
     report = lambda name: print(f'      probing {name} features', flush=True)  # noqa: E731
@@ -262,10 +265,9 @@ def run_study(out: Path = Path('runs/study'), config: Optional[Mapping[str, Any]
     """Run the phases; returns what ``<out>/study.json`` holds. The study and, at its own size, the demo
     (:mod:`training.demo`) are this runner: a config without ``probes`` skips that phase, and a
     ``pretext_eval.max_ratio`` is checked and printed. ``zoo``: where the backbones go (default ``<out>/zoo``)."""
-    import sentizoo
-
     from .export import export
     from .pretext_eval import scores_table
+    from .provenance import versions
 
     config = dict(config) if config is not None else load_study_config(quick=quick, full=full)
     out = Path(out)
@@ -315,7 +317,7 @@ def run_study(out: Path = Path('runs/study'), config: Optional[Mapping[str, Any]
               'pretext_goals_met': all(s.passed for scores in pretext.values() for s in scores),
               'probes': probes, 'downstream': summary, 'seconds': phase.seconds,
               'total_seconds': round(sum(phase.seconds.values()), 2), 'threads': torch.get_num_threads(),
-              'device': device or 'cpu', 'versions': {'sentizoo': sentizoo.__version__, 'torch': torch.__version__}}
+              'device': str(resolve_device(device)), 'versions': versions()}
     (out / 'study.md').write_text(render_markdown(record, scores_table(pretext), figures))
     (out / 'study.json').write_text(json.dumps(record, indent=1) + '\n')
     print('Phase times: ' + ', '.join(f'{k} {v:.0f} s' for k, v in phase.seconds.items())
