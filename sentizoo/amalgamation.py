@@ -34,7 +34,7 @@ from .tasks import Task, get_task
 
 __all__ = ['TEACHER_TAGS', 'STAGE_TEACHER', 'TARGET_INITS', 'AmalgamationOutput', 'Amalgamator', 'FineTuner',
            'needed_teachers', 'load_teachers', 'init_target_from', 'target_weights', 'default_target_init',
-           'create_target',
+           'create_target', 'load_imagenet',
            'create_amalgamator']
 
 TEACHER_TAGS = BACKBONE_TAGS
@@ -367,9 +367,28 @@ def create_target(arch: str, num_classes: int, init: str = 'hp', *, source: Opti
         source: a model that already holds those weights (e.g. the HP teacher), copied instead of loading them.
 
     The head is drawn first, so the same ``torch.manual_seed`` gives the same head whatever ``init`` is.
+
+    Raises:
+        OSError: ``init='imagenet'`` offline without the weights (:func:`load_imagenet`).
     """
     name = target_weights(arch, init)
     target = timm.create_model(paper_arch(stock_name(arch)), num_classes=num_classes)
     if init == 'random':
         return target
-    return init_target_from(target, source if source is not None else timm.create_model(name, pretrained=True))
+    if source is None:
+        source = load_imagenet(name) if init == 'imagenet' else timm.create_model(name, pretrained=True)
+    return init_target_from(target, source)
+
+
+def load_imagenet(name: str) -> nn.Module:
+    """timm's ``name`` (e.g. ``'resnet50.tv_in1k'``) with its pretrained weights.
+
+    Raises:
+        OSError: at once, when ``HF_HUB_OFFLINE`` is set (read now, not at import) and no local cache holds the
+            weights, rather than after timm's download attempts.
+    """
+    from .weights import hf_offline
+
+    if hf_offline() and not timm_weights_cached(name):
+        raise OSError(f'{name} is in neither the Hugging Face nor the torch hub cache, and HF_HUB_OFFLINE is set')
+    return timm.create_model(name, pretrained=True)

@@ -350,6 +350,7 @@ def test_cli_baseline_starts_from_torchvision_imagenet_weights(tmp_path, monkeyp
 
     cache = tmp_path / 'hf'
     monkeypatch.setattr('huggingface_hub.constants.HF_HUB_CACHE', str(cache))
+    monkeypatch.setenv('HF_HUB_CACHE', str(cache))  # as a user's environment sets both
     monkeypatch.setattr('huggingface_hub.constants.HF_HUB_OFFLINE', True)
     torch.manual_seed(0)
     imagenet = timm.create_model('resnet18')  # tiny, 1000 classes

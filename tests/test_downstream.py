@@ -256,6 +256,7 @@ def test_imagenet_start_is_the_librarys(tmp_path, monkeypatch):
     from training.pretrain import init_backbone
 
     monkeypatch.setattr('huggingface_hub.constants.HF_HUB_CACHE', str(tmp_path / 'hf'))
+    monkeypatch.setenv('HF_HUB_CACHE', str(tmp_path / 'hf'))  # as a user's environment sets both
     monkeypatch.setattr('huggingface_hub.constants.HF_HUB_OFFLINE', True)
     torch.manual_seed(0)
     imagenet = timm.create_model('resnet18').state_dict()

@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -94,11 +95,19 @@ def test_init_from_torchvision_and_safetensors_files(tmp_path):
 
 
 def test_init_random_warns_and_imagenet_offline_says_what_to_do():
+    """Offline (HF_HUB_OFFLINE set after huggingface_hub was imported, as here), missing ImageNet weights fail at
+    once: no download attempts (46 s here before) against a hub the user said not to ask."""
+    from sentizoo.amalgamation import create_target
+
     backbone = timm.create_model('resnet18', num_classes=0)
     with pytest.warns(UserWarning, match='random initialisation: the paper starts every backbone from ImageNet'):
         assert pt.init_backbone(backbone, 'resnet18', 'random') == 'random'
+    start = time.monotonic()
     with pytest.raises(RuntimeError, match=r'timm/resnet18\.tv_in1k .*--init FILE .* or --init random'):
         pt.init_backbone(backbone, 'resnet18', 'imagenet')  # the test zoo is offline
+    with pytest.raises(OSError, match=r'resnet18\.tv_in1k is in neither .* HF_HUB_OFFLINE is set'):
+        create_target('resnet18', 2, 'imagenet')
+    assert time.monotonic() - start < 10
 
 
 # ------------------------------------------------------------------------------------------ end to end

@@ -259,12 +259,11 @@ def init_backbone(backbone: nn.Module, arch: str, init: str) -> str:
                       f'ImageNet weights (--init imagenet, or --init FILE)', stacklevel=2)
         return 'random'
     if init == 'imagenet':
-        import timm
-        from sentizoo.amalgamation import init_target_from, target_weights
+        from sentizoo.amalgamation import init_target_from, load_imagenet, target_weights
         name = target_weights(arch, 'imagenet')
         repo = f'timm/{name}'
         try:
-            weights = timm.create_model(name, pretrained=True)
+            weights = load_imagenet(name)
         except Exception as e:  # offline and not cached, no network, hub error: say what to do instead
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise RuntimeError(f'could not load the ImageNet weights {repo} from the Hugging Face hub or cache '
