@@ -15,6 +15,7 @@ from typing import Mapping, Union
 import torch.nn as nn
 
 from .models import stock_name
+from .stages import model_name
 
 __all__ = ['architecture', 'same_architecture', 'timm_weights_cached']
 
@@ -23,10 +24,7 @@ Teachers = Union[None, str, Mapping[str, nn.Module]]
 
 def architecture(model: Union[str, nn.Module]) -> str:
     """The stock timm architecture of a name or model: ``'senti_resnet50.hp'`` -> ``'resnet50'``."""
-    if isinstance(model, nn.Module):
-        cfg = getattr(model, 'pretrained_cfg', None) or {}
-        model = cfg.get('architecture') or type(model).__name__
-    return stock_name(model)
+    return stock_name(model_name(model) if isinstance(model, nn.Module) else model)
 
 
 def same_architecture(target: Union[str, nn.Module], teachers: Teachers) -> bool:

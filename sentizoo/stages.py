@@ -27,8 +27,8 @@ import torch
 import torch.nn as nn
 from timm.models import VGG, ResNet
 
-__all__ = ['AMALGAMATION_STAGES', 'check_stage_model', 'stage_features', 'stage_channels', 'stage_reductions',
-           'stage_indices', 'tap_channels']
+__all__ = ['AMALGAMATION_STAGES', 'check_stage_model', 'model_name', 'stage_features', 'stage_channels',
+           'stage_reductions', 'stage_indices', 'tap_channels']
 
 AMALGAMATION_STAGES = (1, 2, 3)
 _PAPER_INDICES = (2, 3, 4)  # ResNet and VGG: forward_intermediates indices of stages 1, 2, 3
@@ -43,7 +43,8 @@ def check_stage_model(model: nn.Module) -> None:
                          '(unwrap DistributedDataParallel / torch.compile first).')
 
 
-def _name(model: nn.Module) -> str:
+def model_name(model: nn.Module) -> str:
+    """The timm architecture a model was created as (``pretrained_cfg['architecture']``), else its class name."""
     cfg = getattr(model, 'pretrained_cfg', None) or {}
     return cfg.get('architecture') or type(model).__name__
 
@@ -59,15 +60,15 @@ def stage_indices(model: nn.Module) -> Tuple[int, int, int]:
         return _PAPER_INDICES
     missing = [attr for attr in ('forward_intermediates', 'feature_info') if not hasattr(model, attr)]
     if missing:
-        raise ValueError(f'{_name(model)} has no {" and no ".join(missing)}, which amalgamation needs to tap stages '
-                         '1-3: use a timm model (timm >= 1.0, created with timm.create_model; unwrap '
+        raise ValueError(f'{model_name(model)} has no {" and no ".join(missing)}, which amalgamation needs to tap '
+                         'stages 1-3: use a timm model (timm >= 1.0, created with timm.create_model; unwrap '
                          'DistributedDataParallel / torch.compile first).')
     reductions = [info['reduction'] for info in model.feature_info]
     distinct = sorted(set(reductions))
     if len(distinct) == 1 and len(reductions) >= 3:  # a plain ViT: the ends of its three thirds
         return tuple(round(k * len(reductions) / 3) - 1 for k in (1, 2, 3))
     if len(distinct) < 3:
-        raise ValueError(f'{_name(model)} has feature_info reductions {distinct} in {len(reductions)} entries; '
+        raise ValueError(f'{model_name(model)} has feature_info reductions {distinct} in {len(reductions)} entries; '
                          'amalgamation taps three stages at three reductions (or three blocks of a plain ViT).')
     last = {r: i for i, r in enumerate(reductions)}  # the last entry at each reduction
     return tuple(last[r] for r in distinct[-3:])
@@ -119,7 +120,7 @@ def stage_features(model: nn.Module, x: torch.Tensor, stages: Sequence[int] = AM
     for index, tap in zip(wanted, taps):
         channels = model.feature_info[index]['num_chs']
         if tap.ndim != 4 or tap.shape[1] != channels:
-            raise ValueError(f'{_name(model)}: forward_intermediates index {index} gave a tap of shape '
+            raise ValueError(f'{model_name(model)}: forward_intermediates index {index} gave a tap of shape '
                              f'{tuple(tap.shape)}, feature_info says {channels} channels (NCHW); this timm model '
                              'does not number its intermediates like its feature_info.')
     by_stage = dict(zip(ordered, taps))
