@@ -175,7 +175,8 @@ def test_predict_with_a_checkpoint_exports_once(tiny_folder, images):
 
 def test_weights_file_of_an_hf_hub_model_is_the_cached_file(tiny_folder, isolated_zoo, monkeypatch):
     cache = isolated_zoo.parent / 'hf'
-    snapshot = write_hf_cache(cache, 'me/tiny', {name: tiny_folder / name for name in ('model.safetensors', 'config.json')})
+    files = {name: tiny_folder / name for name in ('model.safetensors', 'config.json')}
+    snapshot = write_hf_cache(cache, 'me/tiny', files)
     monkeypatch.setattr('huggingface_hub.constants.HF_HUB_OFFLINE', True)  # read at import, before conftest's env
     monkeypatch.setattr('huggingface_hub.constants.HF_HUB_CACHE', str(cache))
     model = timm.create_model('hf-hub:me/tiny', pretrained=True)
@@ -246,14 +247,15 @@ def test_auto_falls_back_to_torch_when_the_export_disagrees(monkeypatch):
 # Runs `sentizoo predict` as another user (nobody) when this process is root, else as this user. The interpreter may
 # live where only root can read its standard library (a private home): what predict imports from it is imported
 # first, by a prediction of a tiny random model, then the process drops root and runs the command.
+# The same command runs first as root on a writable copy, so that every lazy import happens before the switch:
+# nobody may not be able to read the checkout or its virtual environment (a 0700 temporary clone in CI).
 AS_ANOTHER_USER = '''
-import os, sys
+import contextlib, io, os, sys
 sys.path.insert(0, sys.argv[1])
-import onnx, onnxruntime, torch.onnx
-from helpers import tiny
-import sentizoo
 from sentizoo.cli import main
-sentizoo.predict(tiny(), sys.argv[2], workers=0, backend='torch')
+warm_up, argv = sys.argv[2], sys.argv[3:]
+with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+    assert main([argv[0], warm_up, *argv[2:]]) == 0
 if os.geteuid() == 0:
     try:
         os.setgid(65534)
@@ -272,6 +274,7 @@ def test_predict_on_a_read_only_shared_zoo_as_another_user(weights_dir, images):
         torch.manual_seed(0)
         save_pretrained(timm.create_model(MODEL, pretrained_cfg_overlay=dict(input_size=(3, 64, 64))), zoo / MODEL,
                         verbose=False)
+        shutil.copytree(zoo / MODEL, root / 'writable-copy')
         shutil.copy(images / 'a_gradient.jpg', root / 'a.jpg')
         cache.mkdir(mode=0o777)
         cache.chmod(0o777)
@@ -279,7 +282,8 @@ def test_predict_on_a_read_only_shared_zoo_as_another_user(weights_dir, images):
             path.chmod(0o555)
         env = dict(os.environ, SENTIZOO_HOME=str(zoo), XDG_CACHE_HOME=str(cache), HOME=str(root / 'no-home'),
                    HF_HUB_CACHE=str(root / 'no-hf'))
-        result = subprocess.run([sys.executable, '-c', AS_ANOTHER_USER, str(Path(__file__).parent), str(root / 'a.jpg'),
+        result = subprocess.run([sys.executable, '-c', AS_ANOTHER_USER, str(Path(__file__).parent),
+                                 str(root / 'writable-copy'),
                                  'predict', MODEL, str(root / 'a.jpg'), '--format', 'json', '--workers', '0',
                                  '--backend', 'onnxruntime'], env=env, capture_output=True, text=True, timeout=300)
         if result.returncode == 77:
