@@ -35,7 +35,10 @@ def one_thread():
 
 @pytest.mark.parametrize('kwargs, error', [
     (dict(model='xx'), r"--model must be one of \('st', 'ho', 'hp'\)"),
-    (dict(model='st', arch='resnet34'), r"--arch 'resnet34' is not supported"),
+    (dict(model='st', arch='resnet34x'), r"--arch 'resnet34x': expected a timm architecture name"),
+    (dict(model='st', arch='senti_resnet50'), r"--arch 'senti_resnet50': expected a timm architecture name without"),
+    (dict(model='hp', arch='vit_tiny_patch16_224'), r'^vit_tiny_patch16_224 has feature_info reductions \[16\] in 12 '
+                                                    r'entries; the pretext heads read four stages'),
     (dict(model='hp', dataset='places365'), r"--dataset 'places365' does not feed the HP tasks"),
     (dict(model='ho'), r'--data-root is required for --dataset places365: a Places365-Standard folder: '
                        r'categories_places365\.txt'),
@@ -141,6 +144,34 @@ def test_pretrain_export_and_load_with_timm(tmp_path, kind):
     backbone = {k.removeprefix('backbone.'): v for k, v in ckpt['model'].items() if k.startswith('backbone.')}
     assert model.state_dict().keys() == backbone.keys()
     assert all(torch.equal(v, backbone[k]) for k, v in model.state_dict().items())
+
+
+@pytest.mark.filterwarnings('ignore:pre-training convnext_atto from a random initialisation')
+def test_any_timm_backbone_pretrains_and_loads_back_as_a_teacher(tmp_path, isolated_zoo):
+    """convnext_atto, outside the senti_* registry: pre-trained, exported (as senti_convnext_atto.hp, into
+    $SENTIZOO_HOME), and loaded back through local-dir:, hf-hub: and load_teachers."""
+    from helpers import write_hf_cache
+    from sentizoo.amalgamation import load_teachers
+    from sentizoo.weights import WeightsNotFoundError, load_folder, resolve_folder
+
+    final = pt.pretrain(tiny('hp', tmp_path / 'run', arch='convnext_atto', steps_per_epoch=1))
+    trained = {k.removeprefix('backbone.'): v for k, v in load_checkpoint(final)['model'].items()
+               if k.startswith('backbone.')}
+    name, folder, _ = export(final, 'hp', verbose=False)
+    assert (name, folder) == ('senti_convnext_atto.hp', isolated_zoo / 'senti_convnext_atto.hp')
+    assert "timm.create_model('hf-hub:sentizoo/senti_convnext_atto.hp'" in (folder / 'README.md').read_text()
+    write_hf_cache(os.environ['HF_HUB_CACHE'], 'me/senti_convnext_atto.hp',
+                   {f: folder / f for f in ('config.json', 'model.safetensors')})
+    for source in (f'local-dir:{folder}', 'hf-hub:me/senti_convnext_atto.hp'):
+        model, config = load_folder(*resolve_folder(source))
+        assert config['architecture'] == 'convnext_atto' and model.state_dict().keys() == trained.keys()
+        assert all(torch.equal(v, trained[k]) for k, v in model.state_dict().items())
+    for teachers in ('convnext_atto', 'hf-hub:me/senti_convnext_atto'):
+        teacher = load_teachers(teachers, 3, tags=('hp',))['hp']  # the backbone with a fresh 3-way head
+        assert teacher.num_classes == 3 and all(torch.equal(v, teacher.state_dict()[k]) for k, v in trained.items())
+    with pytest.raises(WeightsNotFoundError, match=r'senti_convnext_atto\.st: no such folder.* python -m '
+                                                   r'training\.pretrain --model st --arch convnext_atto'):
+        load_teachers('convnext_atto', 3)  # only HP was exported: the error says how to make ST
 
 
 class Crash(Exception):

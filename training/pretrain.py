@@ -11,6 +11,10 @@ is cycled, never paired by index. Defaults are the paper's: SGD lr 0.01, momentu
 1e-4; HO/HP 30 epochs with lr /10 every 10, ST 12 epochs with lr /10 every 4; the backbone starts
 from torchvision's ImageNet weights (through timm).
 
+``--arch``: the paper's ResNets and VGGs (their official stages), or any timm architecture with four
+``feature_info`` reductions (``convnext_atto``, ``efficientnet_b0``; not a plain ViT), the heads sized from it;
+its export ``senti_<arch>.<tag>`` loads with ``sentizoo.amalgamation.load_teachers('<arch>', num_classes)``.
+
 Outputs in ``--out-dir``: ``last.pt`` (every epoch, and every ``--save-every`` steps; resume with
 ``--resume``), ``final.pt`` (the weights, config and history; export it with ``python -m
 training.export``), ``log.csv`` (per step), ``history.json`` (per epoch) and ``loss.png``.
@@ -49,6 +53,7 @@ from sentizoo.options import TrainOptions
 from sentizoo.progress import Logger
 from sentizoo.runtime import autocast, process_group, rank_world, resolve_device
 
+from .perception import check_arch
 from .provenance import versions
 
 __all__ = ['PretrainConfig', 'pretrain', 'parse_args', 'main', 'MODELS', 'DATASETS']
@@ -78,7 +83,10 @@ class PretrainConfig:
     """Every option of a pre-training run; ``None`` means "the paper's value for this model"."""
     model: str = _opt(None, 'perception model to pre-train: st (colorization + super-resolution), '
                             'ho (scene + jigsaw) or hp (ANP + captioning)', choices=MODELS, required=True)
-    arch: str = _opt('resnet50', 'backbone (timm architecture)', choices=ARCHS)
+    arch: str = _opt('resnet50', f'backbone: a zoo architecture ({", ".join(ARCHS)}: the paper\'s taps), or any timm '
+                                 'architecture with forward_intermediates and feature_info at four reductions (e.g. '
+                                 'convnext_atto, efficientnet_b0; the heads are sized from feature_info; not a plain '
+                                 'ViT)')
     dataset: Optional[str] = _opt(None, 'places365 (ST, HO), vso+artemis (HP) or synthetic (any model, no '
                                         'download); default: the paper\'s dataset of the model')
     data_root: Optional[str] = _opt(None, 'dataset folder: ' + '; '.join(f'{k}: {v}' for k, v in _DATA_LAYOUT.items()))
@@ -115,8 +123,7 @@ class PretrainConfig:
         c = dataclasses.replace(self)
         if c.model not in MODELS:
             raise ValueError(f'--model must be one of {MODELS}, got {c.model!r}')
-        if c.arch not in ARCHS:
-            raise ValueError(f'--arch {c.arch!r} is not supported; sentizoo pre-trains {", ".join(ARCHS)}')
+        check_arch(c.arch)
         epochs, step, batch = SCHEDULES[c.model]
         c.dataset = c.dataset or DATASETS[c.model][0]
         c.epochs = epochs if c.epochs is None else c.epochs
@@ -248,7 +255,8 @@ def build_model_and_data(config: PretrainConfig) -> Tuple[nn.Module, List[Tuple[
 def init_backbone(backbone: nn.Module, arch: str, init: str) -> str:
     """Load the ImageNet initialisation into ``backbone`` (a timm model, ``num_classes=0``).
 
-    ``init``: ``'imagenet'`` (torchvision's weights, timm's ``<arch>.tv_in1k``, loaded as the library's
+    ``init``: ``'imagenet'`` (torchvision's weights, timm's ``<arch>.tv_in1k``; for an architecture outside the zoo,
+    timm's default ImageNet weights; loaded as the library's
     :func:`~sentizoo.amalgamation.create_target` loads them), ``'random'`` (warned) or a file, in timm or
     torchvision key layout (VGG: torchvision ``classifier.*`` keys go through timm's VGG checkpoint filter).
     Returns a short description of where the weights came from, for the log and the model card. Classifier
@@ -270,7 +278,8 @@ def init_backbone(backbone: nn.Module, arch: str, init: str) -> str:
                                f'({reason}); fetch them once with network access (HF_HUB_OFFLINE unset), or pass '
                                f'--init FILE (torchvision/timm state dict or .safetensors) or --init random') from e
         init_target_from(backbone, weights)  # drops the classifier (and a stock VGG's fc6/fc7)
-        return f'ImageNet (torchvision weights, {repo})'
+        source = 'torchvision weights' if arch in ARCHS else "timm's default weights"
+        return f'ImageNet ({source}, {weights.pretrained_cfg.get("hf_hub_id") or repo})'
     path = Path(init)
     state = read_state_dict(path)
     if arch.startswith('vgg') and any(k.startswith('classifier.') for k in state):
