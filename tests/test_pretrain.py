@@ -15,6 +15,7 @@ import torch
 
 import sentizoo  # noqa: F401  (registers senti_*)
 from sentizoo.checkpoint import load as load_checkpoint
+from sentizoo.options import TrainOptions
 from sentizoo.sampling import Stream
 from training import pretrain as pt
 from training.export import export
@@ -44,8 +45,10 @@ def one_thread():
                        r'categories_places365\.txt'),
     (dict(model='hp', data_root='/nonexistent'), r'--data-root /nonexistent is not a folder; expected a folder '
                                                  r'holding vso/'),
-    (dict(model='st', dataset='synthetic', epochs=0), r'--epochs must be >= 1'),
-    (dict(model='st', dataset='synthetic', lr_gamma=2.0), r'0 < lr_gamma <= 1'),
+    (dict(model='st', dataset='synthetic', epochs=0), r'^--epochs 0 \(an integer >= 1\)$'),
+    (dict(model='st', dataset='synthetic', lr_gamma=0, lr_step=0), r'^--lr-step 0 \(an integer >= 1\); --lr-gamma 0 '
+                                                                   r'\(a number > 0\)$'),  # TrainOptions' checks
+    (dict(model='st', dataset='synthetic', batch_size=0), r'^--batch-size must be >= 1, got 0$'),
     (dict(model='st', dataset='synthetic', init='/no/such.pth'), r'--init /no/such\.pth: no such file'),
     (dict(model='st', dataset='synthetic', resume='/no/last.pt'), r'--resume /no/last\.pt: no such checkpoint'),
 ])
@@ -78,6 +81,13 @@ def test_paper_schedule_defaults():
     assert (hp.epochs, hp.lr_step, hp.batch_size, hp.lr_gamma, hp.init) == (30, 10, 32, 0.1, 'imagenet')
     assert st.command() == 'python -m training.pretrain --model st --dataset synthetic --epochs 12 --batch-size 8 ' \
                            '--lr-step 4 --out-dir runs/pretrain/st_resnet50'
+    # the training loop's options: the recipe's epochs, lr and step, every other one TrainOptions' own default
+    assert st.train_options('cpu') == TrainOptions(epochs=12, lr=0.01, step_size=4, checkpoint_dir=st.out_dir,
+                                                   device='cpu')
+    flags = pt.PretrainConfig(model='ho', dataset='synthetic', lr_gamma=0.5, save_every=3, amp='off').resolved()
+    assert flags.train_options('cuda:1') == TrainOptions(epochs=30, lr=0.01, step_size=10, gamma=0.5,
+                                                         checkpoint_dir=flags.out_dir, checkpoint_every=3, amp=False,
+                                                         device='cuda:1')
 
 
 # --------------------------------------------------------------------------------------- initialisation
