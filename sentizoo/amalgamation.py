@@ -27,10 +27,11 @@ import torch.nn.functional as F
 
 from .adapters import build_adapters, resize_to
 from .branches import run_branches, side_by_side_default
-from .cross_arch import same_architecture, timm_weights_cached
-from .models import ARCHS, BACKBONE_TAGS, imagenet_name, paper_arch, senti_name, stock_name
-from .stages import AMALGAMATION_STAGES, stage_features
+from .cross_arch import architecture, same_architecture, timm_weights_cached
+from .models import ARCHS, BACKBONE_TAGS, imagenet_name, paper_arch, senti_name, stock_name, tagged_name
+from .stages import AMALGAMATION_STAGES, model_name, stage_features
 from .tasks import Task, get_task
+from .weights import FOLDER_PREFIXES
 
 __all__ = ['TEACHER_TAGS', 'STAGE_TEACHER', 'TARGET_INITS', 'AmalgamationOutput', 'Amalgamator', 'FineTuner',
            'needed_teachers', 'load_teachers', 'init_target_from', 'target_weights', 'default_target_init',
@@ -265,9 +266,40 @@ def load_teachers(arch: Union[str, nn.Module], num_classes: int, tags: Sequence[
     resolve through :mod:`sentizoo.weights` (``$SENTIZOO_HOME``, the HF cache, the hub); a missing file
     raises :class:`~sentizoo.weights.WeightsNotFoundError` saying where it looked. ``pretrained=False``
     gives randomly initialised teachers (for testing).
+
+    Teachers of a timm architecture outside the zoo, pre-trained with the source repository's
+    ``training.pretrain --arch ARCH`` and written by ``training.export``, load from their folders, verified as
+    every zoo folder is (:func:`~sentizoo.weights.load_folder`): ``arch='convnext_atto'`` reads
+    ``$SENTIZOO_HOME/senti_convnext_atto.<tag>/`` (the export's default), and a ``local-dir:`` or ``hf-hub:`` name
+    gets ``.<tag>`` appended (``'hf-hub:me/senti_convnext_atto'`` -> ``'hf-hub:me/senti_convnext_atto.hp'``).
     """
-    name = senti_name(arch)
-    return {tag: timm.create_model(f'{name}.{tag}', pretrained=pretrained, num_classes=num_classes) for tag in tags}
+    name = model_name(arch) if isinstance(arch, nn.Module) else arch
+    if name.startswith(FOLDER_PREFIXES) or (stock_name(name) not in ARCHS and timm.is_model(stock_name(name))):
+        return {tag: _folder_teacher(name, tag, num_classes, pretrained) for tag in tags}
+    family = senti_name(arch)  # refuses what is neither in the zoo nor a timm architecture
+    return {tag: timm.create_model(f'{family}.{tag}', pretrained=pretrained, num_classes=num_classes) for tag in tags}
+
+
+def _folder_teacher(name: str, tag: str, num_classes: int, pretrained: bool) -> nn.Module:
+    """The ``tag`` teacher of :func:`load_teachers` for a folder name or an architecture outside the zoo."""
+    from .weights import WeightsNotFoundError, load_folder, resolve_folder, zoo_home
+
+    if name.startswith(FOLDER_PREFIXES):
+        source = f'{name}.{tag}'
+    elif pretrained:
+        source = f'local-dir:{zoo_home() / tagged_name(name, tag)}'
+    else:
+        return timm.create_model(stock_name(name), num_classes=num_classes)
+    try:
+        folder, published = resolve_folder(source)
+    except WeightsNotFoundError as e:
+        raise WeightsNotFoundError(f'{e} Teachers outside the zoo are pre-trained and exported with the sentizoo '
+                                   f'source repository: python -m training.pretrain --model {tag} --arch '
+                                   f'{architecture(name)} ..., then python -m training.export --checkpoint '
+                                   f'.../final.pt --tag {tag}.') from None
+    model = load_folder(folder, published)[0] if pretrained else timm.create_model(f'local-dir:{folder}')
+    model.reset_classifier(num_classes)
+    return model
 
 
 def init_target_from(target: nn.Module, source: nn.Module) -> nn.Module:

@@ -16,6 +16,7 @@ import torch.nn as nn
 
 from .models import stock_name
 from .stages import model_name
+from .weights import FOLDER_PREFIXES
 
 __all__ = ['architecture', 'same_architecture', 'timm_weights_cached']
 
@@ -23,8 +24,13 @@ Teachers = Union[None, str, Mapping[str, nn.Module]]
 
 
 def architecture(model: Union[str, nn.Module]) -> str:
-    """The stock timm architecture of a name or model: ``'senti_resnet50.hp'`` -> ``'resnet50'``."""
-    return stock_name(model_name(model) if isinstance(model, nn.Module) else model)
+    """The stock timm architecture of a name or model: ``'senti_resnet50.hp'`` -> ``'resnet50'``; a folder's name
+    by its last component: ``'hf-hub:me/senti_convnext_atto'`` -> ``'convnext_atto'``."""
+    if isinstance(model, nn.Module):
+        return stock_name(model_name(model))
+    for prefix in FOLDER_PREFIXES:
+        model = model.removeprefix(prefix)
+    return stock_name(model.replace('\\', '/').rsplit('/', 1)[-1])
 
 
 def same_architecture(target: Union[str, nn.Module], teachers: Teachers) -> bool:

@@ -92,10 +92,10 @@ def load_classifier(name: str, checkpoint: Optional[PathLike] = None, *, pretrai
     """
     import timm
 
-    from .weights import load_folder, load_weights, resolve_folder
+    from .weights import FOLDER_PREFIXES, load_folder, load_weights, resolve_folder
 
     task = None
-    is_folder = name.startswith(('hf-hub:', 'local-dir:')) or Path(name).is_dir()
+    is_folder = name.startswith(FOLDER_PREFIXES) or Path(name).is_dir()
     if is_folder and checkpoint is not None:
         raise ValueError(f'--checkpoint {checkpoint}: MODEL {name} is a folder with its own weights; drop '
                          f'--checkpoint, or give an architecture name (e.g. resnet50) with it.')

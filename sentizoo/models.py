@@ -30,7 +30,7 @@ from .published import HUB_ORG
 from .weights import read_config, resolve_weights, weights_mismatch
 
 __all__ = ['ARCHS', 'BACKBONE_TAGS', 'TAGS', 'FI_LABELS', 'PREPROCESSING', 'PaperVGG', 'senti_name', 'stock_name',
-           'imagenet_name', 'paper_arch', 'amalgamator_cfg', 'label_names']
+           'tagged_name', 'tag_cfg', 'imagenet_name', 'paper_arch', 'amalgamator_cfg', 'label_names']
 
 ARCHS = ('vgg16_bn', 'vgg19_bn', 'resnet18', 'resnet50', 'resnet101')
 BACKBONE_TAGS = ('st', 'ho', 'hp')
@@ -56,20 +56,30 @@ _DESCRIPTIONS = {
 }
 
 
-def _cfg(arch: str, tag: str) -> Dict[str, Any]:
+def tag_cfg(tag: str) -> Dict[str, Any]:
+    """The pretrained_cfg keys of ``tag`` weights whatever their architecture: classes, the paper's preprocessing
+    (:data:`PREPROCESSING`, 224 px), licence, description and paper (``training.export`` gives them to the backbones
+    it writes for a timm architecture outside the zoo, too)."""
     is_classifier = tag not in BACKBONE_TAGS
     return dict(
-        hf_hub_id=f'{HUB_ORG}/senti_{arch}.{tag}',
-        hf_hub_filename='model.safetensors',
         num_classes=len(FI_LABELS) if is_classifier else 0,
         label_names=FI_LABELS if is_classifier else None,
-        input_size=(3, 224, 224), pool_size=(7, 7), **PREPROCESSING,
-        first_conv='features.0' if arch.startswith('vgg') else 'conv1',
-        classifier='head.fc' if arch.startswith('vgg') else 'fc',
+        input_size=(3, 224, 224), **PREPROCESSING,
         license='cc-by-nc-4.0',
         description=_DESCRIPTIONS[tag],
         paper_name=_PAPER,
         origin_url='https://github.com/tinglyfeng/sentiment_pretraining',
+    )
+
+
+def _cfg(arch: str, tag: str) -> Dict[str, Any]:
+    return dict(
+        hf_hub_id=f'{HUB_ORG}/senti_{arch}.{tag}',
+        hf_hub_filename='model.safetensors',
+        pool_size=(7, 7),
+        first_conv='features.0' if arch.startswith('vgg') else 'conv1',
+        classifier='head.fc' if arch.startswith('vgg') else 'fc',
+        **tag_cfg(tag),
     )
 
 
@@ -91,6 +101,13 @@ default_cfgs = generate_default_cfgs({f'senti_{arch}.{tag}': _cfg(arch, tag) for
 def stock_name(name: str) -> str:
     """``'senti_resnet50.hp'`` -> ``'resnet50'``: the timm architecture a senti model is built on."""
     return name.split('.')[0].removeprefix('senti_')
+
+
+def tagged_name(arch: str, tag: str) -> str:
+    """``'senti_<arch>.<tag>'``: the name of ``arch``'s ``tag`` weights, registered for the zoo's architectures; for
+    another timm architecture, the folder name ``training.export`` writes its pre-trained backbones under (in
+    ``$SENTIZOO_HOME``, where :func:`sentizoo.amalgamation.load_teachers` finds them)."""
+    return f'senti_{stock_name(arch)}.{tag}'
 
 
 def imagenet_name(arch: str) -> str:

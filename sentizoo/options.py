@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, List, Mapping, Optional, Tuple, Union
 
-__all__ = ['TrainOptions', 'is_int', 'is_number', 'train_options']
+__all__ = ['TrainOptions', 'is_int', 'is_number', 'option_problems', 'train_options']
 
 
 @dataclasses.dataclass
@@ -61,26 +61,37 @@ class TrainOptions:
         for name in ('checkpoint_dir', 'history_path', 'device'):
             value = getattr(self, name)
             setattr(self, name, None if value is None else str(value))
-        problems = [f'{name}={getattr(self, name)!r} ({why})' for name, ok, why in (
-            ('epochs', is_int(self.epochs, 1), 'an integer >= 1'),
-            ('step_size', is_int(self.step_size, 1), 'an integer >= 1'),
-            ('seed', is_int(self.seed, 0), 'an integer >= 0'),
-            ('checkpoint_every', self.checkpoint_every is None or is_int(self.checkpoint_every, 1),
-             'None or an integer >= 1'),
-            ('lr', is_number(self.lr) and self.lr > 0, 'a number > 0'),
-            ('momentum', is_number(self.momentum) and self.momentum >= 0, 'a number >= 0'),
-            ('weight_decay', is_number(self.weight_decay) and self.weight_decay >= 0, 'a number >= 0'),
-            ('gamma', is_number(self.gamma) and self.gamma > 0, 'a number > 0'),
-            ('amp', isinstance(self.amp, bool) or self.amp == 'bf16', "True, False or 'bf16'"),
-        ) if not ok]
-        if self.checkpoint_every is not None and self.checkpoint_dir is None:
-            problems.append('checkpoint_every needs a checkpoint_dir')
+        problems = option_problems(vars(self))
         if problems:
-            raise ValueError('Invalid training options: ' + '; '.join(problems) + '.')
+            raise ValueError('Invalid training options: ' + '; '.join(f'{name}={getattr(self, name)!r} ({why})'
+                                                                       for name, why in problems) + '.')
 
     def trajectory(self) -> dict:
         """The options a resumed run must share with its checkpoint for an exact continuation."""
         return {k: getattr(self, k) for k in self._TRAJECTORY}
+
+
+def option_problems(options: Mapping[str, Any]) -> List[Tuple[str, str]]:
+    """``(name, what it must be)`` of every invalid option in ``options`` (:class:`TrainOptions` fields; those
+    missing are not checked): the checks :class:`TrainOptions` makes, for a caller that names the options its own
+    way (``training.pretrain``'s flags) and reports them in its words."""
+    def given(name: str, ok: Callable[[Any], bool], why: str) -> List[Tuple[str, str]]:
+        return [(name, why)] if name in options and not ok(options[name]) else []
+
+    problems = [p for name, ok, why in (
+        ('epochs', lambda v: is_int(v, 1), 'an integer >= 1'),
+        ('step_size', lambda v: is_int(v, 1), 'an integer >= 1'),
+        ('seed', lambda v: is_int(v, 0), 'an integer >= 0'),
+        ('checkpoint_every', lambda v: v is None or is_int(v, 1), 'None or an integer >= 1'),
+        ('lr', lambda v: is_number(v) and v > 0, 'a number > 0'),
+        ('momentum', lambda v: is_number(v) and v >= 0, 'a number >= 0'),
+        ('weight_decay', lambda v: is_number(v) and v >= 0, 'a number >= 0'),
+        ('gamma', lambda v: is_number(v) and v > 0, 'a number > 0'),
+        ('amp', lambda v: isinstance(v, bool) or v == 'bf16', "True, False or 'bf16'"),
+    ) for p in given(name, ok, why)]
+    if options.get('checkpoint_every') is not None and options.get('checkpoint_dir') is None:
+        problems.append(('checkpoint_every', 'needs a checkpoint_dir'))
+    return problems
 
 
 def is_int(value: Any, minimum: int) -> bool:

@@ -27,20 +27,30 @@ import torch
 import torch.nn as nn
 from timm.models import VGG, ResNet
 
-__all__ = ['AMALGAMATION_STAGES', 'check_stage_model', 'model_name', 'stage_features', 'stage_channels',
-           'stage_reductions', 'stage_indices', 'tap_channels']
+__all__ = ['AMALGAMATION_STAGES', 'PAPER_STAGE_INDICES', 'check_stage_model', 'is_paper_model', 'model_name',
+           'indices_by_reduction', 'stage_features', 'stage_channels', 'stage_reductions', 'stage_indices',
+           'tap_channels']
 
 AMALGAMATION_STAGES = (1, 2, 3)
-_PAPER_INDICES = (2, 3, 4)  # ResNet and VGG: forward_intermediates indices of stages 1, 2, 3
+PAPER_STAGE_INDICES = (1, 2, 3, 4)
+"""The ``forward_intermediates`` indices of the four stages of the paper's models (docs/method.md, "Stages"):
+ResNet's ``layer1``..``layer4``, VGG's official ``features`` slices 1-4. The pretext heads read all four,
+amalgamation's stages 1, 2, 3 are the last three."""
 
 
-def check_stage_model(model: nn.Module) -> None:
-    """Raise ValueError unless ``model`` is a timm ResNet or VGG: the models the pretext tasks of
-    ``training.pretext`` (and :func:`tap_channels`) are defined for."""
-    if not isinstance(model, (ResNet, VGG)):
-        raise ValueError(f'The pretext tasks are defined for timm ResNet and VGG models; got '
-                         f'{type(model).__name__}. Create the model with timm.create_model("resnet50") or similar '
-                         '(unwrap DistributedDataParallel / torch.compile first).')
+def is_paper_model(model: nn.Module) -> bool:
+    """Whether ``model`` is a timm ResNet or VGG, whose taps are fixed as in the official code."""
+    return isinstance(model, (ResNet, VGG))
+
+
+def check_stage_model(model: nn.Module, needed_by: str = 'amalgamation needs to tap stages 1-3') -> None:
+    """Raise ValueError unless ``model`` has timm's ``forward_intermediates`` and ``feature_info``, which
+    ``needed_by`` (the end of the error's sentence) needs."""
+    missing = [attr for attr in ('forward_intermediates', 'feature_info') if not hasattr(model, attr)]
+    if missing:
+        raise ValueError(f'{model_name(model)} has no {" and no ".join(missing)}, which {needed_by}: use a timm '
+                         'model (timm >= 1.0, created with timm.create_model; unwrap DistributedDataParallel / '
+                         'torch.compile first).')
 
 
 def model_name(model: nn.Module) -> str:
@@ -56,22 +66,31 @@ def stage_indices(model: nn.Module) -> Tuple[int, int, int]:
         ValueError: one line naming the model and what it lacks (``forward_intermediates``, ``feature_info``,
             three reductions or three blocks).
     """
-    if isinstance(model, (ResNet, VGG)):
-        return _PAPER_INDICES
-    missing = [attr for attr in ('forward_intermediates', 'feature_info') if not hasattr(model, attr)]
-    if missing:
-        raise ValueError(f'{model_name(model)} has no {" and no ".join(missing)}, which amalgamation needs to tap '
-                         'stages 1-3: use a timm model (timm >= 1.0, created with timm.create_model; unwrap '
-                         'DistributedDataParallel / torch.compile first).')
+    if is_paper_model(model):
+        return PAPER_STAGE_INDICES[1:]
+    check_stage_model(model)
+    reductions = [info['reduction'] for info in model.feature_info]
+    if len(set(reductions)) == 1 and len(reductions) >= 3:  # a plain ViT: the ends of its three thirds
+        return tuple(round(k * len(reductions) / 3) - 1 for k in (1, 2, 3))
+    return indices_by_reduction(model, 3, 'amalgamation taps three stages at three reductions (or three blocks of '
+                                          'a plain ViT)')
+
+
+def indices_by_reduction(model: nn.Module, count: int, requirement: str) -> Tuple[int, ...]:
+    """The ``forward_intermediates`` indices of the last ``feature_info`` entry at each of the ``count`` largest
+    distinct reductions, in network order (strides 8/16/32 for ``count=3`` on a standard CNN).
+
+    Raises:
+        ValueError: one line naming the model, its reductions and ``requirement`` (why ``count`` are needed),
+            when it has fewer than ``count`` distinct reductions.
+    """
     reductions = [info['reduction'] for info in model.feature_info]
     distinct = sorted(set(reductions))
-    if len(distinct) == 1 and len(reductions) >= 3:  # a plain ViT: the ends of its three thirds
-        return tuple(round(k * len(reductions) / 3) - 1 for k in (1, 2, 3))
-    if len(distinct) < 3:
+    if len(distinct) < count:
         raise ValueError(f'{model_name(model)} has feature_info reductions {distinct} in {len(reductions)} entries; '
-                         'amalgamation taps three stages at three reductions (or three blocks of a plain ViT).')
+                         f'{requirement}.')
     last = {r: i for i, r in enumerate(reductions)}  # the last entry at each reduction
-    return tuple(last[r] for r in distinct[-3:])
+    return tuple(last[r] for r in distinct[-count:])
 
 
 def _stage_info(model: nn.Module, key: str) -> Tuple[int, int, int]:
@@ -128,6 +147,5 @@ def stage_features(model: nn.Module, x: torch.Tensor, stages: Sequence[int] = AM
 
 
 def tap_channels(model: nn.Module, indices: Sequence[int]) -> List[int]:
-    """Channels of the ``forward_intermediates`` taps ``indices`` (timm's numbering) of a timm ResNet / VGG."""
-    check_stage_model(model)
+    """Channels of the ``forward_intermediates`` taps ``indices`` (timm's numbering, as ``feature_info``'s)."""
     return [model.feature_info[i]['num_chs'] for i in indices]

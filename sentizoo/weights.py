@@ -32,10 +32,12 @@ from .published import HUB_ORG, SHA256
 __all__ = ['WEIGHTS_NAME', 'CONFIG_NAME', 'WeightsNotFoundError', 'ChecksumMismatchError', 'InvalidWeightsError',
            'WEIGHTS_ERRORS', 'zoo_home', 'sha256_file', 'read_config', 'check_safetensors', 'load_weights',
            'weights_mismatch', 'UnverifiedWeightsWarning', 'resolve_folder', 'load_folder', 'find_local',
-           'resolve_weights', 'atomic_write', 'remove_stale_temps', 'hf_offline']
+           'resolve_weights', 'atomic_write', 'remove_stale_temps', 'hf_offline', 'FOLDER_PREFIXES']
 
 WEIGHTS_NAME = 'model.safetensors'
 CONFIG_NAME = 'config.json'
+FOLDER_PREFIXES = ('local-dir:', 'hf-hub:')
+"""The prefixes of a name that gives weights by their folder (:func:`resolve_folder`), not by a registered name."""
 # What a user of the pip package can run is the zoo; producing weights needs the source repository's training/.
 _PRODUCE = ('weights are produced by training with the sentizoo source repository (its training/ folder, not part '
             'of the pip package: `python -m training.export --checkpoint CKPT --tag ...`, or `python -m '

@@ -103,3 +103,7 @@ def test_default_target_init_is_the_targets_own_cached_weights_else_random(isola
     assert default_target_init('test_convnext', 'resnet18') == 'imagenet'
     teachers = {'hp': tiny(0)}
     assert same_architecture(tiny(), teachers) and not same_architecture(tiny_target(CROSS_ARCH), teachers)
+    # teachers named by their folders (load_teachers' local-dir: / hf-hub: names): the architecture is the last part
+    assert same_architecture('convnext_atto', 'hf-hub:me/senti_convnext_atto')
+    assert same_architecture('convnext_atto', 'local-dir:runs/zoo/senti_convnext_atto')
+    assert default_target_init('convnext_atto', 'local-dir:zoo/senti_convnext_atto') == 'hp'

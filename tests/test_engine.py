@@ -109,7 +109,7 @@ def test_teachers_and_options_fail_before_training():
         engine.amalgamate(tiny(), loader)
     with pytest.raises(ValueError, match=r'epochs=0 .*lr=-1'):
         engine.finetune(tiny(), loader, epochs=0, lr=-1)
-    with pytest.raises(ValueError, match='checkpoint_every needs a checkpoint_dir'):
+    with pytest.raises(ValueError, match=r'checkpoint_every=2 \(needs a checkpoint_dir\)'):
         engine.finetune(tiny(), loader, checkpoint_every=2)
     with pytest.raises(TypeError, match=r"Unknown option\(s\) \['learning_rate'\].*feature_stages"):
         engine.amalgamate(tiny(), loader, learning_rate=0.1)

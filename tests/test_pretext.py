@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from training.pretext import PRETEXT_TASKS, get_task_class
 from training.pretext.anp import ANPClassification
-from training.pretext.base import imagenet_normalize
+from training.pretext.base import imagenet_normalize, pretext_indices, stage_maps
 from training.pretext.captioning import EOS, PAD, SOS, UNK, Captioning, Vocabulary, tokenize
 from training.pretext.colorization import Colorization, UpCatHead, lab_to_rgb, rgb_to_lab
 from training.pretext.jigsaw import (PERMUTATIONS_FILE, SEED, Jigsaw, assemble_tiles, cut_tiles,
@@ -214,9 +214,15 @@ def test_anp_classes_come_from_the_class_list(backbone):
         task.prepare(_images())
 
 
-def test_non_timm_backbones_are_refused():
-    with pytest.raises(ValueError, match='timm ResNet and VGG'):
+def test_backbones_the_heads_cannot_read_are_refused_in_one_line():
+    with pytest.raises(ValueError, match='^Conv2d has no forward_intermediates and no feature_info, which the pretext '
+                                         'heads need to read its four stages: use a timm model'):
         Colorization(torch.nn.Conv2d(3, 3, 1))
+    vit = timm.create_model('vit_tiny_patch16_224', img_size=32, num_classes=0)  # one stride: refused by every task
+    for name in PRETEXT_TASKS:
+        with pytest.raises(ValueError, match=r'^vit_tiny_patch16_224 has feature_info reductions \[16\] in 12 entries; '
+                                             r'the pretext heads read four stages at four reductions'):
+            _tiny(name, vit)
 
 
 # --------------------------------------------------------------------------------------------- captioning
@@ -276,6 +282,36 @@ def test_greedy_decoding_reproduces_memorised_captions(backbone):
 
 
 # --------------------------------------------------------------------------------------- every task alike
+
+@pytest.mark.parametrize('arch, indices, channels', [
+    ('resnet18', (1, 2, 3, 4), (64, 128, 256, 512)),          # the paper's: layer1..layer4
+    ('senti_vgg16_bn', (1, 2, 3, 4), (128, 256, 512, 512)),   # the paper's: the last ReLU of conv blocks 2..5
+    ('convnext_atto', (0, 1, 2, 3), (40, 80, 160, 320)),      # by reduction: the last stage at 4, 8, 16, 32
+    ('mobilenetv3_small_050', (1, 2, 3, 4), (8, 16, 24, 288)),
+])
+def test_heads_are_sized_from_the_backbones_feature_info(arch, indices, channels):
+    torch.manual_seed(0)
+    backbone = timm.create_model(arch, num_classes=0)
+    assert pretext_indices(backbone) == indices
+    maps = stage_maps(backbone, _images(1, 64), indices)  # what the heads read: channels and strides as listed
+    assert tuple(m.shape[1] for m in maps) == channels
+    assert [64 // m.shape[-1] for m in maps] == [backbone.feature_info[i]['reduction'] for i in indices]
+    assert tuple(conv.in_channels for conv in _tiny('colorization', backbone)[0].head.reduce) == channels
+    assert _tiny('captioning', backbone)[0].head.init_h.in_features == channels[-1]
+    assert SuperResolution(backbone).head.body[0].in_channels == channels[-1]
+    pooled = backbone(_images(1, 64)).shape[-1]  # e.g. MobileNetV3's conv head after the pooling: 1024
+    assert _tiny('jigsaw', backbone)[0].head.fc.in_features == 9 * pooled
+
+
+@pytest.mark.parametrize('name', list(PRETEXT_TASKS))
+def test_every_task_trains_another_timm_backbone(name):
+    torch.manual_seed(0)
+    backbone = timm.create_model('mobilenetv3_small_050', num_classes=0)
+    task, batch = _tiny(name, backbone)
+    loss = task.step(backbone, batch)
+    loss.backward()
+    assert torch.isfinite(loss) and backbone.conv_stem.weight.grad.abs().sum() > 0
+
 
 @pytest.mark.parametrize('name', list(PRETEXT_TASKS))
 def test_loss_decreases_on_a_fixed_batch(name, backbone):

@@ -15,6 +15,7 @@ import torch
 
 import sentizoo  # noqa: F401  (registers senti_*)
 from sentizoo.checkpoint import load as load_checkpoint
+from sentizoo.options import TrainOptions
 from sentizoo.sampling import Stream
 from training import pretrain as pt
 from training.export import export
@@ -35,14 +36,19 @@ def one_thread():
 
 @pytest.mark.parametrize('kwargs, error', [
     (dict(model='xx'), r"--model must be one of \('st', 'ho', 'hp'\)"),
-    (dict(model='st', arch='resnet34'), r"--arch 'resnet34' is not supported"),
+    (dict(model='st', arch='resnet34x'), r"--arch 'resnet34x': expected a timm architecture name"),
+    (dict(model='st', arch='senti_resnet50'), r"--arch 'senti_resnet50': expected a timm architecture name without"),
+    (dict(model='hp', arch='vit_tiny_patch16_224'), r'^vit_tiny_patch16_224 has feature_info reductions \[16\] in 12 '
+                                                    r'entries; the pretext heads read four stages'),
     (dict(model='hp', dataset='places365'), r"--dataset 'places365' does not feed the HP tasks"),
     (dict(model='ho'), r'--data-root is required for --dataset places365: a Places365-Standard folder: '
                        r'categories_places365\.txt'),
     (dict(model='hp', data_root='/nonexistent'), r'--data-root /nonexistent is not a folder; expected a folder '
                                                  r'holding vso/'),
-    (dict(model='st', dataset='synthetic', epochs=0), r'--epochs must be >= 1'),
-    (dict(model='st', dataset='synthetic', lr_gamma=2.0), r'0 < lr_gamma <= 1'),
+    (dict(model='st', dataset='synthetic', epochs=0), r'^--epochs 0 \(an integer >= 1\)$'),
+    (dict(model='st', dataset='synthetic', lr_gamma=0, lr_step=0), r'^--lr-step 0 \(an integer >= 1\); --lr-gamma 0 '
+                                                                   r'\(a number > 0\)$'),  # TrainOptions' checks
+    (dict(model='st', dataset='synthetic', batch_size=0), r'^--batch-size must be >= 1, got 0$'),
     (dict(model='st', dataset='synthetic', init='/no/such.pth'), r'--init /no/such\.pth: no such file'),
     (dict(model='st', dataset='synthetic', resume='/no/last.pt'), r'--resume /no/last\.pt: no such checkpoint'),
 ])
@@ -75,6 +81,13 @@ def test_paper_schedule_defaults():
     assert (hp.epochs, hp.lr_step, hp.batch_size, hp.lr_gamma, hp.init) == (30, 10, 32, 0.1, 'imagenet')
     assert st.command() == 'python -m training.pretrain --model st --dataset synthetic --epochs 12 --batch-size 8 ' \
                            '--lr-step 4 --out-dir runs/pretrain/st_resnet50'
+    # the training loop's options: the recipe's epochs, lr and step, every other one TrainOptions' own default
+    assert st.train_options('cpu') == TrainOptions(epochs=12, lr=0.01, step_size=4, checkpoint_dir=st.out_dir,
+                                                   device='cpu')
+    flags = pt.PretrainConfig(model='ho', dataset='synthetic', lr_gamma=0.5, save_every=3, amp='off').resolved()
+    assert flags.train_options('cuda:1') == TrainOptions(epochs=30, lr=0.01, step_size=10, gamma=0.5,
+                                                         checkpoint_dir=flags.out_dir, checkpoint_every=3, amp=False,
+                                                         device='cuda:1')
 
 
 # --------------------------------------------------------------------------------------- initialisation
@@ -141,6 +154,34 @@ def test_pretrain_export_and_load_with_timm(tmp_path, kind):
     backbone = {k.removeprefix('backbone.'): v for k, v in ckpt['model'].items() if k.startswith('backbone.')}
     assert model.state_dict().keys() == backbone.keys()
     assert all(torch.equal(v, backbone[k]) for k, v in model.state_dict().items())
+
+
+@pytest.mark.filterwarnings('ignore:pre-training convnext_atto from a random initialisation')
+def test_any_timm_backbone_pretrains_and_loads_back_as_a_teacher(tmp_path, isolated_zoo):
+    """convnext_atto, outside the senti_* registry: pre-trained, exported (as senti_convnext_atto.hp, into
+    $SENTIZOO_HOME), and loaded back through local-dir:, hf-hub: and load_teachers."""
+    from helpers import write_hf_cache
+    from sentizoo.amalgamation import load_teachers
+    from sentizoo.weights import WeightsNotFoundError, load_folder, resolve_folder
+
+    final = pt.pretrain(tiny('hp', tmp_path / 'run', arch='convnext_atto', steps_per_epoch=1))
+    trained = {k.removeprefix('backbone.'): v for k, v in load_checkpoint(final)['model'].items()
+               if k.startswith('backbone.')}
+    name, folder, _ = export(final, 'hp', verbose=False)
+    assert (name, folder) == ('senti_convnext_atto.hp', isolated_zoo / 'senti_convnext_atto.hp')
+    assert "timm.create_model('hf-hub:sentizoo/senti_convnext_atto.hp'" in (folder / 'README.md').read_text()
+    write_hf_cache(os.environ['HF_HUB_CACHE'], 'me/senti_convnext_atto.hp',
+                   {f: folder / f for f in ('config.json', 'model.safetensors')})
+    for source in (f'local-dir:{folder}', 'hf-hub:me/senti_convnext_atto.hp'):
+        model, config = load_folder(*resolve_folder(source))
+        assert config['architecture'] == 'convnext_atto' and model.state_dict().keys() == trained.keys()
+        assert all(torch.equal(v, trained[k]) for k, v in model.state_dict().items())
+    for teachers in ('convnext_atto', 'hf-hub:me/senti_convnext_atto'):
+        teacher = load_teachers(teachers, 3, tags=('hp',))['hp']  # the backbone with a fresh 3-way head
+        assert teacher.num_classes == 3 and all(torch.equal(v, teacher.state_dict()[k]) for k, v in trained.items())
+    with pytest.raises(WeightsNotFoundError, match=r'senti_convnext_atto\.st: no such folder.* python -m '
+                                                   r'training\.pretrain --model st --arch convnext_atto'):
+        load_teachers('convnext_atto', 3)  # only HP was exported: the error says how to make ST
 
 
 class Crash(Exception):

@@ -12,6 +12,11 @@ tags (fi) keep the classifier and its ``label_names``. The weights are written b
 ``model_cards/template.md`` with the facts recorded in the checkpoint and the evaluation results
 given with ``--results`` (JSON files of ``{"dataset", "metric", "value", ...}`` records), and no other
 number. ``--push`` uploads the folder to the Hugging Face hub (``--dry-run`` lists what it would upload).
+
+A backbone pre-trained on a timm architecture outside the zoo (``training.pretrain --arch convnext_atto``) is
+written the same way, as ``senti_<arch>.<tag>``, but timm's registry does not know that name: stock timm
+rebuilds it from the folder (``local-dir:`` / ``hf-hub:``, :func:`sentizoo.weights.load_folder`), and
+:func:`sentizoo.amalgamation.load_teachers` finds it in ``$SENTIZOO_HOME``.
 """
 from __future__ import annotations
 
@@ -28,8 +33,8 @@ import torch.nn as nn
 
 from sentizoo.checkpoint import read as read_checkpoint
 from sentizoo.checkpoint import read_state_dict
-from sentizoo.models import ARCHS, BACKBONE_TAGS, TAGS, senti_name, stock_name
-from sentizoo.saving import save_pretrained
+from sentizoo.models import ARCHS, BACKBONE_TAGS, TAGS, senti_name, stock_name, tag_cfg, tagged_name
+from sentizoo.saving import save_pretrained, trained_cfg
 from sentizoo.weights import CONFIG_NAME, read_config, zoo_home
 
 from .downstream import FORMAT as DOWNSTREAM_FORMAT
@@ -129,14 +134,17 @@ def _recipe(ckpt: Mapping[str, Any]) -> Tuple[List[Tuple[str, Any]], List[str], 
 def _checked_arch(checkpoint: Path, config: Mapping[str, Any], arch: Optional[str], tag: str) -> str:
     """The architecture to export: ``arch`` or the one ``config`` records (they must agree), for a matching tag."""
     recorded_arch = config.get('arch')
-    if arch and recorded_arch and senti_name(arch) != senti_name(recorded_arch):
+    if arch and recorded_arch and stock_name(arch) != stock_name(recorded_arch):
         raise ValueError(f'--arch {arch} but the checkpoint was trained with {recorded_arch}')
     arch = arch or recorded_arch
     if not arch:
-        raise ValueError(f'{checkpoint} does not record its architecture; pass --arch (one of {ARCHS})')
+        raise ValueError(f'{checkpoint} does not record its architecture; pass --arch (e.g. one of {ARCHS})')
     if config.get('model') in BACKBONE_TAGS and config['model'] != tag:
         raise ValueError(f'{checkpoint} is a {config["model"].upper()} pre-training checkpoint; export it with '
                          f'--tag {config["model"]}, not --tag {tag}')
+    if stock_name(arch) not in ARCHS and tag not in BACKBONE_TAGS:
+        raise ValueError(f'--tag {tag}: {arch} is outside the zoo ({", ".join(ARCHS)}); training.export writes its '
+                         f'pre-trained backbones (--tag {"/".join(BACKBONE_TAGS)}) only')
     return arch
 
 
@@ -204,7 +212,8 @@ def export(checkpoint: PathLike, tag: str, *, arch: Optional[str] = None, out: O
     ckpt = {} if checkpoint.suffix == '.safetensors' else read_checkpoint(checkpoint)
     config = ckpt.get('config') if isinstance(ckpt.get('config'), Mapping) else {}
     arch = _checked_arch(checkpoint, config, arch, tag)
-    name = f'{senti_name(arch)}.{tag}'
+    zoo = stock_name(arch) in ARCHS
+    name = tagged_name(arch, tag)
     template = name if tag in TAGS else f'{senti_name(arch)}.fi'  # a classifier of the user's own tag
     recorded = _recorded(checkpoint, config)
     kwargs: Dict[str, Any] = {}
@@ -214,7 +223,11 @@ def export(checkpoint: PathLike, tag: str, *, arch: Optional[str] = None, out: O
         if not label_names:
             raise ValueError(f'{name} is a classifier: pass --label-names')
         kwargs['num_classes'] = len(label_names)
-    model = timm.create_model(template, pretrained=False, **kwargs)
+    if zoo:
+        model = timm.create_model(template, pretrained=False, **kwargs)
+    else:  # a backbone pre-trained on another timm architecture: its own structure, the tag's facts, no hub repo
+        model = timm.create_model(stock_name(arch), pretrained=False, num_classes=0)
+        model.pretrained_cfg = dict(trained_cfg(model.pretrained_cfg), **tag_cfg(tag), tag=tag)
     state = read_state_dict(ckpt or checkpoint)
     prefix = find_prefix(state, model, prefix)
     model.load_state_dict({k: state[prefix + k] for k in model.state_dict()})
@@ -241,7 +254,7 @@ def export(checkpoint: PathLike, tag: str, *, arch: Optional[str] = None, out: O
                        image_size=cfg['input_size'][-1], datasets=datasets,
                        base_model=None if synthetic else base_model(stock_name(name), tag, str(ckpt.get('init', ''))))
     (folder / 'README.md').write_text(card, encoding='utf-8')
-    if verbose and tag in TAGS:
+    if verbose and zoo and tag in TAGS:
         print(f'to publish it, upload {folder} and set its line in {published_line(name)}:  \'{name}\': \'{sha256}\',')
     return Exported(name, folder, sha256)
 
@@ -281,7 +294,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                                                        'another trainer\'s .pt, or .safetensors)')
     p.add_argument('--tag', required=True, help='zoo tag: st/ho/hp backbones, fi classifier; or a tag of your own '
                                                 'classifier (lower case, e.g. mydata)')
-    p.add_argument('--arch', choices=ARCHS, help='architecture (default: recorded in the checkpoint)')
+    p.add_argument('--arch', help=f'architecture: one of {", ".join(ARCHS)}, or the timm architecture a backbone was '
+                                  'pre-trained on (default: recorded in the checkpoint)')
     p.add_argument('--out', help='output folder (default: $SENTIZOO_HOME/senti_<arch>.<tag>)')
     p.add_argument('--results', nargs='*', default=[], metavar='JSON',
                    help='evaluation result files for the model card: [{"dataset", "metric", "value", "split", '

@@ -8,12 +8,13 @@ into the Hugging Face ``model-index`` metadata, so the hub shows them.
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 from functools import lru_cache
 from string import Template
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from sentizoo.models import BACKBONE_TAGS
+from sentizoo.models import ARCHS, BACKBONE_TAGS, paper_arch, stock_name
 
 __all__ = ['TEMPLATE', 'CARDS', 'RESULT_KEYS', 'TASK_NAMES', 'SYNTHETIC_DATA', 'render_card', 'planned_card',
            'pretrain_recipe', 'validate_results', 'model_stats', 'main']
@@ -94,7 +95,7 @@ def model_stats(name: str, num_classes: int, image_size: int) -> Tuple[float, fl
     from torch.utils.flop_counter import FlopCounterMode
 
     with torch.device('meta'):
-        model = timm.create_model(name.split('.')[0], num_classes=num_classes).eval()
+        model = timm.create_model(paper_arch(stock_name(name)), num_classes=num_classes).eval()
         images = torch.empty(1, 3, image_size, image_size)
     with FlopCounterMode(display=False) as counter:
         model(images)
@@ -187,13 +188,16 @@ def render_card(name: str, *, repo_id: str, architecture: str, description: str,
                          model_name=name if evaluated else None, eval_results=evaluated or None)
     notice = ''.join(_NOTICES[k] for k, on in (('synthetic', synthetic), ('planned', planned)) if on)
     params, gmacs = model_stats(name, num_classes, image_size)
+    # timm's registry knows the zoo's names; a backbone of another architecture loads from its repository
+    registered = name if stock_name(name) in ARCHS else f'hf-hub:{repo_id}'
     kind = f'Image classification ({num_classes} classes)' if num_classes else 'Image feature backbone'
     text = Template(Path(template or TEMPLATE).read_text(encoding='utf-8')).substitute(
-        front_matter=data.to_yaml(), name=name, repo_id=repo_id, architecture=architecture, description=description,
+        front_matter=data.to_yaml(), name=name, model_id=registered, repo_id=repo_id, architecture=architecture,
+        description=description,
         notice=notice, loading=_loading(name, repo_id, architecture), model_type=kind,
         architecture_line=_architecture_line(architecture), params=f'{params:.2f}', gmacs=f'{gmacs:.2f}',
         image_size=image_size, datasets=dataset or 'see the recipe below',
-        classification=(_CLASSIFY if num_classes else _FINETUNE).format(name=name),
+        classification=(_CLASSIFY if num_classes else _FINETUNE).format(name=registered),
         recipe='\n'.join(f'- {label}: {value}' for label, value in recipe),
         commands='\n'.join(commands), evaluation=_evaluation(results))
     return str(ModelCard(text))  # parsed and checked by huggingface_hub
@@ -258,12 +262,16 @@ def planned_card(name: str) -> str:
 
 def base_model(arch: str, tag: str, init: str) -> Optional[str]:
     """The hub id of the weights ``senti_<arch>.<tag>`` starts from: the HP backbone for a classifier, the
-    ImageNet weights for a backbone pre-trained from them (``init`` names them), else None."""
+    ImageNet weights for a backbone pre-trained from them (``init`` says so, and names their hub repository when
+    ``training.pretrain`` recorded it; else the paper's, torchvision's), else None."""
     from sentizoo.models import imagenet_name
 
     if tag not in BACKBONE_TAGS:
         return f'sentizoo/senti_{arch}.hp'
-    return f'timm/{imagenet_name(arch)}' if 'ImageNet' in init and 'file' not in init else None
+    if 'ImageNet' not in init or 'file' in init:
+        return None
+    recorded = re.search(r'\btimm/[\w.-]+', init)
+    return recorded.group(0) if recorded else f'timm/{imagenet_name(arch)}'
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

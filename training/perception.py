@@ -28,13 +28,13 @@ import timm
 import torch
 import torch.nn as nn
 
-from sentizoo.models import BACKBONE_TAGS, paper_arch
+from sentizoo.models import ARCHS, BACKBONE_TAGS, paper_arch, stock_name
 
 from sentizoo.checkpoint import read_state_dict
 from .pretext import get_task_class
-from .pretext.base import PretextTask
+from .pretext.base import PretextTask, pretext_indices
 
-__all__ = ['PerceptionModel', 'build_perception_model', 'load_backbone', 'PERCEPTION_TASKS']
+__all__ = ['PerceptionModel', 'build_perception_model', 'check_arch', 'load_backbone', 'PERCEPTION_TASKS']
 
 PERCEPTION_TASKS = dict(zip(BACKBONE_TAGS, (('colorization', 'super_resolution'), ('scene', 'jigsaw'),
                                             ('anp', 'captioning'))))
@@ -47,7 +47,7 @@ class PerceptionModel(nn.Module):
 
     Args:
         kind: ``'st'``, ``'ho'`` or ``'hp'`` (recorded; the tasks decide the behaviour).
-        backbone: a timm ResNet / VGG with ``num_classes=0``.
+        backbone: a timm model with ``num_classes=0`` (:func:`~training.pretext.base.pretext_indices`).
         tasks: the two :class:`~training.pretext.base.PretextTask` instances, in loader order.
     """
 
@@ -101,7 +101,8 @@ def build_perception_model(kind: str, arch: str, pretrained_backbone: Union[None
 
     Args:
         kind: ``'st'``, ``'ho'`` or ``'hp'``.
-        arch: a timm ResNet / VGG architecture (sentizoo: resnet18/50/101, vgg16_bn, vgg19_bn).
+        arch: a zoo architecture (resnet18/50/101, vgg16_bn, vgg19_bn: the paper's) or any timm architecture
+            whose four stages the pretext heads can read (:func:`~training.pretext.base.pretext_indices`).
         pretrained_backbone: ``None`` (random initialisation) or weights for the backbone: a file or a
             state dict, see :func:`load_backbone`.
         **task_kwargs: options of each task by task name, e.g. ``scene=dict(classes=places.classes)``,
@@ -127,3 +128,16 @@ def build_perception_model(kind: str, arch: str, pretrained_backbone: Union[None
                             f'{name}=dict(...), see {cls.__module__}.{cls.__name__}') from None
         tasks.append(cls(backbone, **options))
     return PerceptionModel(kind, backbone, tasks)
+
+
+def check_arch(arch: str) -> None:
+    """Raise ValueError (one line) unless ``arch`` is a timm architecture whose four stages the pretext heads can
+    read (:func:`training.pretext.base.pretext_indices`); checked on the meta device: nothing is allocated."""
+    if arch in ARCHS:
+        return
+    if arch != stock_name(arch) or not timm.is_model(arch):
+        raise ValueError(f'--arch {arch!r}: expected a timm architecture name without tag or senti_ prefix, e.g. '
+                         f'{", ".join(ARCHS)} (the paper\'s) or convnext_atto (see timm.list_models())')
+    with torch.device('meta'):
+        backbone = timm.create_model(arch, num_classes=0)
+    pretext_indices(backbone)

@@ -11,6 +11,10 @@ is cycled, never paired by index. Defaults are the paper's: SGD lr 0.01, momentu
 1e-4; HO/HP 30 epochs with lr /10 every 10, ST 12 epochs with lr /10 every 4; the backbone starts
 from torchvision's ImageNet weights (through timm).
 
+``--arch``: the paper's ResNets and VGGs (their official stages), or any timm architecture with four
+``feature_info`` reductions (``convnext_atto``, ``efficientnet_b0``; not a plain ViT), the heads sized from it;
+its export ``senti_<arch>.<tag>`` loads with ``sentizoo.amalgamation.load_teachers('<arch>', num_classes)``.
+
 Outputs in ``--out-dir``: ``last.pt`` (every epoch, and every ``--save-every`` steps; resume with
 ``--resume``), ``final.pt`` (the weights, config and history; export it with ``python -m
 training.export``), ``log.csv`` (per step), ``history.json`` (per epoch) and ``loss.png``.
@@ -24,9 +28,7 @@ Programmatic use::
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
-import json
 import logging
 import random
 import shlex
@@ -45,11 +47,12 @@ from sentizoo.checkpoint import CHECKPOINT_NAME, load as load_checkpoint, read_s
 from sentizoo.cli.arguments import add_dataclass_arguments
 from sentizoo.engine import Loop
 from sentizoo.models import ARCHS, BACKBONE_TAGS
-from sentizoo.options import TrainOptions
-from sentizoo.progress import Logger
+from sentizoo.options import TrainOptions, option_problems
 from sentizoo.runtime import autocast, process_group, rank_world, resolve_device
 
+from .perception import check_arch
 from .provenance import versions
+from .run_log import RunLog
 
 __all__ = ['PretrainConfig', 'pretrain', 'parse_args', 'main', 'MODELS', 'DATASETS']
 
@@ -67,6 +70,13 @@ _DATA_LAYOUT = {
     'vso+artemis': 'a folder holding vso/ (VSO ANP folders <adj>_<noun>/*.jpg, or anp/{train,test}/) and '
                    'artemis/ (wikiart/<style>/<painting>.jpg + the ArtEmis CSV)',
 }
+_TRAIN = TrainOptions()  # the defaults pre-training shares with every training run: options.py's, never repeated
+# PretrainConfig field -> the TrainOptions field it sets (save_every and amp are converted: 0 -> None, 'auto' -> True)
+_AS_TRAIN_OPTIONS = {'epochs': 'epochs', 'lr': 'lr', 'momentum': 'momentum', 'weight_decay': 'weight_decay',
+                     'lr_step': 'step_size', 'lr_gamma': 'gamma', 'seed': 'seed', 'out_dir': 'checkpoint_dir',
+                     'save_every': 'checkpoint_every', 'amp': 'amp', 'channels_last': 'channels_last',
+                     'device': 'device', 'progress': 'progress'}
+_AMP = {'auto': _TRAIN.amp, 'bf16': 'bf16', 'off': False}
 
 
 def _opt(default: Any, help: str, **kwargs: Any) -> Any:
@@ -78,7 +88,10 @@ class PretrainConfig:
     """Every option of a pre-training run; ``None`` means "the paper's value for this model"."""
     model: str = _opt(None, 'perception model to pre-train: st (colorization + super-resolution), '
                             'ho (scene + jigsaw) or hp (ANP + captioning)', choices=MODELS, required=True)
-    arch: str = _opt('resnet50', 'backbone (timm architecture)', choices=ARCHS)
+    arch: str = _opt('resnet50', f'backbone: a zoo architecture ({", ".join(ARCHS)}: the paper\'s taps), or any timm '
+                                 'architecture with forward_intermediates and feature_info at four reductions (e.g. '
+                                 'convnext_atto, efficientnet_b0; the heads are sized from feature_info; not a plain '
+                                 'ViT)')
     dataset: Optional[str] = _opt(None, 'places365 (ST, HO), vso+artemis (HP) or synthetic (any model, no '
                                         'download); default: the paper\'s dataset of the model')
     data_root: Optional[str] = _opt(None, 'dataset folder: ' + '; '.join(f'{k}: {v}' for k, v in _DATA_LAYOUT.items()))
@@ -86,27 +99,27 @@ class PretrainConfig:
     epochs: Optional[int] = _opt(None, 'epochs (paper: ST 12, HO/HP 30)')
     steps_per_epoch: Optional[int] = _opt(None, 'steps per epoch (default: one pass over the larger task loader)')
     batch_size: Optional[int] = _opt(None, 'batch size per process and task (paper: ST 8, HO/HP 32 per GPU)')
-    lr: float = _opt(0.01, 'SGD learning rate')
-    momentum: float = _opt(0.9, 'SGD momentum')
-    weight_decay: float = _opt(1e-4, 'SGD weight decay')
+    lr: float = _opt(0.01, 'SGD learning rate (the paper\'s pre-training lr, 10x its fine-tuning lr)')
+    momentum: float = _opt(_TRAIN.momentum, 'SGD momentum')
+    weight_decay: float = _opt(_TRAIN.weight_decay, 'SGD weight decay')
     lr_step: Optional[int] = _opt(None, 'multiply the lr by --lr-gamma every this many epochs (paper: ST 4, HO/HP 10)')
-    lr_gamma: float = _opt(0.1, 'lr decay factor of the step schedule')
+    lr_gamma: float = _opt(_TRAIN.gamma, 'lr decay factor of the step schedule')
     init: str = _opt('imagenet', "backbone initialisation: 'imagenet' (torchvision's ImageNet weights, "
                                  "timm/<arch>.tv_in1k on the Hugging Face hub, fetched once), 'random' (warned), "
                                  "or a file (.safetensors, or .pth/.pt state dict in torchvision or timm layout)")
-    seed: int = _opt(0, 'seed of initialisation, shuffling, augmentation and pretext randomness')
+    seed: int = _opt(_TRAIN.seed, 'seed of initialisation, shuffling, augmentation and pretext randomness')
     workers: int = _opt(4, 'data-loading worker processes per task loader (0: load in the main process)')
     amp: str = _opt('auto', 'mixed precision: auto (bf16 on CUDA, off on CPU), bf16, off',
                     choices=('auto', 'bf16', 'off'))
-    channels_last: Optional[bool] = _opt(None, 'channels_last memory format (default: on for CUDA)')
-    device: Optional[str] = _opt(None, 'cpu, cuda, cuda:1, ... (default: this rank\'s GPU if any, else CPU)')
+    channels_last: Optional[bool] = _opt(_TRAIN.channels_last, 'channels_last memory format (default: on for CUDA)')
+    device: Optional[str] = _opt(_TRAIN.device, 'cpu, cuda, cuda:1, ... (default: this rank\'s GPU if any, else CPU)')
     out_dir: Optional[str] = _opt(None, 'output folder (default: runs/pretrain/<model>_<arch>)')
     resume: Optional[str] = _opt(None, "checkpoint to resume from exactly, or 'auto' for <out-dir>/last.pt if present")
     save_every: int = _opt(0, 'also checkpoint every N steps (0: only at the end of each epoch)')
     keep_epochs: bool = _opt(False, 'keep a copy of every epoch checkpoint (epoch_NNN.pt) besides last.pt')
     log_every: int = _opt(1, 'write a log.csv row (and refresh the progress bar) every N steps')
     max_samples: Optional[int] = _opt(None, 'use at most this many samples of each task dataset (quick runs)')
-    progress: bool = _opt(True, 'show a progress bar (rank 0)')
+    progress: bool = _opt(_TRAIN.progress, 'show a progress bar (rank 0)')
     tensorboard: bool = _opt(False, 'also log each step and epoch to TensorBoard in <out-dir>/tensorboard (pip install '
                                     'tensorboard)')
 
@@ -115,8 +128,7 @@ class PretrainConfig:
         c = dataclasses.replace(self)
         if c.model not in MODELS:
             raise ValueError(f'--model must be one of {MODELS}, got {c.model!r}')
-        if c.arch not in ARCHS:
-            raise ValueError(f'--arch {c.arch!r} is not supported; sentizoo pre-trains {", ".join(ARCHS)}')
+        check_arch(c.arch)
         epochs, step, batch = SCHEDULES[c.model]
         c.dataset = c.dataset or DATASETS[c.model][0]
         c.epochs = epochs if c.epochs is None else c.epochs
@@ -126,17 +138,19 @@ class PretrainConfig:
         if c.dataset not in DATASETS[c.model]:
             raise ValueError(f'--dataset {c.dataset!r} does not feed the {c.model.upper()} tasks; '
                              f'use one of {DATASETS[c.model]}')
-        for name in ('epochs', 'batch_size', 'lr_step', 'image_size', 'log_every'):
+        problems = option_problems(c._train_values())  # the training loop's options: TrainOptions' checks
+        if problems:
+            ours = {theirs: name for name, theirs in _AS_TRAIN_OPTIONS.items()}
+            raise ValueError('; '.join(f'--{ours[name].replace("_", "-")} {getattr(c, ours[name])!r} ({why})'
+                                       for name, why in problems))
+        for name in ('batch_size', 'image_size', 'log_every'):
             if getattr(c, name) < 1:
                 raise ValueError(f'--{name.replace("_", "-")} must be >= 1, got {getattr(c, name)}')
         for name in ('steps_per_epoch', 'max_samples'):
             if getattr(c, name) is not None and getattr(c, name) < 1:
                 raise ValueError(f'--{name.replace("_", "-")} must be >= 1, got {getattr(c, name)}')
-        if c.save_every < 0 or c.workers < 0:
-            raise ValueError('--save-every and --workers must be >= 0')
-        if not (c.lr > 0 and 0 <= c.momentum < 1 and c.weight_decay >= 0 and 0 < c.lr_gamma <= 1):
-            raise ValueError(f'need lr > 0, 0 <= momentum < 1, weight_decay >= 0, 0 < lr_gamma <= 1; got lr={c.lr}, '
-                             f'momentum={c.momentum}, weight_decay={c.weight_decay}, lr_gamma={c.lr_gamma}')
+        if c.workers < 0:
+            raise ValueError('--workers must be >= 0')
         if c.dataset != 'synthetic':
             if not c.data_root:
                 raise ValueError(f'--data-root is required for --dataset {c.dataset}: {_DATA_LAYOUT[c.dataset]} '
@@ -149,6 +163,14 @@ class PretrainConfig:
         if c.resume not in (None, 'auto') and not Path(c.resume).is_file():
             raise FileNotFoundError(f'--resume {c.resume}: no such checkpoint')
         return c
+
+    def _train_values(self) -> Dict[str, Any]:
+        return dict({theirs: getattr(self, name) for name, theirs in _AS_TRAIN_OPTIONS.items()},
+                    checkpoint_every=self.save_every or None, amp=_AMP.get(self.amp, self.amp))
+
+    def train_options(self, device: Union[str, torch.device]) -> TrainOptions:
+        """The training loop's options (:class:`~sentizoo.options.TrainOptions`) of this resolved run on ``device``."""
+        return TrainOptions(**dict(self._train_values(), device=str(device)))
 
     def command(self) -> str:
         """The ``python -m training.pretrain`` command line that reproduces this run."""
@@ -248,7 +270,8 @@ def build_model_and_data(config: PretrainConfig) -> Tuple[nn.Module, List[Tuple[
 def init_backbone(backbone: nn.Module, arch: str, init: str) -> str:
     """Load the ImageNet initialisation into ``backbone`` (a timm model, ``num_classes=0``).
 
-    ``init``: ``'imagenet'`` (torchvision's weights, timm's ``<arch>.tv_in1k``, loaded as the library's
+    ``init``: ``'imagenet'`` (torchvision's weights, timm's ``<arch>.tv_in1k``; for an architecture outside the zoo,
+    timm's default ImageNet weights; loaded as the library's
     :func:`~sentizoo.amalgamation.create_target` loads them), ``'random'`` (warned) or a file, in timm or
     torchvision key layout (VGG: torchvision ``classifier.*`` keys go through timm's VGG checkpoint filter).
     Returns a short description of where the weights came from, for the log and the model card. Classifier
@@ -270,7 +293,8 @@ def init_backbone(backbone: nn.Module, arch: str, init: str) -> str:
                                f'({reason}); fetch them once with network access (HF_HUB_OFFLINE unset), or pass '
                                f'--init FILE (torchvision/timm state dict or .safetensors) or --init random') from e
         init_target_from(backbone, weights)  # drops the classifier (and a stock VGG's fc6/fc7)
-        return f'ImageNet (torchvision weights, {repo})'
+        source = 'torchvision weights' if arch in ARCHS else "timm's default weights"
+        return f'ImageNet ({source}, {weights.pretrained_cfg.get("hf_hub_id") or repo})'
     path = Path(init)
     state = read_state_dict(path)
     if arch.startswith('vgg') and any(k.startswith('classifier.') for k in state):
@@ -279,68 +303,6 @@ def init_backbone(backbone: nn.Module, arch: str, init: str) -> str:
     from .perception import load_backbone
     load_backbone(backbone, state)  # drops the classifier; any other mismatch is an error
     return f'ImageNet file {path.name}'
-
-
-# --------------------------------------------------------------------------------------------- logging
-
-class RunLog(Logger):
-    """A logger of the training loop (rank 0): ``log.csv`` (a row every ``log_every`` steps and at each epoch's
-    end), ``history.json`` (per epoch: ``epoch``, ``lr``, ``steps``, each loss term's mean) and ``loss.png``.
-    On resume the CSV is cut back to the checkpoint's step: rows of steps trained again are not duplicated."""
-
-    def __init__(self, folder: Path, log_every: int):
-        self.csv_path, self.json_path, self.plot_path = folder / 'log.csv', folder / 'history.json', folder / 'loss.png'
-        self.log_every, self.steps_per_epoch = log_every, 0
-        self.fields: Optional[List[str]] = None
-
-    def start(self, global_step: int, steps_per_epoch: int) -> None:
-        self.steps_per_epoch = steps_per_epoch
-        rows = []
-        if global_step and self.csv_path.is_file():
-            with open(self.csv_path, newline='') as f:
-                rows = [r for r in csv.DictReader(f) if int(r['step']) <= global_step]
-        self.csv_path.unlink(missing_ok=True)
-        self._write_rows(rows, 'w')
-
-    def _write_rows(self, rows: Sequence[Mapping[str, Any]], mode: str) -> None:
-        if not rows:
-            return
-        self.fields = self.fields or list(rows[0])
-        with open(self.csv_path, mode, newline='') as f:
-            writer = csv.DictWriter(f, fieldnames=self.fields)
-            if mode == 'w':
-                writer.writeheader()
-            writer.writerows(rows)
-
-    def log_step(self, row: Mapping[str, Any]) -> None:
-        if row['step'] % self.log_every == 0 or row['step'] % self.steps_per_epoch == 0:
-            self._write_rows([row], 'a' if self.fields is not None else 'w')
-
-    def log_epoch(self, record: Mapping[str, Any], history: Mapping[str, Any]) -> None:
-        epochs = [{'epoch': e['epoch'], 'lr': e['lr'], 'steps': self.steps_per_epoch, **e['train']}
-                  for e in history['epochs']]
-        self.json_path.write_text(json.dumps(epochs, indent=2) + '\n')
-        self.plot()
-
-    def plot(self) -> None:
-        """Every loss term against the step, on a log scale when all values are positive."""
-        import matplotlib  # training-only dependency, imported when first needed
-        matplotlib.use('Agg')
-        import matplotlib.pyplot as plt
-        with open(self.csv_path, newline='') as f:
-            rows = list(csv.DictReader(f))
-        terms = [k for k in rows[0] if k not in ('step', 'epoch', 'lr', 'time')]
-        fig, ax = plt.subplots(figsize=(7, 4))
-        steps = [int(r['step']) for r in rows]
-        for term in terms:
-            ax.plot(steps, [float(r[term]) for r in rows], lw=1.5 if term == 'loss' else 1, label=term)
-        if all(float(r[t]) > 0 for r in rows for t in terms):
-            ax.set_yscale('log')
-        ax.set(xlabel='step', ylabel='training loss', title='pre-training loss per step')
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(self.plot_path, dpi=100)
-        plt.close(fig)
 
 
 # ------------------------------------------------------------------------------------------- training
@@ -382,11 +344,7 @@ def _train(config: PretrainConfig, device: torch.device, loggers: Sequence[Any])
     init = ckpt['init'] if ckpt is not None else init_backbone(model.backbone, config.arch, config.init)
     if ckpt is None:  # per-rank stream for in-step randomness (a resumed run restores the checkpoint's)
         torch.manual_seed(config.seed + rank)
-    opts = TrainOptions(epochs=config.epochs, lr=config.lr, momentum=config.momentum,
-                        weight_decay=config.weight_decay, step_size=config.lr_step, gamma=config.lr_gamma,
-                        seed=config.seed, checkpoint_dir=str(out), checkpoint_every=config.save_every or None,
-                        device=str(device), amp={'auto': True, 'bf16': 'bf16', 'off': False}[config.amp],
-                        channels_last=config.channels_last, progress=config.progress)
+    opts = config.train_options(device)
     loaders = {f'task {name}': DataLoader(dataset, batch_size=config.batch_size, shuffle=True, drop_last=True,
                                           num_workers=config.workers, collate_fn=collate,
                                           pin_memory=device.type == 'cuda')

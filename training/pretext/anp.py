@@ -18,7 +18,7 @@ class ANPClassification(ClassificationTask):
     """ANP classification: global pooling -> ``Linear(C, len(classes))``.
 
     Args:
-        backbone: the timm ResNet / VGG (read for its feature width).
+        backbone: the timm backbone (read for its pooled feature width, :func:`~.base.pooled_dim`).
         classes: the ANP names in label order (``VSO.classes``) or their number; required, never assumed.
     """
 

@@ -13,9 +13,14 @@ perception model's state dict holds the backbone once). Its life in one training
 normalise it here, on the device, and the ST tasks compute their Lab / full-resolution targets from
 the raw RGB), alone or as ``(images, labels)``.
 
-Backbones are timm ResNets and VGGs. Their four stages (docs/method.md, "Stages": ResNet ``layer1``..``layer4``,
-VGG the official ``features`` slices, i.e. the last ReLU of conv blocks 2..5) are indices 1..4 of
-timm's ``forward_intermediates``.
+Backbones are timm models with ``forward_intermediates`` and ``feature_info``; the heads read four stages
+(:func:`pretext_indices`), and are sized from ``feature_info``. The paper's ResNets and VGGs: their four stages
+(docs/method.md, "Stages": ResNet ``layer1``..``layer4``, VGG the official ``features`` slices, i.e. the last
+ReLU of conv blocks 2..5), indices 1..4 of timm's ``forward_intermediates``. Other hierarchical models
+(ConvNeXt, EfficientNet, RegNet, MobileNet ...): the last stage at each of the four largest reductions, as
+ResNet's (strides 4/8/16/32). Plain ViTs, with one reduction, are refused: colorization fuses four scales, and
+super-resolution and jigsaw feed the backbone inputs smaller than the crop (a quarter of it, tiles), which a
+ViT built for one input size does not take.
 """
 from __future__ import annotations
 
@@ -26,16 +31,28 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from sentizoo.stages import check_stage_model
+from sentizoo.stages import PAPER_STAGE_INDICES, check_stage_model, indices_by_reduction, is_paper_model
 
-__all__ = ['PretextTask', 'ClassificationTask', 'STAGE_INDICES', 'LAST_STAGE_INDEX', 'images_of',
-           'imagenet_normalize', 'stage_maps', 'pooled_dim']
-
-STAGE_INDICES = (1, 2, 3, 4)  # timm forward_intermediates indices of the four stages (docs/method.md)
-LAST_STAGE_INDEX = STAGE_INDICES[-1]
+__all__ = ['PretextTask', 'ClassificationTask', 'pretext_indices', 'images_of', 'imagenet_normalize', 'stage_maps',
+           'pooled_dim']
 
 
-def stage_maps(backbone: nn.Module, x: torch.Tensor, indices: Sequence[int] = STAGE_INDICES) -> List[torch.Tensor]:
+def pretext_indices(backbone: nn.Module) -> Tuple[int, ...]:
+    """The ``forward_intermediates`` indices of the four stages the pretext heads read, in network order (the
+    last one: what super-resolution and captioning read); see the module docstring.
+
+    Raises:
+        ValueError: one line naming the model and what it lacks (``forward_intermediates``, ``feature_info``,
+            four reductions).
+    """
+    if is_paper_model(backbone):
+        return PAPER_STAGE_INDICES
+    check_stage_model(backbone, 'the pretext heads need to read its four stages')
+    return indices_by_reduction(backbone, 4, 'the pretext heads read four stages at four reductions (strides '
+                                             '4/8/16/32 of a CNN), so a plain ViT is not pre-trained')
+
+
+def stage_maps(backbone: nn.Module, x: torch.Tensor, indices: Sequence[int]) -> List[torch.Tensor]:
     """The feature maps at ``indices`` (in network order); the forward stops at the last one."""
     return backbone.forward_intermediates(x, indices=list(indices), intermediates_only=True, stop_early=True)
 
@@ -46,8 +63,9 @@ def pooled_dim(backbone: nn.Module) -> int:
     ResNet: global average pooling of ``layer4``. VGG (the paper's head, :class:`sentizoo.models.PaperVGG`):
     global average pooling of the last conv block, 512 wide (``head_hidden_size`` = ``num_features``), the
     features the downstream classifier sits on. A stock timm VGG would give its 4096-wide fc6/fc7 pre-logits.
+    Other timm models: their ``head_hidden_size`` (e.g. a MobileNetV3's conv head after the pooling).
     """
-    check_stage_model(backbone)
+    pretext_indices(backbone)  # refuses what the pretext tasks cannot train, in one line
     return getattr(backbone, 'head_hidden_size', None) or backbone.num_features
 
 

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from sentizoo.stages import tap_channels
 
-from .base import LAST_STAGE_INDEX, PretextTask, imagenet_normalize, images_of, stage_maps
+from .base import PretextTask, imagenet_normalize, images_of, pretext_indices, stage_maps
 
 __all__ = ['Captioning', 'ShowAttendTellDecoder', 'SoftAttention', 'Vocabulary', 'tokenize',
            'PAD', 'SOS', 'EOS', 'UNK', 'SPECIAL_TOKENS']
@@ -183,7 +183,7 @@ class Captioning(PretextTask):
     """Show-attend-tell captioning on the last backbone stage.
 
     Args:
-        backbone: the timm ResNet / VGG (read for its last stage's width).
+        backbone: the timm backbone (read for its last stage and its width, :func:`~.base.pretext_indices`).
         vocab: the :class:`Vocabulary` (sets the word layers' size; its ``collate`` is the loader's).
         embed_dim, hidden_dim, attention_dim, dropout: decoder sizes (paper: 128, 512, 512, 0.1).
         alpha_c: weight of the doubly stochastic attention regulariser (paper: 1).
@@ -197,9 +197,9 @@ class Captioning(PretextTask):
         if not isinstance(vocab, Vocabulary):
             raise TypeError(f'Captioning: vocab must be a Vocabulary (Vocabulary.build(dataset.utterances)), '
                             f'got {type(vocab).__name__}')
-        self.vocab, self.alpha_c = vocab, alpha_c
+        self.vocab, self.alpha_c, self.index = vocab, alpha_c, pretext_indices(backbone)[-1]
         self.collate_fn = vocab.collate
-        self.head = ShowAttendTellDecoder(tap_channels(backbone, [LAST_STAGE_INDEX])[0], len(vocab), embed_dim,
+        self.head = ShowAttendTellDecoder(tap_channels(backbone, [self.index])[0], len(vocab), embed_dim,
                                           hidden_dim, attention_dim, dropout)
 
     def prepare(self, batch: Sequence[torch.Tensor]) -> Tuple[Tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -213,7 +213,7 @@ class Captioning(PretextTask):
 
     def encode(self, backbone: nn.Module, images: torch.Tensor) -> torch.Tensor:
         """Normalised images -> the last stage's features as a sequence of positions (N, H*W, C)."""
-        return stage_maps(backbone, images, [LAST_STAGE_INDEX])[0].flatten(2).transpose(1, 2)
+        return stage_maps(backbone, images, [self.index])[0].flatten(2).transpose(1, 2)
 
     def forward(self, backbone: nn.Module, inputs: Tuple[torch.Tensor, torch.Tensor]
                 ) -> Tuple[torch.Tensor, torch.Tensor]:

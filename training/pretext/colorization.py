@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from sentizoo.stages import tap_channels
 
-from .base import STAGE_INDICES, PretextTask, images_of, stage_maps
+from .base import PretextTask, images_of, pretext_indices, stage_maps
 
 __all__ = ['Colorization', 'UpCatHead', 'rgb_to_lab', 'lab_to_rgb']
 
@@ -101,7 +101,7 @@ class Colorization(PretextTask):
     """Lab colorization on the four backbone stages.
 
     Args:
-        backbone: the timm ResNet / VGG (read for its stage widths).
+        backbone: the timm backbone (read for its four stages and their widths, :func:`~.base.pretext_indices`).
         width: channels of each stage's 1x1 conv in the upCat head (paper: 256).
     """
 
@@ -109,7 +109,8 @@ class Colorization(PretextTask):
 
     def __init__(self, backbone: nn.Module, width: int = 256):
         super().__init__()
-        self.head = UpCatHead(tap_channels(backbone, STAGE_INDICES), width, out_channels=2)
+        self.indices = pretext_indices(backbone)
+        self.head = UpCatHead(tap_channels(backbone, self.indices), width, out_channels=2)
 
     def prepare(self, batch: Any) -> Tuple[torch.Tensor, torch.Tensor]:
         """RGB in [0, 1] -> (L input (N, 3, H, W) in [-1, 1], ab target (N, 2, H, W) in [0, 1])."""
@@ -117,7 +118,7 @@ class Colorization(PretextTask):
         return ((lab[:, :1] - 50) / 50).repeat(1, 3, 1, 1), (lab[:, 1:] + 127) / 255
 
     def forward(self, backbone: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
-        return self.head(stage_maps(backbone, inputs), inputs.shape[-2:])
+        return self.head(stage_maps(backbone, inputs, self.indices), inputs.shape[-2:])
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return F.mse_loss(outputs.float(), targets)

@@ -139,7 +139,7 @@ class Jigsaw(PretextTask):
     """3x3 jigsaw puzzles over a fixed permutation set.
 
     Args:
-        backbone: the timm ResNet / VGG (read for its feature width).
+        backbone: the timm backbone (read for its pooled feature width, :func:`~.base.pooled_dim`).
         permutations: the set, ``(P, 9)`` 0-based (array or tensor), or ``P`` for the first ``P`` rows of
             the shipped set, or ``None`` for all 1,000 of them. Kept as the buffer ``permutations``
             (saved with the model, so a checkpoint records its set).

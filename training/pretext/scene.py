@@ -16,7 +16,7 @@ class SceneRecognition(ClassificationTask):
     """Scene classification: global pooling -> ``Linear(C, num_classes)``.
 
     Args:
-        backbone: the timm ResNet / VGG (read for its feature width).
+        backbone: the timm backbone (read for its pooled feature width, :func:`~.base.pooled_dim`).
         classes: the scene names in label order (e.g. ``Places365.classes``, from categories_places365.txt)
             or their number (default: Places365's 365).
     """

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from sentizoo.stages import tap_channels
 
-from .base import LAST_STAGE_INDEX, PretextTask, imagenet_normalize, images_of, stage_maps
+from .base import PretextTask, imagenet_normalize, images_of, pretext_indices, stage_maps
 
 __all__ = ['SuperResolution', 'SRHead', 'GemmConvTranspose2d']
 
@@ -58,7 +58,7 @@ class SuperResolution(PretextTask):
     """x``scale`` super-resolution from the last backbone stage.
 
     Args:
-        backbone: the timm ResNet / VGG (read for its last stage's width).
+        backbone: the timm backbone (read for its last stage and its width, :func:`~.base.pretext_indices`).
         scale: the downsampling factor of the input (paper: 4).
     """
 
@@ -68,8 +68,8 @@ class SuperResolution(PretextTask):
         super().__init__()
         if scale < 1:
             raise ValueError(f'SuperResolution: scale must be >= 1, got {scale}')
-        self.scale = scale
-        self.head = SRHead(tap_channels(backbone, [LAST_STAGE_INDEX])[0])
+        self.scale, self.index = scale, pretext_indices(backbone)[-1]
+        self.head = SRHead(tap_channels(backbone, [self.index])[0])
 
     def prepare(self, batch: Any) -> Tuple[torch.Tensor, torch.Tensor]:
         """RGB in [0, 1] -> (normalised input (N, 3, H/s, W/s), target (N, 3, H, W) in [0, 1]).
@@ -88,7 +88,7 @@ class SuperResolution(PretextTask):
         return imagenet_normalize(small), target
 
     def forward(self, backbone: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
-        feat = stage_maps(backbone, inputs, [LAST_STAGE_INDEX])[0]
+        feat = stage_maps(backbone, inputs, [self.index])[0]
         return self.head(feat, tuple(d * self.scale for d in inputs.shape[-2:]))
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
