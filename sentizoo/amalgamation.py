@@ -385,8 +385,8 @@ def default_target_init(arch: str, teachers: Optional[str] = None) -> str:
     return 'imagenet' if timm_weights_cached(target_weights(arch, 'imagenet')) else 'random'
 
 
-def create_target(arch: str, num_classes: int, init: str = 'hp', *, source: Optional[nn.Module] = None
-                  ) -> nn.Module:
+def create_target(arch: str, num_classes: int, init: str = 'hp', *, source: Optional[nn.Module] = None,
+                  img_size: Optional[int] = None) -> nn.Module:
     """The model to fine-tune or amalgamate: ``arch`` as the paper builds it (:func:`sentizoo.models.paper_arch`:
     the VGGs with the paper's head) with a fresh ``num_classes`` head, its backbone copied from
     :func:`target_weights` (``init='hp'``: the HP backbone, the official recipe; ``'random'``: none).
@@ -397,6 +397,8 @@ def create_target(arch: str, num_classes: int, init: str = 'hp', *, source: Opti
         num_classes: outputs of the task.
         init: one of :data:`TARGET_INITS`.
         source: a model that already holds those weights (e.g. the HP teacher), copied instead of loading them.
+        img_size: the input size, for architectures built for one size (timm's ``fixed_input_size``: ViT, Swin,
+            ...; their ImageNet position embeddings are resampled to it); others take any size and ignore it.
 
     The head is drawn first, so the same ``torch.manual_seed`` gives the same head whatever ``init`` is.
 
@@ -404,16 +406,19 @@ def create_target(arch: str, num_classes: int, init: str = 'hp', *, source: Opti
         OSError: ``init='imagenet'`` offline without the weights (:func:`load_imagenet`).
     """
     name = target_weights(arch, init)
-    target = timm.create_model(paper_arch(stock_name(arch)), num_classes=num_classes)
+    cfg = timm.models.get_pretrained_cfg(stock_name(arch))
+    sized = dict(img_size=img_size) if img_size and cfg is not None and cfg.fixed_input_size else {}
+    target = timm.create_model(paper_arch(stock_name(arch)), num_classes=num_classes, **sized)
     if init == 'random':
         return target
     if source is None:
-        source = load_imagenet(name) if init == 'imagenet' else timm.create_model(name, pretrained=True)
+        source = load_imagenet(name, **sized) if init == 'imagenet' else timm.create_model(name, pretrained=True)
     return init_target_from(target, source)
 
 
-def load_imagenet(name: str) -> nn.Module:
-    """timm's ``name`` (e.g. ``'resnet50.tv_in1k'``) with its pretrained weights.
+def load_imagenet(name: str, **kwargs) -> nn.Module:
+    """timm's ``name`` (e.g. ``'resnet50.tv_in1k'``) with its pretrained weights; ``kwargs`` go to
+    ``timm.create_model`` (e.g. ``img_size``).
 
     Raises:
         OSError: at once, when ``HF_HUB_OFFLINE`` is set (read now, not at import) and no local cache holds the
@@ -423,4 +428,4 @@ def load_imagenet(name: str) -> nn.Module:
 
     if hf_offline() and not timm_weights_cached(name):
         raise OSError(f'{name} is in neither the Hugging Face nor the torch hub cache, and HF_HUB_OFFLINE is set')
-    return timm.create_model(name, pretrained=True)
+    return timm.create_model(name, pretrained=True, **kwargs)

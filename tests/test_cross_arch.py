@@ -82,6 +82,23 @@ def test_cli_amalgamates_any_timm_target_with_teachers_of_another_architecture(t
     assert '--teachers with --baseline' in capsys.readouterr().err
 
 
+def test_cli_builds_a_fixed_size_target_for_img_size(tmp_path, capsys, tiny_resnets, monkeypatch):
+    """A ViT takes one input size: before, --img-size 32 ended the run in timm's assertion (224 px expected)."""
+    create = timm.create_model  # tiny_resnets' patched one; the ViT is cut to 3 blocks of 32 channels too
+    monkeypatch.setattr(timm, 'create_model', lambda name, *args, **kwargs: create(name, *args, **{
+        **(dict(depth=3, embed_dim=32, num_heads=2) if name == 'vit_tiny_patch16_224' else {}), **kwargs}))
+    write_images(tmp_path / 'data')
+    out = tmp_path / 'out'
+    common = ['--batch-size', '4', '--workers', '0', '--img-size', '32', '--no-progress']
+    assert main(['amalgamate', 'vit_tiny_patch16_224', str(tmp_path / 'data'), '--output', str(out),
+                 '--epochs', '1', '--teachers', 'senti_resnet18', *common]) == 0
+    config = json.loads((out / 'config.json').read_text())
+    assert config['model_args']['img_size'] == [32, 32] and config['pretrained_cfg']['input_size'] == [3, 32, 32]
+    reloaded = timm.create_model(f'local-dir:{out}', pretrained=True)  # stock timm builds it at 32 px
+    assert reloaded.patch_embed.img_size == (32, 32)
+    assert main(['evaluate', str(out), str(tmp_path / 'data'), *common]) == 0
+
+
 def test_hub_and_registry_take_teachers_of_another_architecture(tiny_resnets):
     module = hubconf.amalgamator('test_convnext', teachers='resnet18', pretrained=False, num_classes=3)
     assert type(module.target).__name__ == 'ConvNeXt' and module.target.num_classes == 3

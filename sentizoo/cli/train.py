@@ -78,7 +78,7 @@ def _create_target(args: argparse.Namespace, num_classes: int):
     except ValueError as e:
         raise UsageError(f'--init {init}: {e}') from e
     try:
-        return create_target(args.model, num_classes, init), name
+        return create_target(args.model, num_classes, init, img_size=args.img_size), name
     except OSError as e:  # timm's ImageNet weights, neither cached nor downloadable (offline, no network)
         if isinstance(e, WeightsNotFoundError):
             raise
