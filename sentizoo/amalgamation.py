@@ -28,14 +28,14 @@ import torch.nn.functional as F
 from .adapters import build_adapters, resize_to
 from .branches import run_branches, side_by_side_default
 from .cross_arch import architecture, same_architecture, timm_weights_cached
-from .models import ARCHS, BACKBONE_TAGS, imagenet_name, paper_arch, senti_name, stock_name, tagged_name
+from .models import ARCHS, BACKBONE_TAGS, imagenet_name, paper_arch, senti_name, stock_name
 from .stages import AMALGAMATION_STAGES, model_name, stage_features
 from .tasks import Task, get_task
 from .weights import FOLDER_PREFIXES
 
 __all__ = ['TEACHER_TAGS', 'STAGE_TEACHER', 'TARGET_INITS', 'AmalgamationOutput', 'Amalgamator', 'FineTuner',
            'needed_teachers', 'load_teachers', 'init_target_from', 'target_weights', 'default_target_init',
-           'create_target', 'load_imagenet',
+           'create_target', 'load_imagenet', 'teacher_family', 'teacher_name',
            'create_amalgamator']
 
 TEACHER_TAGS = BACKBONE_TAGS
@@ -274,10 +274,34 @@ def load_teachers(arch: Union[str, nn.Module], num_classes: int, tags: Sequence[
     gets ``.<tag>`` appended (``'hf-hub:me/senti_convnext_atto'`` -> ``'hf-hub:me/senti_convnext_atto.hp'``).
     """
     name = model_name(arch) if isinstance(arch, nn.Module) else arch
-    if name.startswith(FOLDER_PREFIXES) or (stock_name(name) not in ARCHS and timm.is_model(stock_name(name))):
+    if _outside_the_zoo(name):
         return {tag: _folder_teacher(name, tag, num_classes, pretrained) for tag in tags}
-    family = senti_name(arch)  # refuses what is neither in the zoo nor a timm architecture
-    return {tag: timm.create_model(f'{family}.{tag}', pretrained=pretrained, num_classes=num_classes) for tag in tags}
+    return {tag: timm.create_model(teacher_name(arch, tag), pretrained=pretrained, num_classes=num_classes)
+            for tag in tags}
+
+
+def _outside_the_zoo(name: str) -> bool:
+    """A folder name, or a timm architecture the zoo has no weights for: its teachers load from folders."""
+    return name.startswith(FOLDER_PREFIXES) or (stock_name(name) not in ARCHS and timm.is_model(stock_name(name)))
+
+
+def teacher_family(arch: Union[str, nn.Module]) -> str:
+    """The name :func:`load_teachers` reads ``arch``'s teachers under, less the tag: ``'senti_resnet50'`` in the zoo,
+    ``'senti_convnext_atto'`` (folders in ``$SENTIZOO_HOME``, as ``training.export`` writes them) for another timm
+    architecture, a ``local-dir:``/``hf-hub:`` folder name as it is.
+
+    Raises:
+        ValueError: ``arch`` is neither in the zoo, nor a timm architecture, nor a folder name.
+    """
+    name = model_name(arch) if isinstance(arch, nn.Module) else arch
+    if name.startswith(FOLDER_PREFIXES):
+        return name
+    return f'senti_{stock_name(name)}' if _outside_the_zoo(name) else senti_name(arch)
+
+
+def teacher_name(arch: Union[str, nn.Module], tag: str) -> str:
+    """The weights :func:`load_teachers` reads as ``arch``'s ``tag`` teacher, e.g. ``'senti_resnet50.hp'``."""
+    return f'{teacher_family(arch)}.{tag}'
 
 
 def _folder_teacher(name: str, tag: str, num_classes: int, pretrained: bool) -> nn.Module:
@@ -285,9 +309,9 @@ def _folder_teacher(name: str, tag: str, num_classes: int, pretrained: bool) -> 
     from .weights import WeightsNotFoundError, load_folder, resolve_folder, zoo_home
 
     if name.startswith(FOLDER_PREFIXES):
-        source = f'{name}.{tag}'
+        source = teacher_name(name, tag)
     elif pretrained:
-        source = f'local-dir:{zoo_home() / tagged_name(name, tag)}'
+        source = f'local-dir:{zoo_home() / teacher_name(name, tag)}'
     else:
         return timm.create_model(stock_name(name), num_classes=num_classes)
     try:

@@ -39,11 +39,10 @@ import torch.nn as nn
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
-from .amalgamation import AmalgamationOutput, Amalgamator, FineTuner, init_target_from, num_outputs
+from .amalgamation import AmalgamationOutput, Amalgamator, FineTuner, init_target_from, num_outputs, teacher_family
 from .checkpoint import CHECKPOINT_NAME, load, rng_state, save, save_weights, set_rng_state
 from .cross_arch import same_architecture
 from .evaluation import evaluate
-from .models import senti_name
 from .options import TrainOptions, train_options
 from .progress import EpochProgress, HistoryFiles, as_loggers, show_summary, summary
 from .runtime import (all_gather, autocast, batch_size, distribute, process_group, rank_world, rebase_lr,
@@ -112,7 +111,7 @@ def amalgamate(model: nn.Module, loader: DataLoader, *, task: Union[str, Task] =
         raise ValueError(f"target_init must be 'hp' (start from the HP backbone) or 'given'; got {target_init!r}.")
     task = get_task(task)
     check_data(model, loader, val_loader, task)
-    origin = 'zoo' if teachers is None else senti_name(teachers) if isinstance(teachers, str) else 'given'
+    origin = 'zoo' if teachers is None else teacher_family(teachers) if isinstance(teachers, str) else 'given'
     describe = {'mode': 'amalgamate', 'teachers': origin, 'target_init': target_init, **ablation}
 
     def build() -> Amalgamator:

@@ -99,6 +99,25 @@ def test_cli_builds_a_fixed_size_target_for_img_size(tmp_path, capsys, tiny_resn
     assert main(['evaluate', str(out), str(tmp_path / 'data'), *common]) == 0
 
 
+def test_cli_takes_teachers_pretrained_outside_the_zoo(tmp_path, capsys, tiny_resnets, isolated_zoo):
+    """Teachers exported by training.export for a timm architecture outside the zoo: before, the CLI refused them
+    ("No sentiment-pretrained weights exist for 'test_convnext'") though the library loads them."""
+    torch.manual_seed(0)
+    for tag in TEACHER_TAGS:
+        save_pretrained(timm.create_model('test_convnext', num_classes=0), isolated_zoo / f'senti_test_convnext.{tag}',
+                        verbose=False)
+    write_images(tmp_path / 'data')
+    common = ['--batch-size', '4', '--workers', '0', '--img-size', '32', '--no-progress', '--epochs', '1']
+    for teachers, out in (('test_convnext', tmp_path / 'o1'), (f'local-dir:{isolated_zoo}/senti_test_convnext',
+                                                               tmp_path / 'o2')):
+        assert main(['amalgamate', 'resnet18', str(tmp_path / 'data'), '--teachers', teachers, '--init', 'random',
+                     '--output', str(out), *common]) == 0, capsys.readouterr().err
+        config = json.loads((out / 'config.json').read_text())
+        prefix = 'senti_test_convnext' if teachers == 'test_convnext' else teachers
+        assert config['teachers'] == [f'{prefix}.{t}' for t in TEACHER_TAGS]
+        assert config['pretrained_cfg']['license'] == 'cc-by-nc-4.0'
+
+
 def test_hub_and_registry_take_teachers_of_another_architecture(tiny_resnets):
     module = hubconf.amalgamator('test_convnext', teachers='resnet18', pretrained=False, num_classes=3)
     assert type(module.target).__name__ == 'ConvNeXt' and module.target.num_classes == 3

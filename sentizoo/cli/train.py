@@ -49,13 +49,12 @@ def _trained_cfg(model, config: dict, init: str, teachers: List[str], descriptio
     the licence of the weights it derives from (the senti weights' CC BY-NC 4.0 once one took part)."""
     from timm.models import get_pretrained_cfg
 
-    from ..models import senti_name
+    from ..models import tag_cfg
     from ..saving import trained_cfg
 
     cfg = dict(trained_cfg(model.pretrained_cfg, config), description=description)
     if teachers or init.startswith('senti_'):
-        senti = get_pretrained_cfg(f'{senti_name((teachers or [init])[0])}.hp')
-        cfg.update(license=senti.license, paper_name=senti.paper_name, origin_url=senti.origin_url)
+        cfg.update({k: tag_cfg('hp')[k] for k in ('license', 'paper_name', 'origin_url')})
     elif init != 'random':
         cfg.update(license=get_pretrained_cfg(init).license)
     return cfg
@@ -108,10 +107,9 @@ def _save(args: argparse.Namespace, model, labels: List[str], provenance: Dict[s
 def _run_amalgamate(args: argparse.Namespace) -> int:
     import torch
 
-    from ..amalgamation import needed_teachers
+    from ..amalgamation import needed_teachers, teacher_name
     from ..datasets import eval_transform, paper_data_config, train_transform
     from ..engine import NonFiniteLossError, amalgamate, finetune
-    from ..models import senti_name
     from ..weights import WEIGHTS_ERRORS
 
     for folder, flag in ((args.output, '--output'), (args.checkpoint_dir, '--checkpoint-dir')):
@@ -135,7 +133,7 @@ def _run_amalgamate(args: argparse.Namespace) -> int:
             if val_set is not None:
                 val_set.transform = eval_transform(config)
                 val_loader = loader(val_set, args, shuffle=False)
-            teachers = [] if args.baseline else [f'{senti_name(args.teachers or model)}.{t}' for t in needed_teachers(
+            teachers = [] if args.baseline else [teacher_name(args.teachers or model, t) for t in needed_teachers(
                 args.feature_stages, args.logits_teachers)]
             model = (finetune if args.baseline else amalgamate)(model, loader(train_set, args, shuffle=True),
                                                                 val_loader=val_loader, **options)
@@ -184,8 +182,10 @@ def add_amalgamate_parser(subparsers) -> None:
     p.add_argument('--baseline', action='store_true',
                    help='plain fine-tuning without teachers (the paper\'s baseline)')
     p.add_argument('--teachers', metavar='ARCH',
-                   help='the teachers\' architecture, e.g. senti_resnet50 (default: MODEL\'s); where their stage '
-                        'features differ from MODEL\'s, small adapters bridge them during training only')
+                   help='the teachers\' architecture, e.g. senti_resnet50 (default: MODEL\'s), another timm '
+                        'architecture whose senti_<arch>.st/.ho/.hp folders training.export wrote into the zoo, or '
+                        'a local-dir:/hf-hub: name of such folders less the tag; where their stage features differ '
+                        'from MODEL\'s, small adapters bridge them during training only')
     p.add_argument('--init', choices=TARGET_INITS,
                    help='target initialisation: hp = the senti HP backbone (default, official), st / ho = the other '
                         'senti backbones, imagenet = torchvision\'s ImageNet weights, timm\'s <arch>.tv_in1k (default '
