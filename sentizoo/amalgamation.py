@@ -353,8 +353,8 @@ def default_target_init(arch: str, teachers: Optional[str] = None) -> str:
     return 'imagenet' if timm_weights_cached(target_weights(arch, 'imagenet')) else 'random'
 
 
-def create_target(arch: str, num_classes: int, init: str = 'hp', *, source: Optional[nn.Module] = None
-                  ) -> nn.Module:
+def create_target(arch: str, num_classes: int, init: str = 'hp', *, source: Optional[nn.Module] = None,
+                  **kwargs) -> nn.Module:
     """The model to fine-tune or amalgamate: ``arch`` as the paper builds it (:func:`sentizoo.models.paper_arch`:
     the VGGs with the paper's head) with a fresh ``num_classes`` head, its backbone copied from
     :func:`target_weights` (``init='hp'``: the HP backbone, the official recipe; ``'random'``: none).
@@ -365,6 +365,7 @@ def create_target(arch: str, num_classes: int, init: str = 'hp', *, source: Opti
         num_classes: outputs of the task.
         init: one of :data:`TARGET_INITS`.
         source: a model that already holds those weights (e.g. the HP teacher), copied instead of loading them.
+        **kwargs: passed to ``timm.create_model`` for the target, e.g. ``img_size=64`` for a ViT at 64 px.
 
     The head is drawn first, so the same ``torch.manual_seed`` gives the same head whatever ``init`` is.
 
@@ -372,7 +373,7 @@ def create_target(arch: str, num_classes: int, init: str = 'hp', *, source: Opti
         OSError: ``init='imagenet'`` offline without the weights (:func:`load_imagenet`).
     """
     name = target_weights(arch, init)
-    target = timm.create_model(paper_arch(stock_name(arch)), num_classes=num_classes)
+    target = timm.create_model(paper_arch(stock_name(arch)), num_classes=num_classes, **kwargs)
     if init == 'random':
         return target
     if source is None:
