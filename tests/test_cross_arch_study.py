@@ -8,6 +8,7 @@ import pytest
 import timm
 import torch
 
+from helpers import assert_edit_refused
 from sentizoo.saving import save_pretrained
 from training import confirm_protocol, cross_arch_study as xa, study
 from training.downstream import predictions_path, save_predictions, validate_config
@@ -35,13 +36,7 @@ def test_the_settings_use_fresh_seeds_two_other_families_and_large_test_sets():
     (lambda c: c['targets'].pop('convnext_atto'), 'at least 2 architectures'),
 ], ids=['confirm-seed', 'two-seeds', 'small-test-set', 'one-target'])
 def test_weakened_settings_are_refused_naming_the_problem(tmp_path, edit, problem):
-    config = json.loads(xa.CROSS_ARCH.read_text())
-    edit(config)
-    path = tmp_path / 'weak.json'
-    path.write_text(json.dumps(config))
-    with pytest.raises(xa.CrossArchError, match=problem) as e:
-        xa.load_cross_arch(path)
-    assert str(path) in str(e.value)
+    assert_edit_refused(tmp_path, xa.CROSS_ARCH, edit, xa.load_cross_arch, xa.CrossArchError, problem)
 
 
 def test_a_cell_is_a_downstream_config_that_teaches_another_architecture():
