@@ -410,7 +410,7 @@ def default_target_init(arch: str, teachers: Optional[str] = None) -> str:
 
 
 def create_target(arch: str, num_classes: int, init: str = 'hp', *, source: Optional[nn.Module] = None,
-                  img_size: Optional[int] = None) -> nn.Module:
+                  img_size: Optional[int] = None, **kwargs) -> nn.Module:
     """The model to fine-tune or amalgamate: ``arch`` as the paper builds it (:func:`sentizoo.models.paper_arch`:
     the VGGs with the paper's head) with a fresh ``num_classes`` head, its backbone copied from
     :func:`target_weights` (``init='hp'``: the HP backbone, the official recipe; ``'random'``: none).
@@ -423,6 +423,7 @@ def create_target(arch: str, num_classes: int, init: str = 'hp', *, source: Opti
         source: a model that already holds those weights (e.g. the HP teacher), copied instead of loading them.
         img_size: the input size, for architectures built for one size (timm's ``fixed_input_size``: ViT, Swin,
             ...; their ImageNet position embeddings are resampled to it); others take any size and ignore it.
+        **kwargs: other ``timm.create_model`` arguments of the target (e.g. ``drop_path_rate``).
 
     The head is drawn first, so the same ``torch.manual_seed`` gives the same head whatever ``init`` is.
 
@@ -432,7 +433,7 @@ def create_target(arch: str, num_classes: int, init: str = 'hp', *, source: Opti
     name = target_weights(arch, init)
     cfg = timm.models.get_pretrained_cfg(stock_name(arch))
     sized = dict(img_size=img_size) if img_size and cfg is not None and cfg.fixed_input_size else {}
-    target = timm.create_model(paper_arch(stock_name(arch)), num_classes=num_classes, **sized)
+    target = timm.create_model(paper_arch(stock_name(arch)), num_classes=num_classes, **sized, **kwargs)
     if init == 'random':
         return target
     if source is None:

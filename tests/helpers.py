@@ -5,6 +5,7 @@ Import them by name (``from helpers import make_fi``); tests/ is on ``sys.path``
 * the Hugging Face cache layout (:func:`write_hf_cache`);
 * the CLI's and the predict tests' model (:data:`MODEL`, :data:`BAD`) and a tiny labelled classifier;
 * a checkpoint in ``training.pretrain``'s format (:func:`write_pretrain_checkpoint`);
+* the assertion that a study refuses a weakened settings file (:func:`assert_edit_refused`);
 * the VSO ontology text of the reader's test (:data:`ANP_LIST`); the tiny on-disk copies of every dataset in its
   exact release format are written by :mod:`training.datasets.miniature` (the release rehearsal uses them too).
 """
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Dict, Union
 
 import numpy as np
+import pytest
 import timm
 import torch
 from PIL import Image
@@ -207,6 +209,20 @@ class Recorder(Logger):
 
     def close(self):
         self.closed = True
+
+
+# ----------------------------------------------------------------------------- settings files of the studies
+
+def assert_edit_refused(tmp_path: Path, source: Path, edit, load, error: type, problem: str) -> None:
+    """The JSON settings file ``source``, changed by ``edit`` (a function of its dict) and written under
+    ``tmp_path``, is refused by ``load(path)`` with ``error``, whose message matches ``problem`` and names the file."""
+    settings = json.loads(Path(source).read_text())
+    edit(settings)
+    path = Path(tmp_path) / 'weak.json'
+    path.write_text(json.dumps(settings))
+    with pytest.raises(error, match=problem) as e:
+        load(path)
+    assert str(path) in str(e.value)
 
 
 # ------------------------------------------------------------------ dataset files (the writers: miniature.py)

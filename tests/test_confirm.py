@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
+from helpers import assert_edit_refused
 from training import confirm, confirm_protocol, pretext_eval
 from training.downstream import predictions_path
 from training.paired_stats import Discordant, discordant, hierarchical_bootstrap, mcnemar_exact, sign_counts
@@ -46,13 +47,8 @@ def test_the_protocol_fixes_fresh_seeds_the_sizes_and_the_decision_rule():
 ], ids=['dev-seed-is-a-test-seed', 'reused-seed', 'two-sets', 'small-test-set', 'seed-twice', 'no-rule',
         'unknown-arm'])
 def test_a_weakened_protocol_is_refused_naming_the_problem(tmp_path, edit, problem):
-    protocol = json.loads(confirm_protocol.PROTOCOL.read_text())
-    edit(protocol)
-    path = tmp_path / 'weak.json'
-    path.write_text(json.dumps(protocol))
-    with pytest.raises(confirm_protocol.ProtocolError, match=problem) as e:
-        confirm_protocol.load_protocol(path)
-    assert str(path) in str(e.value)
+    assert_edit_refused(tmp_path, confirm_protocol.PROTOCOL, edit, confirm_protocol.load_protocol,
+                        confirm_protocol.ProtocolError, problem)
 
 
 # --------------------------------------------------------------------------------------------- statistics

@@ -77,7 +77,8 @@ def test_every_problem_is_reported_at_once(tmp_path):
     path = _write(tmp_path / 'bad.json', {'arch': 'resnet34', 'runs': {'a': {'mode': 'x', 'init': 'hp'}}})
     problems = str(pytest.raises(ds.ConfigError, ds.load_config, path).value).splitlines()[1:]
     assert problems == ['  - missing required key "dataset"', '  - missing required key "task"',
-                        "  - arch: one of ('vgg16_bn', 'vgg19_bn', 'resnet18', 'resnet50', 'resnet101'), got 'resnet34'",
+                        "  - arch: one of ('vgg16_bn', 'vgg19_bn', 'resnet18', 'resnet50', 'resnet101'), got 'resnet34' "
+                        '(another timm model needs "teachers": one of those architectures)',
                         "  - runs.a.mode: one of ('finetune', 'amalgamate'), got 'x'"]
 
 

@@ -42,8 +42,10 @@ import torch
 from sentizoo.models import BACKBONE_TAGS
 
 from .confirm_protocol import PROTOCOL, TEACHER_ZOOS, ProtocolError, load_protocol, planned_cells
+from .study_steps import add_run_arguments
 
-__all__ = ['build_zoos', 'choose_settings', 'run_confirm', 'analyse', 'render_markdown', 'main']
+__all__ = ['build_zoos', 'choose_settings', 'run_confirm', 'paired_cell', 'judge_gain', 'analyse', 'render_markdown',
+           'main']
 
 # ---------------------------------------------------------------------------------------------- the teachers
 
@@ -208,23 +210,33 @@ def run_confirm(out: Path = Path('runs/confirm'), config: Optional[Mapping[str, 
 
 # --------------------------------------------------------------------------------------------- the analysis
 
-def _correct(result_path: Path) -> 'Any':
-    """Per-image correctness of a run, checked against the accuracy its result file reports."""
-    import numpy as np
+def paired_cell(runs: Mapping[str, Path]) -> Tuple[Any, Dict[str, Any]]:
+    """Two runs on the same test images, ``{arm: result file, versus: result file}`` (the arm first): their
+    :class:`~training.paired_stats.Discordant` images and the cell's row (each run's test accuracy, the gain,
+    the discordant counts, McNemar's exact p), from the saved per-image predictions."""
+    from .downstream import correct_per_image
+    from .paired_stats import discordant, mcnemar_exact
+    (arm, a), (versus, b) = runs.items()
+    pair = discordant(correct_per_image(a), correct_per_image(b))
+    accuracy = [json.loads(Path(p).read_text())['test']['accuracy'] for p in (a, b)]
+    return pair, {arm: accuracy[0], versus: accuracy[1], 'gain': pair.gain, 'a_only': pair.a_only,
+                  'b_only': pair.b_only, 'n': pair.n, 'mcnemar_p': mcnemar_exact(pair.a_only, pair.b_only)}
 
-    from .downstream import predictions_path
-    saved = np.load(predictions_path(result_path))
-    correct = saved['prediction'] == saved['target']
-    reported = json.loads(result_path.read_text())['test']['accuracy']
-    if abs(correct.mean() - reported) > 1e-9:
-        raise ValueError(f'{predictions_path(result_path)}: accuracy {correct.mean():.6f} from the predictions, '
-                         f'{reported:.6f} in {result_path.name}: the files do not belong together')
-    return correct
+
+def judge_gain(cells: Mapping[str, Sequence[Any]], bootstrap: Mapping[str, Any]) -> Dict[str, Any]:
+    """The mean gain over ``cells`` (``{group: [Discordant per seed]}``) with its hierarchical bootstrap interval
+    (``bootstrap``: ``replicates``, ``seed``, ``interval``), the signs of the cells' gains, and the protocol's
+    verdict: supported when the interval lies above 0, contradicted below, else not supported."""
+    from .paired_stats import hierarchical_bootstrap, sign_counts
+    result = hierarchical_bootstrap(cells, bootstrap['replicates'], bootstrap['seed'], bootstrap['interval'])
+    gains = [pair.gain for pairs in cells.values() for pair in pairs]
+    return dict(mean_gain=result.mean, low=result.low, high=result.high,
+                signs=dict(zip(('positive', 'zero', 'negative'), sign_counts(gains))),
+                verdict='supported' if result.low > 0 else 'contradicted' if result.high < 0 else 'not supported')
 
 
 def _comparison(config: Mapping[str, Any], out: Path, hypothesis: Mapping[str, Any]) -> Dict[str, Any]:
-    from .paired_stats import discordant, hierarchical_bootstrap, mcnemar_exact, sign_counts
-    d, b = config['downstream'], config['analysis']['bootstrap']
+    d = config['downstream']
     arm, versus, experiment = hypothesis['arm'], hypothesis['versus'], hypothesis['experiment']
     seeds = [s for s in d['test_seeds'] if all(s in d['arms'][a].get('seeds', d['test_seeds']) for a in (arm, versus))]
     cells: Dict[str, list] = {}
@@ -233,24 +245,18 @@ def _comparison(config: Mapping[str, Any], out: Path, hypothesis: Mapping[str, A
         for seed in seeds:
             expected += 1
             folder = out / 'results' / f'{experiment}_{teacher_set}_seed{seed}'
-            paths = [folder / f'{a}.json' for a in (arm, versus)]
-            if not all(p.is_file() for p in paths):
+            paths = {a: folder / f'{a}.json' for a in (arm, versus)}
+            if not all(p.is_file() for p in paths.values()):
                 continue
-            pair = discordant(_correct(paths[0]), _correct(paths[1]))
+            pair, row = paired_cell(paths)
             cells.setdefault(teacher_set, []).append(pair)
-            accuracy = [json.loads(p.read_text())['test']['accuracy'] for p in paths]
-            rows.append({'teacher_set': teacher_set, 'seed': seed, arm: accuracy[0], versus: accuracy[1],
-                         'gain': pair.gain, 'a_only': pair.a_only, 'b_only': pair.b_only, 'n': pair.n,
-                         'mcnemar_p': mcnemar_exact(pair.a_only, pair.b_only)})
+            rows.append({'teacher_set': teacher_set, 'seed': seed, **row})
     found = len(rows)
     record: Dict[str, Any] = dict(hypothesis, cells=rows, found=found, expected=expected)
     if found < expected:
         record['verdict'] = f'incomplete ({found} of {expected} cells)'
         return record
-    result = hierarchical_bootstrap(cells, b['replicates'], b['seed'], b['interval'])
-    record.update(mean_gain=result.mean, low=result.low, high=result.high,
-                  signs=dict(zip(('positive', 'zero', 'negative'), sign_counts([r['gain'] for r in rows]))),
-                  verdict='supported' if result.low > 0 else 'contradicted' if result.high < 0 else 'not supported')
+    record.update(judge_gain(cells, config['analysis']['bootstrap']))
     return record
 
 
@@ -342,9 +348,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     c.add_argument('--protocol', type=Path, default=PROTOCOL, help='protocol file (default: confirm.json in '
                                                                    'training/configs/study/)')
     c.add_argument('--quick', action='store_true', help='every arm and control at toy sizes (what the tests run)')
-    c.add_argument('--device', help="cpu, cuda, cuda:1, ... (default: this process's GPU if any, else CPU)")
-    c.add_argument('--threads', type=int, help="torch CPU threads (default: torch's choice)")
-    c.add_argument('--no-progress', dest='progress', action='store_false', help='no progress bars')
+    add_run_arguments(c)
     a = sub.add_parser('analyse', help='recompute every table, interval and test from the saved predictions')
     a.add_argument('out', type=Path, help='the folder of a confirm run (holds protocol.json and results/)')
     args = p.parse_args(argv)

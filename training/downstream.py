@@ -55,7 +55,8 @@ from .provenance import versions
 
 __all__ = ['FORMAT', 'CONFIG_DIR', 'ConfigError', 'merge_config', 'load_config', 'validate_config', 'split_transforms',
            'table1_configs', 'config_names', 'build_splits', 'init_weights', 'run_teachers', 'weight_files',
-           'build_target', 'predictions_path', 'save_predictions', 'run_experiment', 'main']
+           'teachers_arch', 'build_target', 'predictions_path', 'save_predictions', 'correct_per_image',
+           'run_experiment', 'main']
 
 FORMAT = 'sentizoo.downstream/1'
 """``format`` of every result file (what :mod:`training.report` reads)."""
@@ -107,6 +108,12 @@ def run_teachers(run: Mapping[str, Any]) -> Tuple[str, ...]:
     return needed_teachers(**{k: run[k] for k in ('feature_stages', 'logits_teachers') if k in run})
 
 
+def teachers_arch(c: Mapping[str, Any]) -> str:
+    """The zoo architecture whose ``senti_<arch>.{st,ho,hp}`` teach config ``c``'s target: its ``teachers``, else
+    the target's own."""
+    return c.get('teachers') or c['arch']
+
+
 def weight_files(c: Mapping[str, Any], name: str) -> Dict[str, str]:
     """The sha256 of every weight file run ``name`` of config ``c`` starts from or learns from: ``'init'`` (a zoo
     tag's or a file's; ``'random'`` and ``'imagenet'`` are fixed by their name) and each teacher's tag."""
@@ -117,7 +124,7 @@ def weight_files(c: Mapping[str, Any], name: str) -> Dict[str, str]:
         files['init'] = resolve_weights(f'senti_{arch}.{run["init"]}')
     elif run['init'] not in ('random', 'imagenet'):
         files['init'] = Path(run['init'])
-    files.update({tag: resolve_weights(f'senti_{arch}.{tag}') for tag in sorted(run_teachers(run))})
+    files.update({tag: resolve_weights(f'senti_{teachers_arch(c)}.{tag}') for tag in sorted(run_teachers(run))})
     return {key: sha256_file(path) for key, path in files.items()}
 
 
@@ -142,6 +149,20 @@ def save_predictions(path: Path, outputs: Sequence[Tuple[torch.Tensor, torch.Ten
     atomic_write(path, write)
 
 
+def correct_per_image(result: Path) -> 'Any':
+    """Per test image, whether the run whose result file is ``result`` classified it right (a boolean array, in the
+    split's order), checked against the accuracy the result file reports."""
+    import numpy as np
+
+    saved = np.load(predictions_path(result))
+    correct = saved['prediction'] == saved['target']
+    reported = json.loads(Path(result).read_text())['test']['accuracy']
+    if abs(correct.mean() - reported) > 1e-9:
+        raise ValueError(f'{predictions_path(result)}: accuracy {correct.mean():.6f} from the predictions, '
+                         f'{reported:.6f} in {Path(result).name}: the files do not belong together')
+    return correct
+
+
 def _finished(path: Path, c: Mapping[str, Any], weights: Mapping[str, str]) -> bool:
     """Whether ``path`` is the result of this config's run with these weight files (and, when the config keeps
     them, its per-image predictions are there)."""
@@ -154,18 +175,19 @@ def _finished(path: Path, c: Mapping[str, Any], weights: Mapping[str, str]) -> b
     return saved.get('config') == json.loads(json.dumps(c)) and saved.get('weights') == dict(weights)
 
 
-def build_target(arch: str, init: str, num_classes: int, seed: int = 0) -> nn.Module:
+def build_target(arch: str, init: str, num_classes: int, seed: int = 0,
+                 model_kwargs: Optional[Mapping[str, Any]] = None) -> nn.Module:
     """The model to fine-tune: ``arch`` with a fresh ``num_classes`` head (seeded) and its backbone from
     ``init``: one of :data:`~sentizoo.amalgamation.TARGET_INITS` (a zoo tag, ``'hp'`` being the official
     amalgamation target; ``'imagenet'``, torchvision's weights; ``'random'``), built as the library and the CLI build
-    it (:func:`sentizoo.amalgamation.create_target`), or a weight file, read as pre-training reads ``--init FILE``
-    (:func:`training.pretrain.init_backbone`)."""
+    it (:func:`sentizoo.amalgamation.create_target`, with ``model_kwargs`` for ``timm.create_model``), or a weight
+    file, read as pre-training reads ``--init FILE`` (:func:`training.pretrain.init_backbone`)."""
     import timm
 
     from sentizoo.amalgamation import TARGET_INITS, create_target
     torch.manual_seed(seed)
     if init in TARGET_INITS:
-        return create_target(arch, num_classes, init)
+        return create_target(arch, num_classes, init, **(model_kwargs or {}))
     from .pretrain import init_backbone
     model = timm.create_model(f'senti_{arch}', num_classes=0)
     init_backbone(model, arch, init)
@@ -222,9 +244,10 @@ def run_experiment(config: Union[str, Path, Mapping[str, Any]], *, out: Union[st
                    for split, ds in data.items()}
         seed = c['train'].get('seed', 0)
         # Fail fast: every run's initial model and teachers load before the first one trains.
-        targets = {name: build_target(c['arch'], c['runs'][name]['init'], num_classes, seed) for name in todo}
+        targets = {name: build_target(c['arch'], c['runs'][name]['init'], num_classes, seed, c.get('model_kwargs'))
+                   for name in todo}
         for tag in sorted({t for name in todo for t in run_teachers(c['runs'][name])}):
-            load_teachers(c['arch'], num_classes, (tag,))  # one at a time: only whether it loads matters here
+            load_teachers(teachers_arch(c), num_classes, (tag,))  # one at a time: only whether it loads matters here
 
     written = []
     for name in selected:
@@ -240,7 +263,7 @@ def run_experiment(config: Union[str, Path, Mapping[str, Any]], *, out: Union[st
         if run['mode'] == 'amalgamate':
             options.update({k: run[k] for k in ABLATION if k in run})
             model = amalgamate(targets.pop(name), loaders['train'], task=c['task'], val_loader=loaders['val'],
-                               target_init='given', **options)  # the run's init already set the target
+                               teachers=c.get('teachers'), target_init='given', **options)  # init set the target
         else:
             model = finetune(targets.pop(name), loaders['train'], task=c['task'], val_loader=loaders['val'],
                              **options)

@@ -5,6 +5,12 @@ A config (JSON, ``training/configs/``) names one experiment: ``arch``, ``dataset
 a fine-tuning or an amalgamation with the ablation switches of Tables 3 and 4. ``"extends": "<file>"`` reads a base
 config first (relative to the file); the file's keys replace the base's, dictionaries merge key by key except
 ``runs``, which is replaced whole.
+
+Two optional keys teach a target of another architecture (:mod:`sentizoo.adapters`): ``"teachers"``, the zoo
+architecture whose ``senti_<teachers>.{st,ho,hp}`` teach it (``arch`` may then be any timm model, started from
+``random`` or ``imagenet``), and ``"model_kwargs"``, the target's ``timm.create_model`` arguments (``{"img_size":
+64}`` for a ViT at 64 px). Absent, they are absent from the validated config too, so a result file written before
+they existed is still reused.
 """
 from __future__ import annotations
 
@@ -33,6 +39,8 @@ _DEFAULTS: Dict[str, Any] = {'description': '', 'table': None, 'data_root': None
                              'batch_size': 32, 'eval_batch_size': None, 'workers': None, 'checkpoints': True,
                              'predictions': False, 'train': {}}
 _REQUIRED = ('arch', 'dataset', 'task', 'runs')
+_OPTIONAL = ('teachers', 'model_kwargs')  # teaching another architecture; left out of the config when not given
+_CROSS_ARCH_INITS = ('random', 'imagenet')  # the zoo tags' backbones are the teachers' architecture, not the target's
 
 
 class ConfigError(ValueError):
@@ -100,7 +108,7 @@ def load_config(path: Union[str, Path]) -> Dict[str, Any]:
     return validate_config(data, str(path))
 
 
-def _check_run(name: str, run: Any, problems: List[str]) -> None:
+def _check_run(name: str, run: Any, problems: List[str], cross_arch: bool = False) -> None:
     from sentizoo.amalgamation import TARGET_INITS, TEACHER_TAGS
     from sentizoo.options import is_number
     from sentizoo.stages import AMALGAMATION_STAGES
@@ -116,7 +124,10 @@ def _check_run(name: str, run: Any, problems: List[str]) -> None:
     mode, init = run.get('mode'), run.get('init')
     if mode not in MODES:
         problems.append(f'{where}.mode: one of {MODES}, got {mode!r}')
-    if not isinstance(init, str) or (init not in TARGET_INITS and not Path(init).is_file()):
+    if cross_arch and init not in _CROSS_ARCH_INITS:
+        problems.append(f'{where}.init: one of {_CROSS_ARCH_INITS} for a target taught by another architecture '
+                        f'("teachers"), got {init!r}')
+    elif not isinstance(init, str) or (init not in TARGET_INITS and not Path(init).is_file()):
         problems.append(f'{where}.init: one of {TARGET_INITS} (a zoo tag: senti_<arch>.<tag>) or an existing weight '
                         f'file, got {init!r}')
     if mode == 'finetune' and set(run) & set(ABLATION):
@@ -151,6 +162,17 @@ def _checked_train(train: Any, table: Optional[int], problems: List[str]) -> Any
     return {**{f.name: f.default for f in dataclasses.fields(TrainOptions) if f.name in _PAPER_SCHEDULE}, **train}
 
 
+def _check_cross_arch(c: Mapping[str, Any], problems: List[str]) -> None:
+    """``teachers`` names a zoo architecture and ``arch`` a timm model (problems appended)."""
+    import timm
+
+    if c['teachers'] not in ARCHS:
+        problems.append(f'teachers: one of {ARCHS} (the zoo architecture that teaches the target), got '
+                        f'{c["teachers"]!r}')
+    if 'arch' in c and not (isinstance(c['arch'], str) and timm.is_model(c['arch'])):
+        problems.append(f'arch: a timm model name (timm.list_models()), got {c["arch"]!r}')
+
+
 def validate_config(config: Mapping[str, Any], source: str = 'config') -> Dict[str, Any]:
     """Check every key of ``config`` and fill in the defaults; raises :class:`ConfigError` listing all problems."""
     from sentizoo.options import is_int
@@ -158,13 +180,19 @@ def validate_config(config: Mapping[str, Any], source: str = 'config') -> Dict[s
     from .datasets.emotion import DATASET_NAMES
 
     problems: List[str] = [f'missing required key "{key}"' for key in _REQUIRED if key not in config]
-    known = {*_REQUIRED, *_DEFAULTS, 'name', 'source'}
+    known = {*_REQUIRED, *_OPTIONAL, *_DEFAULTS, 'name', 'source'}
     unknown = sorted(set(config) - known)
     if unknown:
         problems.append(f'unknown key(s) {unknown}; a config has {sorted(known - {"source"})}')
     c = merge_config(_DEFAULTS, config)
-    if 'arch' in c and c['arch'] not in ARCHS:
-        problems.append(f'arch: one of {ARCHS}, got {c["arch"]!r}')
+    cross_arch = c.get('teachers') is not None
+    if cross_arch:
+        _check_cross_arch(c, problems)
+    elif 'arch' in c and c['arch'] not in ARCHS:
+        problems.append(f'arch: one of {ARCHS}, got {c["arch"]!r} (another timm model needs "teachers": one of '
+                        'those architectures)')
+    if not isinstance(c.get('model_kwargs', {}), Mapping):
+        problems.append(f'model_kwargs: an object of timm.create_model arguments, got {c["model_kwargs"]!r}')
     if 'dataset' in c and c['dataset'] not in (*DATASET_NAMES, SYNTHETIC):
         problems.append(f'dataset: one of {(*DATASET_NAMES, SYNTHETIC)}, got {c["dataset"]!r}')
     if 'task' in c and c['task'] not in DOWNSTREAM_TASKS:
@@ -197,7 +225,7 @@ def validate_config(config: Mapping[str, Any], source: str = 'config') -> Dict[s
         problems.append(f'runs: a non-empty object of run name -> run, got {runs!r}')
     elif runs:
         for name, run in runs.items():
-            _check_run(name, run, problems)
+            _check_run(name, run, problems, cross_arch)
     if problems:
         raise ConfigError(f'{source}: invalid downstream config:\n  - ' + '\n  - '.join(problems))
     if c['eval_batch_size'] is None:

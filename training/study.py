@@ -6,6 +6,8 @@
     python -m training.study --quick --full     # seconds: every --full experiment at the smallest sizes
     python -m training.study confirm            # the confirmatory protocol (training.confirm): hours, resumable
     python -m training.study analyse runs/confirm   # its tables, intervals and tests, from the saved predictions
+    python -m training.study cross-arch --teachers ZOO   # ConvNeXt, ViT targets, ResNet-18 teachers: hours, resumable
+    python -m training.study analyse runs/cross_arch     # its report from the predictions (training.cross_arch_study)
 
 No real dataset or weight can be fetched where sentizoo is built, so the procedural affect world of
 :mod:`training.datasets.synthetic` is where the paper's claim is put to the test. Its emotion label
@@ -51,8 +53,9 @@ import torch
 from sentizoo.models import BACKBONE_TAGS
 from sentizoo.runtime import resolve_device
 
-from .study_steps import (SYNTHETIC_BANNER, CannotResumeError, Phases, measure_pretext, pretrain_model,
-                          using_zoo)
+from .cross_arch_study import is_cross_arch_run
+from .study_steps import (SYNTHETIC_BANNER, CannotResumeError, Phases, add_run_arguments, measure_pretext,
+                          pretrain_model, using_zoo)
 
 __all__ = ['STUDY_CONFIG', 'CannotResumeError', 'Phases', 'using_zoo', 'load_study_config', 'pretrain_model',
            'measure_pretext', 'run_probes', 'run_downstream', 'summarise_downstream', 'run_study', 'main']
@@ -379,6 +382,9 @@ Phase times ({record['threads']} torch threads, device {record['device']}): {tim
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == 'cross-arch' or argv[:1] == ['analyse'] and len(argv) == 2 and is_cross_arch_run(argv[1]):
+        from .cross_arch_study import main as cross_arch_main
+        return cross_arch_main(argv)
     if argv and argv[0] in ('confirm', 'analyse'):  # the confirmatory study's subcommands
         from .confirm import main as confirm_main
         return confirm_main(argv)
@@ -391,9 +397,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                                         '--full: every --full experiment at these sizes, a smoke test)')
     p.add_argument('--full', action='store_true', help='also a second label budget, the ablations of Tables 3 '
                                                        'and 4 and an LDL run (hours on a CPU; a GPU recommended)')
-    p.add_argument('--device', help="cpu, cuda, cuda:1, ... (default: this process's GPU if any, else CPU)")
-    p.add_argument('--threads', type=int, help="torch CPU threads (default: torch's choice)")
-    p.add_argument('--no-progress', dest='progress', action='store_false', help='no progress bars')
+    add_run_arguments(p)
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

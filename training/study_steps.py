@@ -5,6 +5,7 @@ only a run of the same settings), measure its pretext tasks, time the phases, po
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import os
@@ -13,7 +14,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
 
-__all__ = ['SYNTHETIC_BANNER', 'Phases', 'using_zoo', 'pretrain_model', 'CannotResumeError', 'measure_pretext']
+__all__ = ['SYNTHETIC_BANNER', 'Phases', 'using_zoo', 'pretrain_model', 'CannotResumeError', 'measure_pretext',
+           'add_run_arguments']
 
 SYNTHETIC_BANNER = ('SYNTHETIC: every number here comes from the procedural affect world of '
                     'training.datasets.synthetic; it tests this implementation, says nothing about real visual '
@@ -92,3 +94,10 @@ def measure_pretext(checkpoint: Path, samples: int, batch_size: int, device: Opt
     from .pretext_eval import evaluate_pretext, load_perception_model
     model, heldout, train = load_perception_model(checkpoint, samples)
     return evaluate_pretext(model, heldout, train, batch_size=batch_size, device=str(resolve_device(device)))
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--device``, ``--threads`` and ``--no-progress`` (``progress``): how every study's command line runs."""
+    parser.add_argument('--device', help="cpu, cuda, cuda:1, ... (default: this process's GPU if any, else CPU)")
+    parser.add_argument('--threads', type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument('--no-progress', dest='progress', action='store_false', help='no progress bars')
