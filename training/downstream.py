@@ -117,6 +117,7 @@ def teachers_arch(c: Mapping[str, Any]) -> str:
 def weight_files(c: Mapping[str, Any], name: str) -> Dict[str, str]:
     """The sha256 of every weight file run ``name`` of config ``c`` starts from or learns from: ``'init'`` (a zoo
     tag's or a file's; ``'random'`` and ``'imagenet'`` are fixed by their name) and each teacher's tag."""
+    from sentizoo.amalgamation import teacher_name
     from sentizoo.weights import resolve_weights, sha256_file
     run, arch = c['runs'][name], c['arch']
     files: Dict[str, Path] = {}
@@ -124,7 +125,7 @@ def weight_files(c: Mapping[str, Any], name: str) -> Dict[str, str]:
         files['init'] = resolve_weights(f'senti_{arch}.{run["init"]}')
     elif run['init'] not in ('random', 'imagenet'):
         files['init'] = Path(run['init'])
-    files.update({tag: resolve_weights(f'senti_{teachers_arch(c)}.{tag}') for tag in sorted(run_teachers(run))})
+    files.update({tag: resolve_weights(teacher_name(teachers_arch(c), tag)) for tag in sorted(run_teachers(run))})
     return {key: sha256_file(path) for key, path in files.items()}
 
 
