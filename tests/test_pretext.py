@@ -14,7 +14,7 @@ from training.pretext import PRETEXT_TASKS, get_task_class
 from training.pretext.anp import ANPClassification
 from training.pretext.base import imagenet_normalize, pretext_indices, stage_maps
 from training.pretext.captioning import EOS, PAD, SOS, UNK, Captioning, Vocabulary, tokenize
-from training.pretext.colorization import Colorization, UpCatHead, lab_to_rgb, rgb_to_lab
+from training.pretext.colorization import Colorization, UpCatHead, bilinear_matrix, lab_to_rgb, rgb_to_lab
 from training.pretext.jigsaw import (PERMUTATIONS_FILE, SEED, Jigsaw, assemble_tiles, cut_tiles,
                                      generate_permutations, load_permutations, main as jigsaw_main, shuffle_tiles)
 from training.pretext.scene import SceneRecognition
@@ -85,6 +85,15 @@ def test_colorization_targets_are_rgb_not_bgr(backbone):
     assert inputs.shape == (1, 3, 1, 1)
     torch.testing.assert_close(inputs.flatten(), torch.full((3,), (L - 50) / 50), atol=1e-4, rtol=0)
     torch.testing.assert_close(targets.flatten(), torch.tensor([(a + 127) / 255, (b + 127) / 255]), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize('size_in,size_out', [((1, 1), (5, 3)), ((3, 2), (8, 7)), ((7, 9), (64, 64)),
+                                               ((8, 8), (8, 8)), ((10, 6), (4, 5))])
+def test_bilinear_matrix_resamples_as_interpolate(size_in, size_out):
+    x = torch.randn(2, 3, *size_in, dtype=torch.float64)
+    resampled = bilinear_matrix(size_out[0], size_in[0], x) @ x @ bilinear_matrix(size_out[1], size_in[1], x).T
+    expected = F.interpolate(x, size=size_out, mode='bilinear', align_corners=False)
+    torch.testing.assert_close(resampled, expected, atol=1e-12, rtol=0)
 
 
 def test_upcat_head_equals_the_naive_concat_conv():

@@ -17,7 +17,7 @@ from sentizoo.stages import tap_channels
 
 from .base import PretextTask, images_of, pretext_indices, stage_maps
 
-__all__ = ['Colorization', 'UpCatHead', 'rgb_to_lab', 'lab_to_rgb']
+__all__ = ['Colorization', 'UpCatHead', 'bilinear_matrix', 'rgb_to_lab', 'lab_to_rgb']
 
 # sRGB (IEC 61966-2-1) linear RGB -> CIE XYZ, and the D65 reference white.
 _RGB_TO_XYZ = ((0.412453, 0.357580, 0.180423),
@@ -59,6 +59,21 @@ def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:
         return torch.where(linear <= 0.0031308, 12.92 * linear, 1.055 * linear ** (1 / 2.4) - 0.055).clamp(0, 1)
 
 
+def bilinear_matrix(size_out: int, size_in: int, like: torch.Tensor) -> torch.Tensor:
+    """The ``(size_out, size_in)`` matrix of 1-D bilinear resampling as ``F.interpolate(mode='bilinear',
+    align_corners=False)`` does it for an explicit output size, on ``like``'s device and dtype: the 2-D resampling
+    of ``x`` (..., H, W) is ``bilinear_matrix(H', H) @ x @ bilinear_matrix(W', W).T``."""
+    source = ((torch.arange(size_out, dtype=torch.float64) + 0.5) * (size_in / size_out) - 0.5).clamp_min(0)
+    low = source.floor().long().clamp_max(size_in - 1)
+    high = (low + 1).clamp_max(size_in - 1)
+    fraction = source - low
+    matrix = torch.zeros(size_out, size_in, dtype=torch.float64)
+    rows = torch.arange(size_out)
+    matrix.index_put_((rows, low), 1 - fraction, accumulate=True)
+    matrix.index_put_((rows, high), fraction, accumulate=True)
+    return matrix.to(device=like.device, dtype=like.dtype)
+
+
 class UpCatHead(nn.Module):
     """"upCat": a 1x1 conv per stage (``width`` channels) -> bilinear upsampling to the input size ->
     concatenation -> 3x3 conv -> ``out_channels`` -> sigmoid.
@@ -69,8 +84,10 @@ class UpCatHead(nn.Module):
     ``out_channels * 9`` maps (one per output channel and kernel tap), those are upsampled and summed
     over stages, and a fixed one-hot 3x3 conv adds each tap's map at its offset. Bilinear upsampling
     acts per channel with weights summing to one, so it commutes with 1x1 convs (biases included);
-    zero padding happens after upsampling in both orders. The parameters are the plain convs
-    (``reduce[i]``, ``fuse``), so the state dict is that of the naive head.
+    zero padding happens after upsampling in both orders. Bilinear upsampling is separable,
+    ``A_h @ x @ A_w.T`` (:func:`bilinear_matrix`), so the sum over stages is one matrix product
+    (CPU forward + backward about 2.5x faster than ``F.interpolate``'s, BENCHMARKS.md). The parameters are the
+    plain convs (``reduce[i]``, ``fuse``), so the state dict is that of the naive head.
     """
 
     def __init__(self, in_channels: Sequence[int], width: int = 256, out_channels: int = 2):
@@ -84,14 +101,17 @@ class UpCatHead(nn.Module):
     def forward(self, feats: Sequence[torch.Tensor], size: Tuple[int, int]) -> torch.Tensor:
         if len(feats) != len(self.reduce):
             raise ValueError(f'UpCatHead expects {len(self.reduce)} feature maps, got {len(feats)}')
-        total = None
+        height, width = size
+        upsampled_rows, column_weights = [], []
         for i, (feat, reduce) in enumerate(zip(feats, self.reduce)):
             # the fuse kernel's slice for this stage as rows (output channel, ky, kx) x width
             kernel = self.fuse.weight[:, i * self.width:(i + 1) * self.width].permute(0, 2, 3, 1).flatten(0, 2)
             weight = (kernel @ reduce.weight.flatten(1))[:, :, None, None]
-            maps = F.interpolate(F.conv2d(feat, weight, kernel @ reduce.bias), size=tuple(size), mode='bilinear',
-                                 align_corners=False)
-            total = maps if total is None else total + maps
+            maps = F.conv2d(feat, weight, kernel @ reduce.bias)
+            upsampled_rows.append(bilinear_matrix(height, maps.shape[-2], maps) @ maps)
+            column_weights.append(bilinear_matrix(width, maps.shape[-1], maps))
+        # sum_i A_h,i X_i A_w,i^T as [A_h,1 X_1 | A_h,2 X_2 | ...] @ [A_w,1 | A_w,2 | ...]^T
+        total = torch.cat(upsampled_rows, -1) @ torch.cat(column_weights, 1).T
         out = F.conv2d(total, self.taps.to(total.dtype), self.fuse.bias.to(total.dtype), padding=1,
                        groups=self.out_channels)
         return torch.sigmoid(out)
