@@ -707,6 +707,23 @@ def test_write_image_folder_is_an_fi_style_dataset(tmp_path):
         assert Image.open(f).size == (32, 32)
 
 
+def test_datasets_of_one_world_draw_each_image_once(monkeypatch):
+    """A pre-training model's two tasks read the same images: before, each dataset drew its own."""
+    calls = []
+    sample = synthetic.AffectWorld.sample
+    monkeypatch.setattr(synthetic.AffectWorld, 'sample', lambda self, i: calls.append(i) or sample(self, i))
+    images, anp = synthetic.SyntheticImages(4, seed=5, size=40), synthetic.SyntheticANP(6, seed=5, size=40)
+    other_world = synthetic.SyntheticImages(4, seed=6, size=40)
+    for dataset in (images, anp, other_world):
+        [dataset[i] for i in range(len(dataset))]
+    assert calls == [0, 1, 2, 3, 4, 5, 0, 1, 2, 3]  # anp drew only its two images that images lacked
+    assert np.array_equal(np.asarray(anp[3][0]), np.asarray(images[3][0]))
+    del images, anp
+    calls.clear()
+    synthetic.SyntheticImages(4, seed=5, size=40)[0]
+    assert calls == [0]  # the cache went with the last dataset that read it
+
+
 def test_synthetic_keeps_rendered_images_of_small_sets_only(monkeypatch):
     calls = []
     sample = synthetic.AffectWorld.sample

@@ -40,9 +40,10 @@ the ANP alone and ~78% from all three (chance: 12.5%).
 from __future__ import annotations
 
 import colorsys
+import weakref
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -279,16 +280,34 @@ def _render(c: Cues, rng: np.random.Generator, size: int) -> Image.Image:
     return Image.fromarray((np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8), 'RGB')
 
 
-CACHE_LIMIT = 10_000
-"""A dataset of at most this many samples keeps each rendered image (and its cues) after its first use: a
-labelled set read for 25 epochs is drawn once instead of 25 times. A sample is a pure function of the world's
-seed and its index, so the cache changes nothing but the time; 10,000 images of 73 px take about 160 MB.
-Pre-training sets (60,000 images, each read about once) are not kept."""
+CACHE_LIMIT = 12_000
+"""A dataset of at most this many samples keeps each rendered image (and its cues) after its first use, in a cache
+it shares with every other such dataset of the same world: a labelled set read for 25 epochs is drawn once instead
+of 25 times, and the two tasks of a pre-training model (colorization and super-resolution, say) draw their common
+images once. A sample is a pure function of the world's seed and its index, so the cache changes nothing but the
+time; 12,000 images of 73 px take about 190 MB (the demo's largest pre-training set has 10,240). The study's
+pre-training sets (60,000 images, each read about once) are not kept."""
+
+
+class _Renders(dict):
+    """``{world index: (image, cues)}`` of one world, shared by its datasets (a dict that can be weakly referenced)."""
+
+
+# freed with the last dataset that reads it, as each dataset's own cache was
+_RENDERS: 'weakref.WeakValueDictionary[Tuple[Any, ...], _Renders]' = weakref.WeakValueDictionary()
+
+
+def _shared_renders(key: Tuple[Any, ...]) -> _Renders:
+    renders = _RENDERS.get(key)
+    if renders is None:
+        renders = _RENDERS[key] = _Renders()
+    return renders
 
 
 class _SyntheticDataset(Dataset):
     """``n`` samples of one split of an :class:`AffectWorld`; subclasses define :meth:`target`. Up to
-    :data:`CACHE_LIMIT` samples, rendered images are kept in memory (per process)."""
+    :data:`CACHE_LIMIT` samples, rendered images are kept in memory (per process), shared by the datasets of the
+    same world."""
 
     classes: Optional[Sequence[str]] = None
 
@@ -301,7 +320,8 @@ class _SyntheticDataset(Dataset):
         self.world = AffectWorld(seed, size, **world_kwargs)
         self.n, self.split, self.transform = n, split, transform
         self.offset = SPLIT_OFFSETS[split]
-        self._rendered: Optional[Dict[int, Tuple[Image.Image, Cues]]] = {} if n <= CACHE_LIMIT else None
+        world_key = (seed, size, *sorted(world_kwargs.items()))
+        self._rendered: Optional[_Renders] = _shared_renders(world_key) if n <= CACHE_LIMIT else None
 
     def __len__(self) -> int:
         return self.n
