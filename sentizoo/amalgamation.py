@@ -35,8 +35,7 @@ from .weights import FOLDER_PREFIXES
 
 __all__ = ['TEACHER_TAGS', 'STAGE_TEACHER', 'TARGET_INITS', 'AmalgamationOutput', 'Amalgamator', 'FineTuner',
            'needed_teachers', 'load_teachers', 'init_target_from', 'target_weights', 'default_target_init',
-           'create_target', 'load_imagenet', 'teacher_family', 'teacher_name',
-           'create_amalgamator']
+           'create_target', 'load_imagenet', 'teacher_family', 'teacher_name', 'create_amalgamator']
 
 TEACHER_TAGS = BACKBONE_TAGS
 """The teachers are the three sentiment-pretrained backbones, in stage order (ST, HO, HP)."""
@@ -262,10 +261,9 @@ def load_teachers(arch: Union[str, nn.Module], num_classes: int, tags: Sequence[
                   pretrained: bool = True) -> Dict[str, nn.Module]:
     """The sentiment-pretrained teachers of an architecture, each with a fresh ``num_classes`` head.
 
-    ``arch`` is an architecture name (``'resnet50'``, ``'senti_resnet50'``) or a timm model of it. Weights
-    resolve through :mod:`sentizoo.weights` (``$SENTIZOO_HOME``, the HF cache, the hub); a missing file
-    raises :class:`~sentizoo.weights.WeightsNotFoundError` saying where it looked. ``pretrained=False``
-    gives randomly initialised teachers (for testing).
+    ``arch`` is an architecture name (``'resnet50'``, ``'senti_resnet50'``) or a timm model of it. Weights resolve
+    through :mod:`sentizoo.weights` (``$SENTIZOO_HOME``, the HF cache, the hub); a missing file raises
+    :class:`~sentizoo.weights.WeightsNotFoundError` saying where it looked; ``pretrained=False``: random (tests).
 
     Teachers of a timm architecture outside the zoo, pre-trained with the source repository's
     ``training.pretrain --arch ARCH`` and written by ``training.export``, load from their folders, verified as
@@ -329,9 +327,8 @@ def _folder_teacher(name: str, tag: str, num_classes: int, pretrained: bool) -> 
 def init_target_from(target: nn.Module, source: nn.Module) -> nn.Module:
     """Copy ``source``'s backbone into ``target`` in place, keeping the target's classifier; returns ``target``.
 
-    The official recipe initialises the target from the HP backbone:
-    ``init_target_from(target, timm.create_model('senti_resnet50.hp', pretrained=True))``.
-    Without it the target trains from whatever weights it was created with (ImageNet, random, the user's).
+    The official recipe initialises the target from the HP backbone: ``init_target_from(target,
+    timm.create_model('senti_resnet50.hp', pretrained=True))``; without it the target keeps the weights it has.
     A stock timm VGG source's fc6/fc7 (``pre_logits``) are left out when the target has none (the paper's head,
     :class:`~sentizoo.models.PaperVGG`).
     """
@@ -350,9 +347,8 @@ def init_target_from(target: nn.Module, source: nn.Module) -> nn.Module:
 
 def create_amalgamator(arch: str = 'resnet50', num_classes: int = 8, task: Union[str, Task] = 'sll',
                        pretrained: bool = True, teachers: Optional[str] = None, **options) -> Amalgamator:
-    """The paper's amalgamation module: an ``arch`` target plus the ST, HO and HP teachers, built as the
-    official recipe does; what ``timm.create_model('amalgamator_senti_<arch>')`` and torch.hub's
-    ``amalgamator`` return.
+    """The paper's amalgamation module, an ``arch`` target plus the ST, HO and HP teachers, as the official recipe
+    builds it; what ``timm.create_model('amalgamator_senti_<arch>')`` and torch.hub's ``amalgamator`` return.
 
     Every model gets a fresh ``num_classes`` head; the target starts from the HP backbone (teachers of another
     architecture: :func:`default_target_init`). Train it like any module: in train mode
@@ -375,23 +371,22 @@ def create_amalgamator(arch: str = 'resnet50', num_classes: int = 8, task: Union
     tags = needed_teachers(**{k: options[k] for k in ('feature_stages', 'logits_teachers') if k in options})
     models = load_teachers(teachers, num_classes, tuple(t for t in TEACHER_TAGS if t in tags or (own and t == 'hp')),
                            pretrained=pretrained)
-    if own:
-        target = create_target(arch, num_classes, 'hp', source=models['hp'])
-    else:
-        target = create_target(arch, num_classes, default_target_init(arch, teachers) if pretrained else 'random')
+    init = 'hp' if own else default_target_init(arch, teachers) if pretrained else 'random'
+    target = create_target(arch, num_classes, init, source=models['hp'] if own else None)
     return Amalgamator(target, {t: models[t] for t in tags}, task, **options)
 
 
 def target_weights(arch: str, init: str = 'hp') -> str:
     """The weights a target of ``arch`` starts from with ``init``, as a timm name: ``'senti_resnet50.hp'`` for a
-    zoo tag, torchvision's ImageNet weights ``'resnet50.tv_in1k'`` for ``'imagenet'`` (as the paper and
-    ``training.pretrain``; an architecture outside the zoo: timm's default weights), ``'random'`` for none.
+    zoo tag (another timm architecture: its exported folder's name, :func:`teacher_name`), torchvision's ImageNet
+    weights ``'resnet50.tv_in1k'`` for ``'imagenet'`` (as the paper and ``training.pretrain``; an architecture
+    outside the zoo: timm's default weights), ``'random'`` for none.
 
     Raises:
-        ValueError: an unknown ``init``, or a zoo tag for an architecture without senti weights.
+        ValueError: an unknown ``init``, or a zoo tag for a name that is no timm architecture.
     """
     if init in BACKBONE_TAGS:
-        return f'{senti_name(arch)}.{init}'
+        return teacher_name(arch, init)
     if init == 'imagenet':
         return imagenet_name(arch) if stock_name(arch) in ARCHS else stock_name(arch)
     if init == 'random':
@@ -416,8 +411,8 @@ def create_target(arch: str, num_classes: int, init: str = 'hp', *, source: Opti
     :func:`target_weights` (``init='hp'``: the HP backbone, the official recipe; ``'random'``: none).
 
     Args:
-        arch: ``'resnet50'``, ``'senti_resnet50'`` or any timm architecture (``init`` then ``'imagenet'`` or
-            ``'random'``).
+        arch: ``'resnet50'``, ``'senti_resnet50'`` or any timm architecture (a zoo tag ``init`` then reads the
+            backbone ``training.export`` wrote for it, as :func:`load_teachers` does).
         num_classes: outputs of the task.
         init: one of :data:`TARGET_INITS`.
         source: a model that already holds those weights (e.g. the HP teacher), copied instead of loading them.
@@ -437,13 +432,12 @@ def create_target(arch: str, num_classes: int, init: str = 'hp', *, source: Opti
     if init == 'random':
         return target
     if source is None:
-        source = load_imagenet(name, **sized) if init == 'imagenet' else timm.create_model(name, pretrained=True)
+        source = load_imagenet(name, **sized) if init == 'imagenet' else load_teachers(arch, 0, (init,))[init]
     return init_target_from(target, source)
 
 
 def load_imagenet(name: str, **kwargs) -> nn.Module:
-    """timm's ``name`` (e.g. ``'resnet50.tv_in1k'``) with its pretrained weights; ``kwargs`` go to
-    ``timm.create_model`` (e.g. ``img_size``).
+    """timm's ``name`` (``'resnet50.tv_in1k'``) with its pretrained weights; ``kwargs`` go to ``timm.create_model``.
 
     Raises:
         OSError: at once, when ``HF_HUB_OFFLINE`` is set (read now, not at import) and no local cache holds the

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 import hubconf
 import sentizoo.engine as engine
 from helpers import CROSS_ARCH, TINY, Noisy, state, tiny, tiny_target, write_hf_cache, write_images
-from sentizoo.amalgamation import TEACHER_TAGS, default_target_init
+from sentizoo.amalgamation import TEACHER_TAGS, create_target, default_target_init, target_weights
 from sentizoo.cli import main
 from sentizoo.cross_arch import same_architecture
 from sentizoo.models import stock_name
@@ -116,6 +116,26 @@ def test_cli_takes_teachers_pretrained_outside_the_zoo(tmp_path, capsys, tiny_re
         prefix = 'senti_test_convnext' if teachers == 'test_convnext' else teachers
         assert config['teachers'] == [f'{prefix}.{t}' for t in TEACHER_TAGS]
         assert config['pretrained_cfg']['license'] == 'cc-by-nc-4.0'
+
+
+def test_a_target_outside_the_zoo_starts_from_its_own_exported_hp_backbone(tmp_path, capsys, isolated_zoo):
+    """Before, create_target('test_convnext', n, 'hp'), and so the CLI's default init for a target taught by its own
+    architecture's teachers (and the demo on test_resnet), raised "No sentiment-pretrained weights exist"."""
+    torch.manual_seed(0)
+    for tag in TEACHER_TAGS:
+        save_pretrained(timm.create_model('test_convnext', num_classes=0), isolated_zoo / f'senti_test_convnext.{tag}',
+                        verbose=False)
+    hp = load_file(isolated_zoo / 'senti_test_convnext.hp' / 'model.safetensors')
+    assert target_weights('test_convnext', 'hp') == 'senti_test_convnext.hp'
+    target = create_target('test_convnext', 3, 'hp')
+    assert target.num_classes == 3
+    for name, value in hp.items():
+        torch.testing.assert_close(target.state_dict()[name], value, rtol=0, atol=0)
+    write_images(tmp_path / 'data')
+    assert main(['amalgamate', 'test_convnext', str(tmp_path / 'data'), '--teachers', 'test_convnext', '--batch-size',
+                 '4', '--workers', '0', '--img-size', '32', '--no-progress', '--epochs', '1', '--output',
+                 str(tmp_path / 'out')]) == 0, capsys.readouterr().err
+    assert json.loads((tmp_path / 'out' / 'config.json').read_text())['init'] == 'senti_test_convnext.hp'
 
 
 def test_hub_and_registry_take_teachers_of_another_architecture(tiny_resnets):

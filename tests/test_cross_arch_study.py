@@ -53,6 +53,9 @@ def test_a_cell_is_a_downstream_config_that_teaches_another_architecture():
     assert 'teachers: one of' in str(e.value) and "runs.a.init: one of ('random', 'imagenet')" in str(e.value)
     with pytest.raises(ValueError, match='needs "teachers"'):
         validate_config(dict(plain, arch='convnext_atto'))
+    own = validate_config(dict(plain, arch='test_resnet', teachers='test_resnet',  # its own exported models
+                               runs={'a': {'mode': 'amalgamate', 'init': 'hp'}}))
+    assert own['teachers'] == own['arch'] == 'test_resnet' and own['runs']['a']['init'] == 'hp'
 
 
 # ------------------------------------------------------------------------------ the analysis, by hand

@@ -78,7 +78,8 @@ def test_every_problem_is_reported_at_once(tmp_path):
     problems = str(pytest.raises(ds.ConfigError, ds.load_config, path).value).splitlines()[1:]
     assert problems == ['  - missing required key "dataset"', '  - missing required key "task"',
                         "  - arch: one of ('vgg16_bn', 'vgg19_bn', 'resnet18', 'resnet50', 'resnet101'), got 'resnet34' "
-                        '(another timm model needs "teachers": one of those architectures)',
+                        '(another timm model needs "teachers": one of those architectures, or its own name when '
+                        'training.export wrote its ST, HO and HP)',
                         "  - runs.a.mode: one of ('finetune', 'amalgamate'), got 'x'"]
 
 

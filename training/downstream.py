@@ -122,7 +122,7 @@ def weight_files(c: Mapping[str, Any], name: str) -> Dict[str, str]:
     run, arch = c['runs'][name], c['arch']
     files: Dict[str, Path] = {}
     if run['init'] in BACKBONE_TAGS:
-        files['init'] = resolve_weights(f'senti_{arch}.{run["init"]}')
+        files['init'] = resolve_weights(teacher_name(arch, run['init']))
     elif run['init'] not in ('random', 'imagenet'):
         files['init'] = Path(run['init'])
     files.update({tag: resolve_weights(teacher_name(teachers_arch(c), tag)) for tag in sorted(run_teachers(run))})

@@ -8,7 +8,8 @@ config first (relative to the file); the file's keys replace the base's, diction
 
 Two optional keys teach a target of another architecture (:mod:`sentizoo.adapters`): ``"teachers"``, the zoo
 architecture whose ``senti_<teachers>.{st,ho,hp}`` teach it (``arch`` may then be any timm model, started from
-``random`` or ``imagenet``), and ``"model_kwargs"``, the target's ``timm.create_model`` arguments (``{"img_size":
+``random`` or ``imagenet``; ``"teachers"`` equal to ``arch``: the model's own ST, HO and HP that ``training.export``
+wrote into the zoo, whose tags it may start from), and ``"model_kwargs"``, the target's ``timm.create_model`` arguments (``{"img_size":
 64}`` for a ViT at 64 px). Absent, they are absent from the validated config too, so a result file written before
 they existed is still reused.
 """
@@ -162,13 +163,13 @@ def _checked_train(train: Any, table: Optional[int], problems: List[str]) -> Any
     return {**{f.name: f.default for f in dataclasses.fields(TrainOptions) if f.name in _PAPER_SCHEDULE}, **train}
 
 
-def _check_cross_arch(c: Mapping[str, Any], problems: List[str]) -> None:
-    """``teachers`` names a zoo architecture and ``arch`` a timm model (problems appended)."""
+def _check_teachers(c: Mapping[str, Any], problems: List[str]) -> None:
+    """``teachers`` names a zoo architecture or ``arch`` itself, and ``arch`` a timm model (problems appended)."""
     import timm
 
-    if c['teachers'] not in ARCHS:
-        problems.append(f'teachers: one of {ARCHS} (the zoo architecture that teaches the target), got '
-                        f'{c["teachers"]!r}')
+    if c['teachers'] not in (*ARCHS, c.get('arch')):
+        problems.append(f'teachers: one of {ARCHS} (the zoo architecture that teaches the target) or the target\'s '
+                        f'own arch (its ST, HO and HP from training.export), got {c["teachers"]!r}')
     if 'arch' in c and not (isinstance(c['arch'], str) and timm.is_model(c['arch'])):
         problems.append(f'arch: a timm model name (timm.list_models()), got {c["arch"]!r}')
 
@@ -185,12 +186,12 @@ def validate_config(config: Mapping[str, Any], source: str = 'config') -> Dict[s
     if unknown:
         problems.append(f'unknown key(s) {unknown}; a config has {sorted(known - {"source"})}')
     c = merge_config(_DEFAULTS, config)
-    cross_arch = c.get('teachers') is not None
-    if cross_arch:
-        _check_cross_arch(c, problems)
+    cross_arch = c.get('teachers') not in (None, c.get('arch'))
+    if c.get('teachers') is not None:
+        _check_teachers(c, problems)
     elif 'arch' in c and c['arch'] not in ARCHS:
         problems.append(f'arch: one of {ARCHS}, got {c["arch"]!r} (another timm model needs "teachers": one of '
-                        'those architectures)')
+                        'those architectures, or its own name when training.export wrote its ST, HO and HP)')
     if not isinstance(c.get('model_kwargs', {}), Mapping):
         problems.append(f'model_kwargs: an object of timm.create_model arguments, got {c["model_kwargs"]!r}')
     if 'dataset' in c and c['dataset'] not in (*DATASET_NAMES, SYNTHETIC):

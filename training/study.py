@@ -50,7 +50,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import torch
 
-from sentizoo.models import BACKBONE_TAGS
+from sentizoo.models import ARCHS, BACKBONE_TAGS, tagged_name
 from sentizoo.runtime import resolve_device
 
 from .cross_arch_study import is_cross_arch_run
@@ -85,6 +85,8 @@ def run_probes(arch: str, image_size: int, settings: Mapping[str, Any], device: 
     extracted on ``device`` (default: this process's GPU if any, else the CPU, as the other phases)."""
     import timm
 
+    from sentizoo.amalgamation import load_teachers
+
     from .datasets.synthetic import SyntheticImages
     from .probes import (chance_row, cue_features, cue_targets, extract_features, heldout_view, join_features,
                          joint_name, probe_all)
@@ -96,7 +98,7 @@ def run_probes(arch: str, image_size: int, settings: Mapping[str, Any], device: 
     targets = {split: cue_targets(c) for split, c in cues.items()}
     torch.manual_seed(settings['seed'])
     backbones = {'random': timm.create_model(arch, num_classes=0)}
-    backbones.update({tag: timm.create_model(f'senti_{arch}.{tag}', pretrained=True) for tag in BACKBONE_TAGS})
+    backbones.update(load_teachers(arch, 0, BACKBONE_TAGS))
     features = {name: tuple(extract_features(model, data[split], device=resolve_device(device))
                                 for split in ('train', 'test'))
                 for name, model in backbones.items()}
@@ -168,6 +170,8 @@ def run_downstream(arch: str, settings: Mapping[str, Any], out: Path, device: Op
             config.update(name=f'study_{experiment}_seed{seed}', source=f'study:{experiment}', arch=arch,
                           dataset='synthetic', data=dict(data, seed=seed),
                           train=dict(config['train'], seed=seed))
+            if arch not in ARCHS:  # another timm architecture: its own models, exported into the zoo, teach it
+                config['teachers'] = arch
             print(f'      {experiment}, seed {seed}: {", ".join(spec["runs"])}', flush=True)
             written += run_experiment(config, out=out, device=device, progress=progress, reuse=True)
     return [json.loads(path.read_text()) for path in written]
@@ -297,7 +301,7 @@ def run_study(out: Path = Path('runs/study'), config: Optional[Mapping[str, Any]
             print(learning_line(pretext, e['max_ratio']), flush=True)
     with phase('export', f'Exporting the backbones into the zoo {zoo}'):
         for tag in BACKBONE_TAGS:
-            exported = export(checkpoints[tag], tag, out=zoo / f'senti_{arch}.{tag}', verbose=False)
+            exported = export(checkpoints[tag], tag, out=zoo / tagged_name(arch, tag), verbose=False)
             print(f'      {exported.name}: {exported.folder} (sha256 {exported.sha256[:12]}…)', flush=True)
     probes = None
     with using_zoo(zoo):
