@@ -1,7 +1,7 @@
 """The synthetic affect study: does this implementation of the method transfer knowledge? (results are SYNTHETIC)
 
     python -m training.study                    # the default study: about 45 minutes on 2 CPU cores
-    python -m training.study --quick            # seconds: the smallest sizes (what the tests run)
+    python -m training.study --quick            # seconds: the smallest sizes, on test_resnet (what the tests run)
     python -m training.study --full --device cuda   # + a second label budget, the ablations, an LDL run
     python -m training.study --quick --full     # seconds: every --full experiment at the smallest sizes
     python -m training.study confirm            # the confirmatory protocol (training.confirm): hours, resumable
