@@ -41,7 +41,7 @@ FOLDER_PREFIXES = ('local-dir:', 'hf-hub:')
 # What a user of the pip package can run is the zoo; producing weights needs the source repository's training/.
 _PRODUCE = ('weights are produced by training with the sentizoo source repository (its training/ folder, not part '
             'of the pip package: `python -m training.export --checkpoint CKPT --tag ...`, or `python -m '
-            'training.demo` for small synthetic ones)')
+            'training.demo --arch ARCH` for small synthetic ones; without --arch the demo trains a tiny test_resnet)')
 _TRUE = {'1', 'on', 'yes', 'true'}
 
 

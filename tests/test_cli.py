@@ -110,6 +110,7 @@ def test_predict_usage_errors(capsys, zoo, images, tmp_path):
 def test_predict_without_weights_names_the_fix(capsys, images):
     code, out, err = _run(capsys, 'predict', 'senti_resnet50.fi', images / 'a_gradient.jpg')
     assert code == 1 and out == '' and 'No weights found for senti_resnet50.fi' in err and 'SENTIZOO_HOME' in err
+    assert 'python -m training.demo --arch ARCH` for small synthetic ones' in err  # the demo's default is test_resnet
 
 
 def test_list_and_info(capsys, zoo):
