@@ -5,6 +5,7 @@ import json
 import os
 import types
 
+import pytest
 import timm
 import torch
 from safetensors.torch import load_file
@@ -90,3 +91,11 @@ def test_demo_settings_are_a_study_at_a_smaller_size():
         assert s['steps_per_epoch'] < full['pretrain'][tag]['steps_per_epoch']
         assert s['max_samples'] == s['epochs'] * s['steps_per_epoch'] * s['batch_size']
     assert demo.demo_config(seed=3)['downstream']['seeds'] == [3] and demo.demo_config(seed=3)['pretrain']['seed'] == 3
+
+
+def test_a_bad_arch_fails_in_one_line_before_anything_is_written(tmp_path, capsys):
+    """Before, ``--arch foo`` drew the sample sheet, then died in pre-training with a traceback."""
+    with pytest.raises(SystemExit) as info:
+        demo.main(['--arch', 'foo', '--quick', '--out', str(tmp_path / 'demo'), '--no-progress'])
+    assert info.value.code == 2 and "--arch 'foo': expected a timm architecture name" in capsys.readouterr().err
+    assert not (tmp_path / 'demo').exists()

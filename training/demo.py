@@ -120,6 +120,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument('--threads', type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument('--no-progress', dest='progress', action='store_false', help='no progress bars')
     args = p.parse_args(argv)
+    if args.arch is not None:  # a backbone the pretext heads cannot read fails here, before anything is written
+        from .perception import check_arch
+        try:
+            check_arch(args.arch)
+        except ValueError as e:
+            p.error(str(e))
     if args.threads:
         torch.set_num_threads(args.threads)
     run_demo(args.out, args.zoo, args.quick, args.seed, args.progress, args.arch)
