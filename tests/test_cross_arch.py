@@ -99,13 +99,19 @@ def test_cli_builds_a_fixed_size_target_for_img_size(tmp_path, capsys, tiny_resn
     assert main(['evaluate', str(out), str(tmp_path / 'data'), *common]) == 0
 
 
-def test_cli_takes_teachers_pretrained_outside_the_zoo(tmp_path, capsys, tiny_resnets, isolated_zoo):
-    """Teachers exported by training.export for a timm architecture outside the zoo: before, the CLI refused them
-    ("No sentiment-pretrained weights exist for 'test_convnext'") though the library loads them."""
+@pytest.fixture
+def test_convnext_teachers(isolated_zoo):
+    """ST, HO and HP folders of test_convnext, outside the zoo's five, as training.export writes them."""
     torch.manual_seed(0)
     for tag in TEACHER_TAGS:
         save_pretrained(timm.create_model('test_convnext', num_classes=0), isolated_zoo / f'senti_test_convnext.{tag}',
                         verbose=False)
+
+
+def test_cli_takes_teachers_pretrained_outside_the_zoo(tmp_path, capsys, tiny_resnets, isolated_zoo,
+                                                        test_convnext_teachers):
+    """Teachers exported by training.export for a timm architecture outside the zoo: before, the CLI refused them
+    ("No sentiment-pretrained weights exist for 'test_convnext'") though the library loads them."""
     write_images(tmp_path / 'data')
     common = ['--batch-size', '4', '--workers', '0', '--img-size', '32', '--no-progress', '--epochs', '1']
     for teachers, out in (('test_convnext', tmp_path / 'o1'), (f'local-dir:{isolated_zoo}/senti_test_convnext',
@@ -118,13 +124,10 @@ def test_cli_takes_teachers_pretrained_outside_the_zoo(tmp_path, capsys, tiny_re
         assert config['pretrained_cfg']['license'] == 'cc-by-nc-4.0'
 
 
-def test_a_target_outside_the_zoo_starts_from_its_own_exported_hp_backbone(tmp_path, capsys, isolated_zoo):
+def test_a_target_outside_the_zoo_starts_from_its_own_exported_hp_backbone(tmp_path, capsys, isolated_zoo,
+                                                                            test_convnext_teachers):
     """Before, create_target('test_convnext', n, 'hp'), and so the CLI's default init for a target taught by its own
     architecture's teachers (and the demo on test_resnet), raised "No sentiment-pretrained weights exist"."""
-    torch.manual_seed(0)
-    for tag in TEACHER_TAGS:
-        save_pretrained(timm.create_model('test_convnext', num_classes=0), isolated_zoo / f'senti_test_convnext.{tag}',
-                        verbose=False)
     hp = load_file(isolated_zoo / 'senti_test_convnext.hp' / 'model.safetensors')
     assert target_weights('test_convnext', 'hp') == 'senti_test_convnext.hp'
     target = create_target('test_convnext', 3, 'hp')

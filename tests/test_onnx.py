@@ -286,7 +286,7 @@ def test_predict_on_a_read_only_shared_zoo_as_another_user(weights_dir, images):
                                  str(root / 'writable-copy'),
                                  'predict', MODEL, str(root / 'a.jpg'), '--format', 'json', '--workers', '0',
                                  '--backend', 'onnxruntime'], env=env, capture_output=True, text=True, timeout=300,
-                                cwd=root)  # nobody can enter it; the checkout (a 0700 clone in CI) may be closed to nobody
+                                cwd=root)  # user nobody can enter it; CI's 0700 clone may be closed to nobody
         if result.returncode == 77:
             pytest.skip('cannot switch to the unprivileged user nobody (65534) here')
         assert result.returncode == 0 and 'Traceback' not in result.stderr, result.stderr

@@ -9,9 +9,9 @@ config first (relative to the file); the file's keys replace the base's, diction
 Two optional keys teach a target of another architecture (:mod:`sentizoo.adapters`): ``"teachers"``, the zoo
 architecture whose ``senti_<teachers>.{st,ho,hp}`` teach it (``arch`` may then be any timm model, started from
 ``random`` or ``imagenet``; ``"teachers"`` equal to ``arch``: the model's own ST, HO and HP that ``training.export``
-wrote into the zoo, whose tags it may start from), and ``"model_kwargs"``, the target's ``timm.create_model`` arguments (``{"img_size":
-64}`` for a ViT at 64 px). Absent, they are absent from the validated config too, so a result file written before
-they existed is still reused.
+wrote into the zoo, whose tags it may start from), and ``"model_kwargs"``, the target's ``timm.create_model``
+arguments (``{"img_size": 64}`` for a ViT at 64 px). Absent, they are absent from the validated config too, so a
+result file written before they existed is still reused.
 """
 from __future__ import annotations
 

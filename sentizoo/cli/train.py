@@ -66,15 +66,17 @@ def _create_target(args: argparse.Namespace, num_classes: int):
     import timm
 
     from ..amalgamation import create_target, default_target_init, target_weights
-    from ..models import ARCHS, stock_name
+    from ..models import senti_name, stock_name
     from ..weights import WeightsNotFoundError
 
     if not timm.is_model(stock_name(args.model)):
         raise UsageError(f'unknown architecture {args.model!r}; e.g. resnet50 or senti_resnet50.')
-    if not (args.baseline or args.teachers or stock_name(args.model) in ARCHS):
-        raise UsageError(f'No sentiment-pretrained weights exist for {args.model!r}; sentizoo covers '
-                         f'{", ".join(ARCHS)}. Pass --teachers: one of those, or {args.model} itself when '
-                         f'training.export wrote its ST, HO and HP into $SENTIZOO_HOME.')
+    if not (args.baseline or args.teachers):  # the default teachers are MODEL's own: the zoo's five only
+        try:
+            senti_name(args.model)
+        except ValueError as e:
+            raise UsageError(f'{e} Pass --teachers: one of those, or {args.model} itself when training.export '
+                             'wrote its ST, HO and HP into $SENTIZOO_HOME.') from None
     init = args.init or ('imagenet' if args.baseline else default_target_init(args.model, args.teachers))
     try:
         name = target_weights(args.model, init)
