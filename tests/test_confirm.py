@@ -110,7 +110,7 @@ def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp('confirm')
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv('HF_HUB_OFFLINE', '1')
-        record = confirm.run_confirm(out, quick=True, progress=False)
+        record = confirm.run_confirm(out, quick=True, progress=False, jobs=1)
     return out, record
 
 
@@ -186,7 +186,7 @@ def test_a_second_quick_run_trains_nothing(quick_run):
     out, record = quick_run
     files = sorted((out / 'results').glob('*/*.json')) + sorted((out / 'tuning').glob('*/*.json'))
     before = {p: p.stat().st_mtime_ns for p in files}
-    again = confirm.run_confirm(out, quick=True, progress=False)
+    again = confirm.run_confirm(out, quick=True, progress=False, jobs=1)
     assert {p: p.stat().st_mtime_ns for p in files} == before
     assert again['comparisons'] == record['comparisons']
 

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 import sentizoo  # noqa: F401  (registers senti_*)
 from sentizoo.models import BACKBONE_TAGS
-from training import demo, study
+from training import demo, study, study_steps
 
 
 def test_quick_demo_is_the_study_runner_end_to_end(tmp_path, capsys, isolated_zoo):
@@ -24,6 +24,9 @@ def test_quick_demo_is_the_study_runner_end_to_end(tmp_path, capsys, isolated_zo
     assert printed.startswith('Sample images of the synthetic affect world (seed 7)') and 'SYNTHETIC: ' in printed
     assert list(record['seconds']) == ['pretrain', 'pretext', 'export', 'downstream', 'report']
     assert '[5/5] Drawing the figures' in printed and record['probes'] is None
+    # by default the three models pre-train at once on the CPU, each reported as it finishes
+    assert record['jobs'] == study_steps.parallel_jobs(None, 3) and record['jobs'] > 1
+    assert all(f'      {tag}: done after ' in printed for tag in BACKBONE_TAGS) and '(3/3)' in printed
     assert json.loads((out / 'study.json').read_text())['downstream'] == record['downstream']
     md = (out / 'study.md').read_text()
     assert md.startswith('# Synthetic affect study (SYNTHETIC)') and 'Linear probes' not in md

@@ -6,7 +6,7 @@ import pytest
 import timm
 import torch
 
-from training import study
+from training import study, study_steps
 
 
 def test_settings_merge_quick_and_full_over_the_defaults():
@@ -43,7 +43,7 @@ def _table_rows(markdown: str, header_start: str):
 def test_quick_study_end_to_end(tmp_path, capsys, monkeypatch, isolated_zoo):
     """``--quick --full``: every experiment of the full study (the ablations and LDL too) at the smallest sizes."""
     out = tmp_path / 'study'
-    record = study.run_study(out, quick=True, full=True, progress=False)
+    record = study.run_study(out, quick=True, full=True, progress=False, jobs=1)
     printed = capsys.readouterr().out
     assert printed.startswith('SYNTHETIC: ') and 'Settings (' in printed and '[6/6] Drawing the figures' in printed
 
@@ -108,7 +108,7 @@ def test_quick_study_end_to_end(tmp_path, capsys, monkeypatch, isolated_zoo):
         raise AssertionError('trained again')
     monkeypatch.setattr('sentizoo.engine.finetune', no_training)
     monkeypatch.setattr('sentizoo.engine.amalgamate', no_training)
-    again = study.run_study(out, quick=True, full=True, progress=False)
+    again = study.run_study(out, quick=True, full=True, progress=False, jobs=1)
     assert again['downstream'] == record['downstream'] and again['pretext'] == record['pretext']
 
 
@@ -164,3 +164,58 @@ def test_a_checkpoint_of_another_format_stops_the_study_with_one_line(tmp_path, 
     assert err.startswith('python -m training.study: error: ') and err.count('\n') == 1
     assert f'{last} is not a sentizoo training checkpoint' in err and 'Or pass another --out.' in err
     assert checkpoint.FORMAT in err
+
+
+def test_a_checkpoint_of_other_settings_is_refused_before_any_model_trains(tmp_path, capsys):
+    """The resume check of every model comes first: HP's stale checkpoint stops the study before ST trains."""
+    last = tmp_path / 'pretrain' / 'hp' / 'last.pt'
+    last.parent.mkdir(parents=True)
+    torch.save({'format': 'sentizoo.pretrain/1', 'config': {}, 'model': {}}, last)
+    assert study.main(['--quick', '--out', str(tmp_path), '--no-progress', '--jobs', '1']) == 2
+    assert f'{last} is not a sentizoo training checkpoint' in capsys.readouterr().err
+    assert not (tmp_path / 'pretrain' / 'st').exists() and not (tmp_path / 'pretrain' / 'ho').exists()
+
+
+def test_parallel_jobs_default_to_one_more_process_than_cpu_threads(capsys):
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert study_steps.parallel_jobs(None, 3, 'cpu') == 3 and study_steps.parallel_jobs(None, 9, 'cpu') == 3
+        torch.set_num_threads(8)
+        assert study_steps.parallel_jobs(None, 3, 'cpu') == 3  # never more processes than models
+        torch.set_num_threads(1)
+        assert study_steps.parallel_jobs(None, 3, 'cpu') == 1  # --threads 1: one core, one model at a time
+    finally:
+        torch.set_num_threads(threads)
+    assert study_steps.parallel_jobs(None, 3, 'cuda') == 1  # one GPU: one model at a time
+    assert study_steps.parallel_jobs(2, 9, 'cpu') == 2 and study_steps.parallel_jobs(5, 3, 'cuda') == 3
+    with pytest.raises(ValueError, match='at least 1'):
+        study_steps.parallel_jobs(0, 3)
+    with pytest.raises(SystemExit) as e:
+        study.main(['--quick', '--jobs', '0'])
+    assert e.value.code == 2 and '--jobs: must be at least 1, got 0' in capsys.readouterr().err
+
+
+def test_models_pretrained_in_parallel_equal_those_pretrained_one_after_the_other(tmp_path, capsys):
+    from sentizoo import checkpoint
+    settings = {'init': 'random', 'image_size': 32, 'batch_size': 2, 'epochs': 1, 'steps_per_epoch': 2,
+                'max_samples': 4}
+
+    def runs(folder):
+        return {tag: dict(tag=tag, arch='test_resnet', out=folder / tag, settings=settings, seed=3, progress=False)
+                for tag in ('st', 'hp')}
+
+    threads = torch.get_num_threads()
+    parallel = study_steps.pretrain_models(runs(tmp_path / 'parallel'), jobs=2)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and {line.split(':')[0].strip() for line in lines} == {'st', 'hp'}
+    assert lines[-1].endswith('(2/2)')
+    torch.set_num_threads(max(1, threads // 2))  # the share of each worker
+    try:
+        sequential = study_steps.pretrain_models(runs(tmp_path / 'sequential'), jobs=1)
+    finally:
+        torch.set_num_threads(threads)
+    assert list(parallel) == list(sequential) == ['st', 'hp']
+    for tag in parallel:
+        a, b = checkpoint.load(parallel[tag])['model'], checkpoint.load(sequential[tag])['model']
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), tag

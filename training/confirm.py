@@ -42,24 +42,27 @@ import torch
 from sentizoo.models import BACKBONE_TAGS
 
 from .confirm_protocol import PROTOCOL, TEACHER_ZOOS, ProtocolError, load_protocol, planned_cells
-from .study_steps import add_run_arguments
+from .study_steps import add_jobs_argument, add_run_arguments
 
 __all__ = ['build_zoos', 'choose_settings', 'run_confirm', 'paired_cell', 'judge_gain', 'analyse', 'render_markdown',
            'main']
 
 # ---------------------------------------------------------------------------------------------- the teachers
 
-def _pretrain_sets(config: Mapping[str, Any], out: Path, device: Optional[str], progress: bool
-                   ) -> Dict[str, Dict[str, Path]]:
-    from .study_steps import pretrain_model
-    p, checkpoints = config['pretrain'], {}
+def _pretrain_sets(config: Mapping[str, Any], out: Path, device: Optional[str], progress: bool,
+                   jobs: Optional[int]) -> Dict[str, Dict[str, Path]]:
+    from .study_steps import parallel_jobs, pretrain_models
+    p, runs = config['pretrain'], {}
     for name, teacher_set in config['teacher_sets'].items():
         for tag in BACKBONE_TAGS:
-            print(f'      teacher set {name}: {tag.upper()} (seed {teacher_set["pretrain"][tag]})', flush=True)
-            settings = dict(p['common'], **p[tag], image_size=config['image_size'])
-            checkpoints.setdefault(name, {})[tag] = pretrain_model(
-                tag, config['arch'], out / 'pretrain' / name / tag, settings, seed=teacher_set['pretrain'][tag],
-                device=device, progress=progress, resume='auto')
+            runs[f'{name}/{tag}'] = dict(tag=tag, arch=config['arch'], out=out / 'pretrain' / name / tag,
+                                         settings=dict(p['common'], **p[tag], image_size=config['image_size']),
+                                         seed=teacher_set['pretrain'][tag], device=device, progress=progress,
+                                         resume='auto')
+    checkpoints: Dict[str, Dict[str, Path]] = {}
+    for key, final in pretrain_models(runs, jobs=parallel_jobs(jobs, len(runs), device)).items():
+        name, tag = key.split('/')
+        checkpoints.setdefault(name, {})[tag] = final
     return checkpoints
 
 
@@ -171,8 +174,9 @@ def _tune(config, zoos, out, device, progress) -> Dict[str, Dict[str, Any]]:
 
 
 def run_confirm(out: Path = Path('runs/confirm'), config: Optional[Mapping[str, Any]] = None, *, quick: bool = False,
-                device: Optional[str] = None, progress: bool = True) -> Dict[str, Any]:
-    """Run the protocol's phases, then :func:`analyse`; returns the analysis."""
+                device: Optional[str] = None, progress: bool = True, jobs: Optional[int] = None) -> Dict[str, Any]:
+    """Run the protocol's phases, then :func:`analyse`; returns the analysis. ``jobs``: teacher models pre-trained
+    at once (default: :func:`~training.study_steps.parallel_jobs`)."""
     from .pretext_eval import PretextScore, scores_table
     from .study_steps import SYNTHETIC_BANNER, Phases
 
@@ -183,7 +187,7 @@ def run_confirm(out: Path = Path('runs/confirm'), config: Optional[Mapping[str, 
     print(f'{SYNTHETIC_BANNER}\n\nProtocol: {config["source"]} ({config["size"]})\n', flush=True)
     phase = Phases(6)
     with phase('pretrain', f'Pre-training {len(config["teacher_sets"])} teacher sets (ST, HO, HP each)'):
-        checkpoints = _pretrain_sets(config, out, device, progress)
+        checkpoints = _pretrain_sets(config, out, device, progress, jobs)
     with phase('pretext', 'Measuring every pretext task on held-out test images'):
         pretext = _pretext_scores(config, checkpoints, out, device)
         for name, tags in pretext.items():
@@ -349,6 +353,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                                                    'training/configs/study/)')
     c.add_argument('--quick', action='store_true', help='every arm and control at toy sizes (what the tests run)')
     add_run_arguments(c)
+    add_jobs_argument(c)
     a = sub.add_parser('analyse', help='recompute every table, interval and test from the saved predictions')
     a.add_argument('out', type=Path, help='the folder of a confirm run (holds protocol.json and results/)')
     args = p.parse_args(argv)
@@ -361,7 +366,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.threads:
             torch.set_num_threads(args.threads)
         config = load_protocol(args.protocol, args.quick)
-        run_confirm(args.out, config, device=args.device, progress=args.progress)
+        run_confirm(args.out, config, device=args.device, progress=args.progress, jobs=args.jobs)
     except ProtocolError as e:
         print(f'python -m training.study {args.command}: error: {e}', file=sys.stderr)
         return 2

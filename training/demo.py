@@ -13,6 +13,7 @@ on colour, layout and object + state), then the study's phases, each timed:
 1. **pretrain** ST, HO and HP models from a random start on their pretext tasks (:func:`training.pretrain.pretrain`),
    on timm's ``test_resnet``: a ResNet of four blocks and 0.37 M parameters (ResNet-18: 11.2 M), whose pretext
    steps cost a third of ResNet-18's (BENCHMARKS.md, "Demo"; ``--arch`` takes any timm backbone the heads read);
+   on a CPU the three train at once, each in its own process with one thread (``--jobs``);
 2. **pretext**: each task measured on held-out images beside its reference (:mod:`training.pretext_eval`: chance
    for the classification tasks, the trivial predictor for colorization and super-resolution, a unigram model for
    captioning), and the check that every one is at most ``pretext_eval.max_ratio`` (0.85x) of its reference;
@@ -44,6 +45,7 @@ import torch
 from sentizoo.models import ARCHS, stock_name, tagged_name
 
 from .study import load_study_config, run_study
+from .study_steps import add_jobs_argument
 
 __all__ = ['DEMO_CONFIG', 'demo_config', 'load_command', 'run_demo', 'main']
 
@@ -93,7 +95,8 @@ def _sample_sheet(path: Path, seed: int, n: int = 16, size: int = 64) -> None:
 
 
 def run_demo(out: Path = Path('runs/demo'), zoo: Optional[Path] = None, quick: bool = False,
-             seed: Optional[int] = None, progress: bool = True, arch: Optional[str] = None) -> Dict[str, Any]:
+             seed: Optional[int] = None, progress: bool = True, arch: Optional[str] = None,
+             jobs: Optional[int] = None) -> Dict[str, Any]:
     """The sample sheet, then :func:`~training.study.run_study` with :func:`demo_config`; returns its record."""
     config = demo_config(quick, seed, arch)
     out = Path(out)
@@ -102,7 +105,7 @@ def run_demo(out: Path = Path('runs/demo'), zoo: Optional[Path] = None, quick: b
     _sample_sheet(out / 'synthetic_samples.png', seed=config['pretrain']['seed'])
     print(f'Sample images of the synthetic affect world (seed {config["pretrain"]["seed"]}): '
           f'{out / "synthetic_samples.png"}\n', flush=True)
-    record = run_study(out, config, progress=progress, zoo=zoo)
+    record = run_study(out, config, progress=progress, zoo=zoo, jobs=jobs)
     print(f'\nLoad a model as a user would: {load_command(config["arch"], zoo)}', flush=True)
     return record
 
@@ -119,6 +122,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                   "ResNet; resnet18 is the study's and takes several times longer)")
     p.add_argument('--threads', type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument('--no-progress', dest='progress', action='store_false', help='no progress bars')
+    add_jobs_argument(p)
     args = p.parse_args(argv)
     if args.arch is not None:  # a backbone the pretext heads cannot read fails here, before anything is written
         from .perception import check_arch
@@ -128,7 +132,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             p.error(str(e))
     if args.threads:
         torch.set_num_threads(args.threads)
-    run_demo(args.out, args.zoo, args.quick, args.seed, args.progress, args.arch)
+    run_demo(args.out, args.zoo, args.quick, args.seed, args.progress, args.arch, args.jobs)
     return 0
 
 

@@ -15,7 +15,7 @@ mixes colour (what ST should learn), layout (HO) and the object with its state (
 pre-trained model can hold part of the answer. Six phases, each timed, all output under ``--out``:
 
 1. **pretrain** ST, HO and HP (:func:`training.pretrain.pretrain`, the paper's tasks and heads, from a
-   random start) on the world's training images;
+   random start) on the world's training images; on a CPU side by side, one process each (``--jobs``);
 2. **pretext**: each task measured on held-out images beside its reference
    (:mod:`training.pretext_eval`: chance, the trivial predictor, a unigram caption model), with the
    backbone's BatchNorm statistics of that task's inputs, and checked against the competence goals;
@@ -54,8 +54,8 @@ from sentizoo.models import ARCHS, BACKBONE_TAGS, tagged_name
 from sentizoo.runtime import resolve_device
 
 from .cross_arch_study import is_cross_arch_run
-from .study_steps import (SYNTHETIC_BANNER, CannotResumeError, Phases, add_run_arguments, measure_pretext,
-                          pretrain_model, using_zoo)
+from .study_steps import (SYNTHETIC_BANNER, CannotResumeError, Phases, add_jobs_argument, add_run_arguments,
+                          measure_pretext, parallel_jobs, pretrain_model, pretrain_models, using_zoo)
 
 __all__ = ['STUDY_CONFIG', 'CannotResumeError', 'Phases', 'using_zoo', 'load_study_config', 'pretrain_model',
            'measure_pretext', 'run_probes', 'run_downstream', 'summarise_downstream', 'run_study', 'main']
@@ -268,10 +268,11 @@ def plot_downstream(summary: Mapping[str, Mapping[str, Mapping[str, Any]]], resu
 
 def run_study(out: Path = Path('runs/study'), config: Optional[Mapping[str, Any]] = None, *, quick: bool = False,
               full: bool = False, device: Optional[str] = None, progress: bool = True,
-              zoo: Optional[Path] = None) -> Dict[str, Any]:
+              zoo: Optional[Path] = None, jobs: Optional[int] = None) -> Dict[str, Any]:
     """Run the phases; returns what ``<out>/study.json`` holds. The study and, at its own size, the demo
     (:mod:`training.demo`) are this runner: a config without ``probes`` skips that phase, and a
-    ``pretext_eval.max_ratio`` is checked and printed. ``zoo``: where the backbones go (default ``<out>/zoo``)."""
+    ``pretext_eval.max_ratio`` is checked and printed. ``zoo``: where the backbones go (default ``<out>/zoo``);
+    ``jobs``: models pre-trained at once (default: :func:`~training.study_steps.parallel_jobs`)."""
     from .export import export
     from .pretext_eval import scores_table
     from .provenance import versions
@@ -283,14 +284,13 @@ def run_study(out: Path = Path('runs/study'), config: Optional[Mapping[str, Any]
     settings = '\n'.join(f'  {k}: {json.dumps(v)}' for k, v in config.items() if k not in ('deviations', 'description'))
     print(f'{SYNTHETIC_BANNER}\n\nSettings ({config["source"]}):\n{settings}\n', flush=True)
     phase = Phases(6 if 'probes' in config else 5)
-    checkpoints: Dict[str, Path] = {}
-    p = config['pretrain']
+    p, jobs = config['pretrain'], parallel_jobs(jobs, len(BACKBONE_TAGS), device)
     with phase('pretrain', f'Pre-training ST, HO and HP {arch} on the synthetic pretext tasks ({size} px)'):
-        for tag in BACKBONE_TAGS:
-            settings = dict(p['common'], **p[tag], image_size=size)
-            # a study stopped mid-way picks each model up from its last checkpoint
-            checkpoints[tag] = pretrain_model(tag, arch, out / 'pretrain' / tag, settings, seed=p['seed'],
-                                              device=device, progress=progress, resume='auto')
+        # a study stopped mid-way picks each model up from its last checkpoint
+        checkpoints = pretrain_models({tag: dict(tag=tag, arch=arch, out=out / 'pretrain' / tag,
+                                                 settings=dict(p['common'], **p[tag], image_size=size), seed=p['seed'],
+                                                 device=device, progress=progress, resume='auto')
+                                       for tag in BACKBONE_TAGS}, jobs=jobs)
     pretext: Dict[str, list] = {}
     with phase('pretext', 'Measuring each pretext task on held-out images, beside its reference'):
         e = config['pretext_eval']
@@ -323,7 +323,7 @@ def run_study(out: Path = Path('runs/study'), config: Optional[Mapping[str, Any]
               'pretext': {tag: [dict(vars(s), ratio=s.ratio) for s in scores] for tag, scores in pretext.items()},
               'pretext_goals_met': all(s.passed for scores in pretext.values() for s in scores),
               'probes': probes, 'downstream': summary, 'seconds': phase.seconds,
-              'total_seconds': round(sum(phase.seconds.values()), 2), 'threads': torch.get_num_threads(),
+              'total_seconds': round(sum(phase.seconds.values()), 2), 'threads': torch.get_num_threads(), 'jobs': jobs,
               'device': str(resolve_device(device)), 'versions': versions()}
     (out / 'study.md').write_text(render_markdown(record, scores_table(pretext), figures))
     (out / 'study.json').write_text(json.dumps(record, indent=1) + '\n')
@@ -402,6 +402,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument('--full', action='store_true', help='also a second label budget, the ablations of Tables 3 '
                                                        'and 4 and an LDL run (hours on a CPU; a GPU recommended)')
     add_run_arguments(p)
+    add_jobs_argument(p)
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -411,7 +412,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f'python -m training.study: error: {args.config}: {e}', file=sys.stderr)
         return 2
     try:
-        run_study(args.out, config, quick=args.quick, full=args.full, device=args.device, progress=args.progress)
+        run_study(args.out, config, quick=args.quick, full=args.full, device=args.device, progress=args.progress,
+                  jobs=args.jobs)
     except CannotResumeError as e:  # before any training: one line, as for a bad settings file
         print(f'python -m training.study: error: {e}', file=sys.stderr)
         return 2

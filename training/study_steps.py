@@ -12,10 +12,10 @@ import os
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional
+from typing import Any, Dict, Iterator, Mapping, Optional
 
-__all__ = ['SYNTHETIC_BANNER', 'Phases', 'using_zoo', 'pretrain_model', 'CannotResumeError', 'measure_pretext',
-           'add_run_arguments']
+__all__ = ['SYNTHETIC_BANNER', 'Phases', 'using_zoo', 'pretrain_model', 'pretrain_models', 'parallel_jobs',
+           'CannotResumeError', 'measure_pretext', 'add_run_arguments', 'add_jobs_argument']
 
 SYNTHETIC_BANNER = ('SYNTHETIC: every number here comes from the procedural affect world of '
                     'training.datasets.synthetic; it tests this implementation, says nothing about real visual '
@@ -57,14 +57,87 @@ def pretrain_model(tag: str, arch: str, out: Path, settings: Mapping[str, Any], 
 
     ``resume='auto'`` continues from ``<out>/last.pt`` when there is one (a finished model: at once).
     """
-    from .pretrain import PretrainConfig, pretrain
+    return _pretrain(_pretrain_config(tag, arch, out, settings, seed=seed, device=device, progress=progress,
+                                      resume=resume))
+
+
+def _pretrain_config(tag: str, arch: str, out: Path, settings: Mapping[str, Any], *, seed: int,
+                     device: Optional[str] = None, progress: bool = True, resume: Optional[str] = None) -> Any:
+    """:func:`pretrain_model`'s :class:`~training.pretrain.PretrainConfig`, after the check that a checkpoint it
+    would resume comes from the same settings (:class:`CannotResumeError`)."""
+    from .pretrain import PretrainConfig
     config = PretrainConfig(model=tag, arch=arch, dataset='synthetic', workers=0, seed=seed, device=device,
                             progress=progress, out_dir=str(out), resume=resume, **settings)
     if resume == 'auto' and (Path(out) / 'last.pt').is_file():
         _check_same_run(Path(out) / 'last.pt', config)
+    return config
+
+
+def _pretrain(config: Any, threads: Optional[int] = None) -> Path:
+    import torch
+
+    from .pretrain import pretrain
+    if threads is not None:  # in a worker process of pretrain_models
+        torch.set_num_threads(threads)
     with warnings.catch_warnings():  # a random start is the point here: no ImageNet weights on a fresh machine
         warnings.filterwarnings('ignore', message='pre-training .* from a random initialisation')
         return pretrain(config)
+
+
+def parallel_jobs(jobs: Optional[int], models: int, device: Optional[str] = None) -> int:
+    """How many models :func:`pretrain_models` trains at once: ``jobs`` when given (at most ``models``); else one on
+    a GPU or with one torch thread, and on a CPU with ``T > 1`` threads up to ``T + 1``, one thread each. Small
+    models use a second thread poorly and a second process well, and the extra process keeps every core busy while
+    the last model finishes (BENCHMARKS.md, "Demo")."""
+    import torch
+
+    from sentizoo.runtime import resolve_device
+    if jobs is not None:
+        if jobs < 1:
+            raise ValueError(f'jobs must be at least 1, got {jobs}')
+        return min(jobs, models)
+    threads = torch.get_num_threads()
+    return 1 if resolve_device(device).type != 'cpu' or threads == 1 else min(models, threads + 1)
+
+
+def pretrain_models(runs: Mapping[str, Mapping[str, Any]], *, jobs: int = 1) -> Dict[str, Path]:
+    """Pre-train independent models, ``{name: keyword arguments of pretrain_model}``; returns ``{name: final.pt}``
+    and prints a line as each one finishes.
+
+    ``jobs > 1`` trains that many at once, each in a fresh process (spawned: a forked torch can hang) with an equal
+    share of this process's torch threads and no progress bar. Every model reads only its own seed, so the weights
+    are those of a sequential run with the same threads per model. When one fails, the models not yet started are
+    not started and the error is raised; the others keep their checkpoints. Every checkpoint to resume is checked
+    before any model trains.
+    """
+    parallel = jobs > 1 and len(runs) > 1
+    configs = {name: _pretrain_config(**dict(kwargs, progress=kwargs.get('progress', True) and not parallel))
+               for name, kwargs in runs.items()}
+    started, finished = time.perf_counter(), {}
+
+    def done(name: str, final: Path) -> None:
+        finished[name] = final
+        print(f'      {name}: done after {time.perf_counter() - started:.0f} s ({len(finished)}/{len(runs)})',
+              flush=True)
+
+    if not parallel:
+        for name, config in configs.items():
+            done(name, _pretrain(config))
+        return finished
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    import torch
+    threads = max(1, torch.get_num_threads() // jobs)
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context('spawn')) as pool:
+        futures = {pool.submit(_pretrain, config, threads): name for name, config in configs.items()}
+        try:
+            for future in as_completed(futures):
+                done(futures[future], future.result())
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+    return {name: finished[name] for name in runs}
 
 
 class CannotResumeError(ValueError):
@@ -101,3 +174,18 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--device', help="cpu, cuda, cuda:1, ... (default: this process's GPU if any, else CPU)")
     parser.add_argument('--threads', type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument('--no-progress', dest='progress', action='store_false', help='no progress bars')
+
+
+def _at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f'must be at least 1, got {value}')
+    return value
+
+
+def add_jobs_argument(parser: argparse.ArgumentParser) -> None:
+    """``--jobs``: how many models to pre-train at once (:func:`parallel_jobs`)."""
+    parser.add_argument('--jobs', type=_at_least_one,
+                        help='models pre-trained at once, each in its own process with a share of the threads '
+                             '(default: on a CPU with T > 1 torch threads, up to T + 1 with one thread each; '
+                             'else 1)')
