@@ -24,7 +24,7 @@ from .images import ImageFiles
 from .models import label_names
 from .runtime import CPU_CHUNK
 
-__all__ = ['find_pretrained_cfg', 'tagged_name', 'load_classifier', 'image_files', 'predict']
+__all__ = ['find_pretrained_cfg', 'with_default_tag', 'load_classifier', 'image_files', 'predict']
 
 PathLike = Union[str, 'os.PathLike[str]']
 Row = Dict[str, Any]
@@ -51,7 +51,7 @@ def find_pretrained_cfg(name: str):
     return cfg
 
 
-def tagged_name(name: str, cfg) -> str:
+def with_default_tag(name: str, cfg) -> str:
     """``name`` with the tag of ``cfg``: ``'senti_resnet50'`` -> ``'senti_resnet50.hp'``."""
     return f'{name.split(".")[0]}.{cfg.tag}' if cfg.tag else name
 
@@ -108,7 +108,7 @@ def load_classifier(name: str, checkpoint: Optional[PathLike] = None, *, pretrai
             model = timm.create_model(f'local-dir:{folder}')
     else:
         cfg = find_pretrained_cfg(name)
-        name = tagged_name(name, cfg)
+        name = with_default_tag(name, cfg)
         if checkpoint is not None:
             checkpoint = Path(checkpoint)
             if checkpoint.suffix != '.safetensors' or not checkpoint.is_file():

@@ -70,7 +70,7 @@ def _folder_info(folder: Path) -> int:
 
 
 def _run_info(args: argparse.Namespace) -> int:
-    from ..inference import find_pretrained_cfg, tagged_name
+    from ..inference import find_pretrained_cfg, with_default_tag
     from ..models import stock_name
     from ..published import SHA256
     from ..weights import ChecksumMismatchError, InvalidWeightsError, WeightsNotFoundError, resolve_weights
@@ -79,7 +79,7 @@ def _run_info(args: argparse.Namespace) -> int:
         return _folder_info(Path(args.model))
     with usage_errors():
         cfg = find_pretrained_cfg(args.model)
-    name = tagged_name(args.model, cfg)
+    name = with_default_tag(args.model, cfg)
     senti = name.startswith('senti_')
     print(f'model: {name}')
     print(f'architecture: {cfg.architecture}' + (f' (timm {stock_name(name)})' if senti else ''))
