@@ -219,3 +219,24 @@ def test_models_pretrained_in_parallel_equal_those_pretrained_one_after_the_othe
     for tag in parallel:
         a, b = checkpoint.load(parallel[tag])['model'], checkpoint.load(sequential[tag])['model']
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), tag
+
+
+def test_the_parallel_progress_counts_the_steps_in_every_log_csv(tmp_path, capsys):
+    import types
+    folders = [tmp_path / 'st', tmp_path / 'ho', tmp_path / 'hp']
+    configs = [types.SimpleNamespace(out_dir=str(f), epochs=2, steps_per_epoch=10) for f in folders]
+    folders[0].mkdir()
+    (folders[0] / 'log.csv').write_text('step,epoch,loss\n1,1,0.5\n2,1,0.4\n3,1,0.3\n')
+    folders[1].mkdir()
+    (folders[1] / 'log.csv').write_text('step,epoch,loss\n1,1,0.5\n2,1,0.4\n13')  # a row still being written
+    with study_steps._StepsBar(configs, True, 'pre-training') as bar:  # stderr is no terminal here: lines
+        assert bar.total == 60 and bar.mode == 'lines'
+        bar.refresh()  # 3 + 2 + 0 (no log.csv yet) of 60 steps
+        assert bar.steps == 5 and capsys.readouterr().err == ''
+        (folders[2] / 'log.csv').parent.mkdir()
+        (folders[2] / 'log.csv').write_text('step,epoch,loss\n' + ''.join(f'{i},1,0.1\n' for i in range(1, 8)))
+        bar.refresh()  # 12 of 60: past a tenth, one line
+        bar.refresh()
+        assert bar.steps == 12 and capsys.readouterr().err == 'pre-training  step 12/60\n'
+    unknown = [types.SimpleNamespace(out_dir=str(folders[0]), epochs=2, steps_per_epoch=None)]
+    assert study_steps._StepsBar(unknown, False, 'x').total is None

@@ -105,11 +105,12 @@ def pretrain_models(runs: Mapping[str, Mapping[str, Any]], *, jobs: int = 1) -> 
     and prints a line as each one finishes.
 
     ``jobs > 1`` trains that many at once, each in a fresh process (spawned: a forked torch can hang) with an equal
-    share of this process's torch threads and no progress bar. Every model reads only its own seed, so the weights
-    are those of a sequential run with the same threads per model. When one fails, the models not yet started are
-    not started and the error is raised; the others keep their checkpoints. Every checkpoint to resume is checked
-    before any model trains.
+    share of this process's torch threads; one progress bar counts the steps of all of them (from their
+    ``log.csv``). Every model reads only its own seed, so the weights are those of a sequential run with the same
+    threads per model. When one fails, the models not yet started are not started and the error is raised; the
+    others keep their checkpoints. Every checkpoint to resume is checked before any model trains.
     """
+    from tqdm.auto import tqdm
     parallel = jobs > 1 and len(runs) > 1
     configs = {name: _pretrain_config(**dict(kwargs, progress=kwargs.get('progress', True) and not parallel))
                for name, kwargs in runs.items()}
@@ -117,27 +118,75 @@ def pretrain_models(runs: Mapping[str, Mapping[str, Any]], *, jobs: int = 1) -> 
 
     def done(name: str, final: Path) -> None:
         finished[name] = final
-        print(f'      {name}: done after {time.perf_counter() - started:.0f} s ({len(finished)}/{len(runs)})',
-              flush=True)
+        tqdm.write(f'      {name}: done after {time.perf_counter() - started:.0f} s ({len(finished)}/{len(runs)})')
 
     if not parallel:
         for name, config in configs.items():
             done(name, _pretrain(config))
         return finished
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     import torch
     threads = max(1, torch.get_num_threads() // jobs)
-    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context('spawn')) as pool:
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context('spawn')) as pool, \
+            _StepsBar(configs.values(), any(kwargs.get('progress', True) for kwargs in runs.values()),
+                      f'pre-training {len(runs)} models, {jobs} at a time') as bar:
         futures = {pool.submit(_pretrain, config, threads): name for name, config in configs.items()}
+        pending = set(futures)
         try:
-            for future in as_completed(futures):
-                done(futures[future], future.result())
+            while pending:
+                ready, pending = wait(pending, timeout=1, return_when=FIRST_COMPLETED)
+                for future in ready:
+                    done(futures[future], future.result())
+                bar.refresh()
         except BaseException:
             pool.shutdown(wait=True, cancel_futures=True)
             raise
     return {name: finished[name] for name in runs}
+
+
+class _StepsBar:
+    """The steps of pre-training runs in other processes, read from the last row of each ``log.csv``: a tqdm bar
+    on a terminal, a line every tenth of the total in a pipe (:func:`sentizoo.progress.progress_mode`)."""
+
+    def __init__(self, configs: Any, progress: bool, desc: str):
+        from tqdm.auto import tqdm
+
+        from sentizoo.progress import progress_mode
+        self.folders, self.desc = [Path(c.out_dir) for c in configs], desc
+        planned = [c.epochs * c.steps_per_epoch if c.steps_per_epoch else None for c in configs]
+        self.total = None if None in planned else sum(planned)
+        self.mode, self.next_line, self.steps = progress_mode(progress), 1, 0
+        self.bar = tqdm(total=self.total, desc=desc, unit='step', disable=self.mode != 'bar', leave=False,
+                        dynamic_ncols=True)
+
+    @staticmethod
+    def _last_step(folder: Path) -> int:
+        try:
+            with open(folder / 'log.csv', 'rb') as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - 512))
+                lines = f.read().split(b'\n')[:-1]  # the last piece may be a row still being written
+        except OSError:
+            return 0
+        heads = [line.split(b',', 1)[0] for line in lines]
+        return next((int(h) for h in reversed(heads) if h.isdigit()), 0)
+
+    def refresh(self) -> None:
+        steps = sum(self._last_step(folder) for folder in self.folders)
+        self.bar.update(steps - self.steps)
+        self.steps = steps
+        if self.mode == 'lines' and self.total and steps * 10 >= self.next_line * self.total and steps < self.total:
+            from sentizoo.progress import progress_line
+            progress_line(f'{self.desc}  step {steps}/{self.total}')
+            self.next_line = steps * 10 // self.total + 1
+
+    def __enter__(self) -> '_StepsBar':
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.bar.close()
 
 
 class CannotResumeError(ValueError):
