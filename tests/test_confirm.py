@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import scipy.stats
+import torch
 
 from helpers import assert_edit_refused
 from training import confirm, confirm_protocol, pretext_eval
@@ -110,7 +111,7 @@ def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp('confirm')
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv('HF_HUB_OFFLINE', '1')
-        record = confirm.run_confirm(out, quick=True, progress=False, jobs=1)
+        record = confirm.run_confirm(out, quick=True, progress=False, jobs=2)  # the CPU default: in processes
     return out, record
 
 
@@ -189,6 +190,26 @@ def test_a_second_quick_run_trains_nothing(quick_run):
     again = confirm.run_confirm(out, quick=True, progress=False, jobs=1)
     assert {p: p.stat().st_mtime_ns for p in files} == before
     assert again['comparisons'] == record['comparisons']
+
+
+@pytest.mark.slow
+def test_runs_in_worker_processes_equal_runs_in_this_one(quick_run, tmp_path):
+    """The quick run trained 2 at a time, one thread each: the same runs here, on one thread, give the same
+    predictions bit for bit."""
+    out, record = quick_run
+    config = json.loads((out / 'protocol.json').read_text())
+    zoos = {kind: out / 'zoo' / 'A' / kind for kind in confirm_protocol.TEACHER_ZOOS}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads // 2))
+    try:
+        for arm in ('hp_finetune', 'amalgamation'):
+            confirm._run(config, zoos, 'sll_512', arm, 501, record['chosen_settings'][arm], tmp_path,
+                         'sll_512_A_seed501', None, False)
+            here = np.load(predictions_path(tmp_path / 'sll_512_A_seed501' / f'{arm}.json'))
+            there = np.load(predictions_path(out / 'results' / 'sll_512_A_seed501' / f'{arm}.json'))
+            assert all(np.array_equal(here[k], there[k]) for k in ('target', 'prediction', 'logits')), arm
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.mark.slow

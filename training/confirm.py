@@ -42,7 +42,7 @@ import torch
 from sentizoo.models import BACKBONE_TAGS
 
 from .confirm_protocol import PROTOCOL, TEACHER_ZOOS, ProtocolError, load_protocol, planned_cells
-from .study_steps import add_jobs_argument, add_run_arguments
+from .study_steps import add_jobs_argument, add_run_arguments, parallel_jobs
 
 __all__ = ['build_zoos', 'choose_settings', 'run_confirm', 'paired_cell', 'judge_gain', 'analyse', 'render_markdown',
            'main']
@@ -51,7 +51,7 @@ __all__ = ['build_zoos', 'choose_settings', 'run_confirm', 'paired_cell', 'judge
 
 def _pretrain_sets(config: Mapping[str, Any], out: Path, device: Optional[str], progress: bool,
                    jobs: Optional[int]) -> Dict[str, Dict[str, Path]]:
-    from .study_steps import parallel_jobs, pretrain_models
+    from .study_steps import pretrain_models
     p, runs = config['pretrain'], {}
     for name, teacher_set in config['teacher_sets'].items():
         for tag in BACKBONE_TAGS:
@@ -156,19 +156,36 @@ def choose_settings(results: Mapping[str, Sequence[Tuple[Mapping[str, Any], Mapp
     return chosen
 
 
-def _tune(config, zoos, out, device, progress) -> Dict[str, Dict[str, Any]]:
+def _run_all(calls: Mapping[str, Mapping[str, Any]], jobs: int) -> Dict[str, Dict[str, Any]]:
+    """:func:`_run` for each ``{label: its keyword arguments}``, ``jobs`` at a time (:func:`~training.study_steps.
+    in_processes`); a line per run as it starts (one at a time) or ends (in parallel). Returns ``{label: result}``."""
+    from .study_steps import in_processes
+    results: Dict[str, Dict[str, Any]] = {}
+    if jobs <= 1:
+        for i, (label, kwargs) in enumerate(calls.items(), 1):
+            print(f'      [{i}/{len(calls)}] {label}', flush=True)
+            results[label] = _run(**kwargs)
+        return results
+
+    def done(label: str, result: Dict[str, Any]) -> None:
+        results[label] = result
+        print(f'      [{len(results)}/{len(calls)}] {label}: done', flush=True)
+    in_processes(_run, {label: dict(kwargs, progress=False) for label, kwargs in calls.items()}, jobs, done)
+    return results
+
+
+def _tune(config, zoos, out, device, progress, jobs) -> Dict[str, Dict[str, Any]]:
     d = config['downstream']
     experiment, seed, teacher_set = d['tuning']['experiment'], d['development_seed'], d['development_teacher_set']
-    results: Dict[str, list] = {}
-    for arm in d['experiments'][experiment]['arms']:
-        for setting in _grid(config):
-            print(f'      {arm}: lr {setting["lr"]}, {setting["epochs"]} epochs (seed {seed}, set {teacher_set})',
-                  flush=True)
-            name = f'{experiment}_{teacher_set}_seed{seed}_lr{setting["lr"]}_ep{setting["epochs"]}'
-            result = _run(config, zoos[teacher_set], experiment, arm, seed, setting, out / 'tuning', name, device,
-                          progress)
-            results.setdefault(arm, []).append((setting, result))
-    chosen = choose_settings(results)
+    calls = {f'{arm}: lr {setting["lr"]}, {setting["epochs"]} epochs (seed {seed}, set {teacher_set})': dict(
+        config=config, zoos=zoos[teacher_set], experiment=experiment, arm=arm, seed=seed, setting=setting,
+        out=out / 'tuning', name=f'{experiment}_{teacher_set}_seed{seed}_lr{setting["lr"]}_ep{setting["epochs"]}',
+        device=device, progress=progress) for arm in d['experiments'][experiment]['arms'] for setting in _grid(config)}
+    results = _run_all(calls, parallel_jobs(jobs, len(calls), device))
+    rows: Dict[str, list] = {}
+    for label, kwargs in calls.items():  # in grid order, whatever order the runs ended in
+        rows.setdefault(kwargs['arm'], []).append((kwargs['setting'], results[label]))
+    chosen = choose_settings(rows)
     (out / 'chosen_settings.json').write_text(json.dumps(chosen, indent=1) + '\n')
     return chosen
 
@@ -197,15 +214,16 @@ def run_confirm(out: Path = Path('runs/confirm'), config: Optional[Mapping[str, 
     with phase('zoos', 'Writing the zoos: pre-trained, random and HP-only teachers'):
         zoos = build_zoos(config, checkpoints, out)
     with phase('tune', 'Tuning every arm on the development seed (validation images)'):
-        chosen = _tune(config, zoos, out, device, progress)
+        chosen = _tune(config, zoos, out, device, progress, jobs)
         print('      chosen: ' + '; '.join(f'{arm} lr {s["lr"]}, {s["epochs"]} epochs (val {s["val"]:.4f})'
                                            for arm, s in chosen.items()), flush=True)
     cells = list(planned_cells(config))
     with phase('test', f'Testing: {len(cells)} runs with per-image predictions'):
-        for i, (experiment, teacher_set, seed, arm) in enumerate(cells, 1):
-            print(f'      [{i}/{len(cells)}] {experiment}, set {teacher_set}, seed {seed}: {arm}', flush=True)
-            _run(config, zoos[teacher_set], experiment, arm, seed, chosen[arm], out / 'results',
-                 f'{experiment}_{teacher_set}_seed{seed}', device, progress)
+        calls = {f'{experiment}, set {teacher_set}, seed {seed}: {arm}': dict(
+            config=config, zoos=zoos[teacher_set], experiment=experiment, arm=arm, seed=seed, setting=chosen[arm],
+            out=out / 'results', name=f'{experiment}_{teacher_set}_seed{seed}', device=device, progress=progress)
+            for experiment, teacher_set, seed, arm in cells}
+        _run_all(calls, parallel_jobs(jobs, len(calls), device))
     with phase('analyse', 'Paired per-image analysis'):
         analysis = analyse(out)
     print(f'Report: {out / "confirm.md"}', flush=True)
@@ -353,7 +371,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                                                    'training/configs/study/)')
     c.add_argument('--quick', action='store_true', help='every arm and control at toy sizes (what the tests run)')
     add_run_arguments(c)
-    add_jobs_argument(c)
+    add_jobs_argument(c, 'teacher models pre-trained, then downstream runs trained,')
     a = sub.add_parser('analyse', help='recompute every table, interval and test from the saved predictions')
     a.add_argument('out', type=Path, help='the folder of a confirm run (holds protocol.json and results/)')
     args = p.parse_args(argv)

@@ -12,10 +12,10 @@ import os
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Dict, Iterator, Mapping, Optional
+from typing import Any, Callable, Dict, Iterator, Mapping, Optional
 
 __all__ = ['SYNTHETIC_BANNER', 'Phases', 'using_zoo', 'pretrain_model', 'pretrain_models', 'parallel_jobs',
-           'CannotResumeError', 'measure_pretext', 'add_run_arguments', 'add_jobs_argument']
+           'in_processes', 'CannotResumeError', 'measure_pretext', 'add_run_arguments', 'add_jobs_argument']
 
 SYNTHETIC_BANNER = ('SYNTHETIC: every number here comes from the procedural affect world of '
                     'training.datasets.synthetic; it tests this implementation, says nothing about real visual '
@@ -73,22 +73,18 @@ def _pretrain_config(tag: str, arch: str, out: Path, settings: Mapping[str, Any]
     return config
 
 
-def _pretrain(config: Any, threads: Optional[int] = None) -> Path:
-    import torch
-
+def _pretrain(config: Any) -> Path:
     from .pretrain import pretrain
-    if threads is not None:  # in a worker process of pretrain_models
-        torch.set_num_threads(threads)
     with warnings.catch_warnings():  # a random start is the point here: no ImageNet weights on a fresh machine
         warnings.filterwarnings('ignore', message='pre-training .* from a random initialisation')
         return pretrain(config)
 
 
 def parallel_jobs(jobs: Optional[int], models: int, device: Optional[str] = None) -> int:
-    """How many models :func:`pretrain_models` trains at once: ``jobs`` when given (at most ``models``); else one on
-    a GPU or with one torch thread, and on a CPU with ``T > 1`` threads up to ``T + 1``, one thread each. Small
-    models use a second thread poorly and a second process well, and the extra process keeps every core busy while
-    the last model finishes (BENCHMARKS.md, "Demo")."""
+    """How many of ``models`` independent trainings run at once (:func:`in_processes`): ``jobs`` when given (at most
+    ``models``); else one on a GPU or with one torch thread, and on a CPU with ``T > 1`` threads up to ``T + 1``, one
+    thread each. Small models use a second thread poorly and a second process well, and the extra process keeps
+    every core busy while the last model finishes (BENCHMARKS.md, "Demo")."""
     import torch
 
     from sentizoo.runtime import resolve_device
@@ -100,15 +96,44 @@ def parallel_jobs(jobs: Optional[int], models: int, device: Optional[str] = None
     return 1 if resolve_device(device).type != 'cpu' or threads == 1 else min(models, threads + 1)
 
 
+def _with_threads(threads: int, function: Callable[..., Any], kwargs: Mapping[str, Any]) -> Any:
+    import torch
+    torch.set_num_threads(threads)
+    return function(**kwargs)
+
+
+def in_processes(function: Callable[..., Any], calls: Mapping[str, Mapping[str, Any]], jobs: int,
+                 done: Callable[[str, Any], None], poll: Callable[[], None] = lambda: None) -> None:
+    """``function(**kwargs)`` for every ``{name: kwargs}`` of ``calls``, ``jobs`` at a time, each in a worker
+    process (spawned: a forked torch can hang) with an equal share of this process's torch threads; ``done(name,
+    result)`` as each one ends, ``poll()`` about every second. ``function`` must be importable (module level). When
+    one fails, the calls not yet started are not started and its error is raised; the running ones finish."""
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    import torch
+    threads = max(1, torch.get_num_threads() // jobs)
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context('spawn')) as pool:
+        futures = {pool.submit(_with_threads, threads, function, kwargs): name for name, kwargs in calls.items()}
+        pending = set(futures)
+        try:
+            while pending:
+                ready, pending = wait(pending, timeout=1, return_when=FIRST_COMPLETED)
+                for future in ready:
+                    done(futures[future], future.result())
+                poll()
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+
+
 def pretrain_models(runs: Mapping[str, Mapping[str, Any]], *, jobs: int = 1) -> Dict[str, Path]:
     """Pre-train independent models, ``{name: keyword arguments of pretrain_model}``; returns ``{name: final.pt}``
     and prints a line as each one finishes.
 
-    ``jobs > 1`` trains that many at once, each in a fresh process (spawned: a forked torch can hang) with an equal
-    share of this process's torch threads; one progress bar counts the steps of all of them (from their
-    ``log.csv``). Every model reads only its own seed, so the weights are those of a sequential run with the same
-    threads per model. When one fails, the models not yet started are not started and the error is raised; the
-    others keep their checkpoints. Every checkpoint to resume is checked before any model trains.
+    ``jobs > 1`` trains that many at once (:func:`in_processes`); one progress bar counts the steps of all of them
+    (from their ``log.csv``). Every model reads only its own seed, so the weights are those of a sequential run
+    with the same threads per model. Every checkpoint to resume is checked before any model trains.
     """
     from tqdm.auto import tqdm
     parallel = jobs > 1 and len(runs) > 1
@@ -124,25 +149,10 @@ def pretrain_models(runs: Mapping[str, Mapping[str, Any]], *, jobs: int = 1) -> 
         for name, config in configs.items():
             done(name, _pretrain(config))
         return finished
-    import multiprocessing
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-
-    import torch
-    threads = max(1, torch.get_num_threads() // jobs)
-    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context('spawn')) as pool, \
-            _StepsBar(configs.values(), any(kwargs.get('progress', True) for kwargs in runs.values()),
-                      f'pre-training {len(runs)} models, {jobs} at a time') as bar:
-        futures = {pool.submit(_pretrain, config, threads): name for name, config in configs.items()}
-        pending = set(futures)
-        try:
-            while pending:
-                ready, pending = wait(pending, timeout=1, return_when=FIRST_COMPLETED)
-                for future in ready:
-                    done(futures[future], future.result())
-                bar.refresh()
-        except BaseException:
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
+    with _StepsBar(configs.values(), any(kwargs.get('progress', True) for kwargs in runs.values()),
+                   f'pre-training {len(runs)} models, {jobs} at a time') as bar:
+        in_processes(_pretrain, {name: {'config': config} for name, config in configs.items()}, jobs, done,
+                     bar.refresh)
     return {name: finished[name] for name in runs}
 
 
@@ -232,9 +242,8 @@ def _at_least_one(text: str) -> int:
     return value
 
 
-def add_jobs_argument(parser: argparse.ArgumentParser) -> None:
-    """``--jobs``: how many models to pre-train at once (:func:`parallel_jobs`)."""
+def add_jobs_argument(parser: argparse.ArgumentParser, what: str = 'models pre-trained') -> None:
+    """``--jobs``: how many trainings run at once (:func:`parallel_jobs`); ``what`` names them in the help."""
     parser.add_argument('--jobs', type=_at_least_one,
-                        help='models pre-trained at once, each in its own process with a share of the threads '
-                             '(default: on a CPU with T > 1 torch threads, up to T + 1 with one thread each; '
-                             'else 1)')
+                        help=f'{what} at once, each in its own process with a share of the threads (default: on a '
+                             f'CPU with T > 1 torch threads, up to T + 1 with one thread each; else 1)')
