@@ -192,8 +192,8 @@ def _tune(config, zoos, out, device, progress, jobs) -> Dict[str, Dict[str, Any]
 
 def run_confirm(out: Path = Path('runs/confirm'), config: Optional[Mapping[str, Any]] = None, *, quick: bool = False,
                 device: Optional[str] = None, progress: bool = True, jobs: Optional[int] = None) -> Dict[str, Any]:
-    """Run the protocol's phases, then :func:`analyse`; returns the analysis. ``jobs``: teacher models pre-trained
-    at once (default: :func:`~training.study_steps.parallel_jobs`)."""
+    """Run the protocol's phases, then :func:`analyse`; returns the analysis. ``jobs``: teacher models, then
+    downstream runs, trained at once (default: :func:`~training.study_steps.parallel_jobs`)."""
     from .pretext_eval import PretextScore, scores_table
     from .study_steps import SYNTHETIC_BANNER, Phases
 
