@@ -137,7 +137,8 @@ def pretrain_models(runs: Mapping[str, Mapping[str, Any]], *, jobs: int = 1) -> 
     """
     from tqdm.auto import tqdm
     parallel = jobs > 1 and len(runs) > 1
-    configs = {name: _pretrain_config(**dict(kwargs, progress=kwargs.get('progress', True) and not parallel))
+    progress = {name: kwargs.get('progress', True) for name, kwargs in runs.items()}
+    configs = {name: _pretrain_config(**dict(kwargs, progress=progress[name] and not parallel))
                for name, kwargs in runs.items()}
     started, finished = time.perf_counter(), {}
 
@@ -149,8 +150,8 @@ def pretrain_models(runs: Mapping[str, Mapping[str, Any]], *, jobs: int = 1) -> 
         for name, config in configs.items():
             done(name, _pretrain(config))
         return finished
-    with _StepsBar(configs.values(), any(kwargs.get('progress', True) for kwargs in runs.values()),
-                   f'pre-training {len(runs)} models, {jobs} at a time') as bar:
+    with _StepsBar(configs.values(), any(progress.values()), f'pre-training {len(runs)} models, {jobs} at a time'
+                   ) as bar:
         in_processes(_pretrain, {name: {'config': config} for name, config in configs.items()}, jobs, done,
                      bar.refresh)
     return {name: finished[name] for name in runs}
